@@ -1,0 +1,298 @@
+//! One `.safetensors` file per checkpoint: model and optimizer tensors, and the
+//! trainer's state as JSON in the header metadata. Written atomically.
+use crate::error::{Error, Result};
+use crate::metrics::Metrics;
+use crate::optim::OptimizerScalars;
+use crate::progress::Progress;
+use crate::schedule::SchedulerState;
+use safetensors::tensor::{Dtype, SafeTensors, View};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::borrow::Cow;
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use tch::{nn, Kind, Tensor};
+
+/// Version of the checkpoint layout, bumped on incompatible changes.
+pub const FORMAT_VERSION: u32 = 1;
+/// Header metadata key that holds [`TrainingState`] as JSON.
+pub const METADATA_KEY: &str = "volt";
+/// Prefix of model tensors in a checkpoint.
+pub const MODEL_PREFIX: &str = "model.";
+/// Prefix of optimizer state tensors in a checkpoint.
+pub const OPTIMIZER_PREFIX: &str = "optimizer.";
+/// File name of the most recent checkpoint in a run's `checkpoints/` folder.
+pub const LAST_NAME: &str = "last.safetensors";
+
+/// Everything but the tensors: where the run stands and what made it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct TrainingState {
+    /// The volt version that wrote the file.
+    pub volt_version: String,
+    /// [`FORMAT_VERSION`] of the writer.
+    pub format: u32,
+    /// Loop position to resume from.
+    pub progress: Progress,
+    /// Optimizer step count and learning rate.
+    pub optimizer: Option<OptimizerScalars>,
+    /// Learning-rate scheduler state.
+    pub scheduler: Option<SchedulerState>,
+    /// State of each callback, by callback name.
+    pub callbacks: BTreeMap<String, Value>,
+    /// The run's seed.
+    pub seed: Option<u64>,
+    /// The module's hyperparameters.
+    pub hparams: Value,
+    /// What the module's `on_save_checkpoint` returned.
+    pub module: Value,
+    /// The latest metrics when the checkpoint was written.
+    pub metrics: Metrics,
+}
+
+/// A checkpoint in memory.
+pub struct Checkpoint {
+    /// Named tensors, prefixed with [`MODEL_PREFIX`] or [`OPTIMIZER_PREFIX`].
+    pub tensors: Vec<(String, Tensor)>,
+    /// The trainer's state.
+    pub state: TrainingState,
+}
+
+struct Bytes {
+    dtype: Dtype,
+    shape: Vec<usize>,
+    data: Vec<u8>,
+}
+
+impl View for &Bytes {
+    fn dtype(&self) -> Dtype {
+        self.dtype
+    }
+    fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+    fn data(&self) -> Cow<'_, [u8]> {
+        Cow::Borrowed(&self.data)
+    }
+    fn data_len(&self) -> usize {
+        self.data.len()
+    }
+}
+
+fn to_bytes(name: &str, t: &Tensor) -> Result<Bytes> {
+    let t = t.f_to_device(tch::Device::Cpu)?.f_contiguous()?;
+    let dtype = Dtype::try_from(t.kind()).map_err(|e| Error::User(format!("tensor {name}: {e}")))?;
+    let shape = t.size().iter().map(|&d| d as usize).collect();
+    let numel = t.numel();
+    let mut data = vec![0u8; numel * t.kind().elt_size_in_bytes()];
+    t.f_copy_data_u8(&mut data, numel)?;
+    Ok(Bytes { dtype, shape, data })
+}
+
+impl Checkpoint {
+    /// Writes the checkpoint to `path` atomically: a temporary file in the same folder,
+    /// fsynced, then renamed over `path` (and the folder fsynced), so a crash at any
+    /// moment leaves either the old file or the new one, never a torn one.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let bytes = self
+            .tensors
+            .iter()
+            .map(|(n, t)| Ok((n.clone(), to_bytes(n, t)?)))
+            .collect::<Result<Vec<_>>>()?;
+        let json = serde_json::to_string(&self.state)
+            .map_err(|e| Error::checkpoint(path, format!("cannot encode state: {e}")))?;
+        let metadata = HashMap::from([
+            (METADATA_KEY.to_owned(), json),
+            ("format".to_owned(), "pt".to_owned()),
+        ]);
+        let views: Vec<(&str, &Bytes)> = bytes.iter().map(|(n, b)| (n.as_str(), b)).collect();
+        let buffer = safetensors::tensor::serialize(views, &Some(metadata))
+            .map_err(|e| Error::checkpoint(path, format!("cannot encode: {e}")))?;
+        write_atomic(path, &buffer)
+    }
+
+    /// Reads a checkpoint, with errors that name the file.
+    pub fn load(path: &Path) -> Result<Self> {
+        let buffer = std::fs::read(path).map_err(|e| {
+            let what = if e.kind() == std::io::ErrorKind::NotFound {
+                "file not found".to_owned()
+            } else {
+                format!("cannot read: {e}")
+            };
+            Error::checkpoint(path, what)
+        })?;
+        let (_, header) = SafeTensors::read_metadata(&buffer)
+            .map_err(|e| Error::checkpoint(path, format!("not a readable safetensors file ({e:?})")))?;
+        let st = SafeTensors::deserialize(&buffer)
+            .map_err(|e| Error::checkpoint(path, format!("not a readable safetensors file ({e:?})")))?;
+        let json = header
+            .metadata()
+            .as_ref()
+            .and_then(|m| m.get(METADATA_KEY))
+            .ok_or_else(|| {
+                Error::checkpoint(path, "not a volt checkpoint (no `volt` entry in its metadata)")
+            })?;
+        let state: TrainingState = serde_json::from_str(json)
+            .map_err(|e| Error::checkpoint(path, format!("unreadable trainer state: {e}")))?;
+        let mut tensors = Vec::new();
+        for (name, view) in st.tensors() {
+            let kind = Kind::try_from(view.dtype())
+                .map_err(|e| Error::checkpoint(path, format!("tensor {name}: {e}")))?;
+            let size: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
+            let t = Tensor::f_from_data_size(view.data(), &size, kind)?;
+            tensors.push((name, t));
+        }
+        tensors.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(Checkpoint { tensors, state })
+    }
+
+    /// The tensors under `prefix`, with the prefix removed.
+    pub fn section(&self, prefix: &str) -> HashMap<String, Tensor> {
+        self.tensors
+            .iter()
+            .filter_map(|(n, t)| n.strip_prefix(prefix).map(|k| (k.to_owned(), t.shallow_clone())))
+            .collect()
+    }
+}
+
+/// Model tensors of `vs`, named for a checkpoint.
+pub fn model_tensors(vs: &nn::VarStore) -> Vec<(String, Tensor)> {
+    let mut v: Vec<(String, Tensor)> = vs
+        .variables()
+        .into_iter()
+        .map(|(n, t)| (format!("{MODEL_PREFIX}{n}"), t))
+        .collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+/// Copies a checkpoint's model tensors into `vs`; on any mismatch nothing is copied and
+/// the error lists every missing, unexpected and mis-shaped tensor.
+pub fn restore_model(vs: &nn::VarStore, ckpt: &Checkpoint, path: &Path) -> Result<()> {
+    let saved = ckpt.section(MODEL_PREFIX);
+    let vars = vs.variables();
+    let mut problems = Vec::new();
+    let mut names: Vec<&String> = vars.keys().collect();
+    names.sort();
+    for name in &names {
+        match saved.get(*name) {
+            None => problems.push(format!(
+                "  missing in checkpoint: {name} {:?}",
+                vars[*name].size()
+            )),
+            Some(t) if t.size() != vars[*name].size() => problems.push(format!(
+                "  shape mismatch: {name}: checkpoint {:?}, model {:?}",
+                t.size(),
+                vars[*name].size()
+            )),
+            Some(_) => {}
+        }
+    }
+    let mut extra: Vec<(&String, &Tensor)> = saved.iter().filter(|(n, _)| !vars.contains_key(*n)).collect();
+    extra.sort_by(|a, b| a.0.cmp(b.0));
+    for (name, t) in extra {
+        problems.push(format!("  not in model: {name} {:?}", t.size()));
+    }
+    if !problems.is_empty() {
+        return Err(Error::CheckpointMismatch {
+            path: path.to_owned(),
+            details: problems.join("\n"),
+        });
+    }
+    tch::no_grad(|| -> Result<()> {
+        for (name, mut var) in vars {
+            var.f_copy_(&saved[&name])?;
+        }
+        Ok(())
+    })
+}
+
+/// Writes `bytes` to `path` through a fsynced temporary file and a rename.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let file_name = path
+        .file_name()
+        .ok_or_else(|| Error::checkpoint(path, "not a file path"))?
+        .to_string_lossy();
+    let tmp = dir.join(format!(".{file_name}.{}.tmp", std::process::id()));
+    let result = (|| -> std::io::Result<()> {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        // The rename itself must reach the disk too.
+        std::fs::File::open(dir)?.sync_all()
+    })();
+    result.map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        Error::io(path, e)
+    })
+}
+
+/// Which checkpoint to start from, as in Lightning's `ckpt_path`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CkptPath {
+    /// The newest `last.safetensors` of any version of this experiment.
+    Last,
+    /// The best checkpoint recorded by ModelCheckpoint.
+    Best,
+    /// A file.
+    Path(PathBuf),
+}
+
+impl std::str::FromStr for CkptPath {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(match s {
+            "last" => CkptPath::Last,
+            "best" => CkptPath::Best,
+            p => CkptPath::Path(PathBuf::from(p)),
+        })
+    }
+}
+
+impl From<&str> for CkptPath {
+    fn from(s: &str) -> Self {
+        match s.parse() {
+            Ok(p) => p,
+            Err(never) => match never {},
+        }
+    }
+}
+
+/// The newest `last.safetensors` under `experiment_dir/version_*/checkpoints/`.
+///
+/// Newest by modification time, then by version number: a fresh, empty version folder
+/// never hides an older run's checkpoint (Lightning's `"last"` can lose it that way).
+pub fn find_last(experiment_dir: &Path) -> Option<PathBuf> {
+    let entries = std::fs::read_dir(experiment_dir).ok()?;
+    entries
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let version = parse_version(&e.file_name().to_string_lossy())?;
+            let path = e.path().join("checkpoints").join(LAST_NAME);
+            let modified = std::fs::metadata(&path).ok()?.modified().ok()?;
+            Some((modified, version, path))
+        })
+        .max_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)))
+        .map(|(_, _, p)| p)
+}
+
+/// `N` of a `version_N` folder name.
+pub fn parse_version(name: &str) -> Option<u32> {
+    name.strip_prefix("version_")?.parse().ok()
+}
+
+/// The `version_N` folder a checkpoint at `version_N/checkpoints/<file>` belongs to.
+pub fn version_dir_of(checkpoint: &Path) -> Option<PathBuf> {
+    let dir = checkpoint.parent()?;
+    if dir.file_name()? != "checkpoints" {
+        return None;
+    }
+    let version = dir.parent()?;
+    parse_version(&version.file_name()?.to_string_lossy()).map(|_| version.to_owned())
+}

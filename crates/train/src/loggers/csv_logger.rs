@@ -1,0 +1,128 @@
+//! `metrics.csv` in PyTorch Lightning's CSVLogger layout: one row per `log_metrics` call,
+//! a `step` column, one column per metric, columns sorted, blank cells for absent values.
+use super::Logger;
+use crate::checkpoint::write_atomic;
+use crate::error::{Error, Result};
+use crate::metrics::Metrics;
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+/// Appends metrics to `<dir>/metrics.csv`, rewriting the header when new metrics appear.
+pub struct CsvLogger {
+    path: PathBuf,
+    keys: BTreeSet<String>,
+    pending: Vec<Metrics>,
+}
+
+impl CsvLogger {
+    /// A logger writing `<dir>/metrics.csv`, continuing the file if it exists (resume).
+    pub fn new(dir: &Path) -> Result<Self> {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        let path = dir.join("metrics.csv");
+        let mut keys = BTreeSet::new();
+        if path.exists() {
+            let mut reader = csv::Reader::from_path(&path).map_err(|e| csv_error(&path, e))?;
+            let header = reader.headers().map_err(|e| csv_error(&path, e))?;
+            keys.extend(header.iter().map(str::to_owned));
+        }
+        Ok(CsvLogger {
+            path,
+            keys,
+            pending: Vec::new(),
+        })
+    }
+
+    /// The file it writes.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn write_rows(&self, writer: &mut csv::Writer<impl std::io::Write>, rows: &[Metrics]) -> Result<()> {
+        for row in rows {
+            let cells: Vec<String> = self
+                .keys
+                .iter()
+                .map(|k| row.get(k).map(|v| format_value(k, *v)).unwrap_or_default())
+                .collect();
+            writer
+                .write_record(&cells)
+                .map_err(|e| csv_error(&self.path, e))?;
+        }
+        Ok(())
+    }
+
+    fn rewrite(&self, new_rows: &[Metrics]) -> Result<()> {
+        let mut old_rows = Vec::new();
+        if self.path.exists() {
+            let mut reader = csv::Reader::from_path(&self.path).map_err(|e| csv_error(&self.path, e))?;
+            let header: Vec<String> = reader
+                .headers()
+                .map_err(|e| csv_error(&self.path, e))?
+                .iter()
+                .map(str::to_owned)
+                .collect();
+            for record in reader.records() {
+                let record = record.map_err(|e| csv_error(&self.path, e))?;
+                let row: Metrics = header
+                    .iter()
+                    .zip(record.iter())
+                    .filter(|(_, v)| !v.is_empty())
+                    .filter_map(|(k, v)| v.parse::<f64>().ok().map(|v| (k.clone(), v)))
+                    .collect();
+                old_rows.push(row);
+            }
+        }
+        let mut writer = csv::Writer::from_writer(Vec::new());
+        writer
+            .write_record(self.keys.iter())
+            .map_err(|e| csv_error(&self.path, e))?;
+        self.write_rows(&mut writer, &old_rows)?;
+        self.write_rows(&mut writer, new_rows)?;
+        let bytes = writer
+            .into_inner()
+            .map_err(|e| Error::User(format!("{}: {e}", self.path.display())))?;
+        write_atomic(&self.path, &bytes)
+    }
+}
+
+fn format_value(key: &str, v: f64) -> String {
+    if (key == "step" || key == "epoch") && v.fract() == 0.0 {
+        format!("{}", v as i64)
+    } else {
+        format!("{v}")
+    }
+}
+
+fn csv_error(path: &Path, e: csv::Error) -> Error {
+    Error::User(format!("{}: {e}", path.display()))
+}
+
+impl Logger for CsvLogger {
+    fn log_metrics(&mut self, metrics: &Metrics, step: u64) -> Result<()> {
+        let mut row = metrics.clone();
+        row.insert("step".into(), step as f64);
+        self.pending.push(row);
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let rows = std::mem::take(&mut self.pending);
+        let before = self.keys.len();
+        for row in &rows {
+            self.keys.extend(row.keys().cloned());
+        }
+        if self.keys.len() != before || !self.path.exists() {
+            return self.rewrite(&rows);
+        }
+        let file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&self.path)
+            .map_err(|e| Error::io(&self.path, e))?;
+        let mut writer = csv::WriterBuilder::new().has_headers(false).from_writer(file);
+        self.write_rows(&mut writer, &rows)?;
+        writer.flush().map_err(|e| Error::io(&self.path, e))
+    }
+}

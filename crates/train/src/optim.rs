@@ -1,0 +1,422 @@
+//! SGD, Adam and AdamW with state that volt owns, so that checkpoints hold it exactly.
+//!
+//! tch's `nn::Optimizer` hides its state tensors, which exact resume needs. tch exposes
+//! none of libtorch's multi-tensor (`_foreach_*`, `_fused_adamw_`) kernels, so each
+//! parameter is updated with in-place libtorch ops, the same arithmetic in the same
+//! order as `torch::optim` (and PyTorch's `foreach=False` path).
+use crate::schedule::SchedulerConfig;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use tch::{nn, Tensor};
+
+/// Which optimizer, with PyTorch's parameter names and defaults.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "name", rename_all = "lowercase", deny_unknown_fields)]
+pub enum OptimizerSpec {
+    /// Stochastic gradient descent.
+    Sgd {
+        /// Learning rate.
+        lr: f64,
+        /// Momentum factor.
+        #[serde(default)]
+        momentum: f64,
+        /// Dampening of the momentum.
+        #[serde(default)]
+        dampening: f64,
+        /// Nesterov momentum.
+        #[serde(default)]
+        nesterov: bool,
+        /// L2 penalty added to the gradient.
+        #[serde(default)]
+        weight_decay: f64,
+    },
+    /// Adam with L2 penalty added to the gradient.
+    Adam {
+        /// Learning rate.
+        lr: f64,
+        /// Coefficients of the running means of the gradient and its square.
+        #[serde(default = "default_betas")]
+        betas: (f64, f64),
+        /// Term added to the denominator.
+        #[serde(default = "default_eps")]
+        eps: f64,
+        /// L2 penalty.
+        #[serde(default)]
+        weight_decay: f64,
+    },
+    /// Adam with decoupled weight decay.
+    #[serde(rename = "adamw")]
+    AdamW {
+        /// Learning rate.
+        lr: f64,
+        /// Coefficients of the running means of the gradient and its square.
+        #[serde(default = "default_betas")]
+        betas: (f64, f64),
+        /// Term added to the denominator.
+        #[serde(default = "default_eps")]
+        eps: f64,
+        /// Decoupled weight decay.
+        #[serde(default = "default_adamw_decay")]
+        weight_decay: f64,
+    },
+}
+
+fn default_betas() -> (f64, f64) {
+    (0.9, 0.999)
+}
+fn default_eps() -> f64 {
+    1e-8
+}
+fn default_adamw_decay() -> f64 {
+    0.01
+}
+
+impl OptimizerSpec {
+    /// AdamW with PyTorch's defaults and learning rate `lr`.
+    pub fn adamw(lr: f64) -> Self {
+        OptimizerSpec::AdamW {
+            lr,
+            betas: default_betas(),
+            eps: default_eps(),
+            weight_decay: default_adamw_decay(),
+        }
+    }
+    /// Adam with PyTorch's defaults and learning rate `lr`.
+    pub fn adam(lr: f64) -> Self {
+        OptimizerSpec::Adam {
+            lr,
+            betas: default_betas(),
+            eps: default_eps(),
+            weight_decay: 0.0,
+        }
+    }
+    /// Plain SGD with learning rate `lr`.
+    pub fn sgd(lr: f64) -> Self {
+        OptimizerSpec::Sgd {
+            lr,
+            momentum: 0.0,
+            dampening: 0.0,
+            nesterov: false,
+            weight_decay: 0.0,
+        }
+    }
+    /// The configured learning rate.
+    pub fn lr(&self) -> f64 {
+        match *self {
+            OptimizerSpec::Sgd { lr, .. }
+            | OptimizerSpec::Adam { lr, .. }
+            | OptimizerSpec::AdamW { lr, .. } => lr,
+        }
+    }
+    /// PyTorch's class name, used in metric names such as `lr-AdamW`.
+    pub fn class_name(&self) -> &'static str {
+        match self {
+            OptimizerSpec::Sgd { .. } => "SGD",
+            OptimizerSpec::Adam { .. } => "Adam",
+            OptimizerSpec::AdamW { .. } => "AdamW",
+        }
+    }
+}
+
+/// What `configure_optimizers` returns.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct OptimizerConfig {
+    /// The optimizer.
+    pub optimizer: OptimizerSpec,
+    /// An optional learning-rate scheduler.
+    pub lr_scheduler: Option<SchedulerConfig>,
+}
+
+impl From<OptimizerSpec> for OptimizerConfig {
+    fn from(optimizer: OptimizerSpec) -> Self {
+        OptimizerConfig {
+            optimizer,
+            lr_scheduler: None,
+        }
+    }
+}
+
+/// How gradients are clipped before the optimizer step.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClipAlgorithm {
+    /// Rescale so that the global L2 norm is at most the threshold.
+    #[default]
+    Norm,
+    /// Clamp each element to ±threshold.
+    Value,
+}
+
+/// Clips `grads` in place; returns the total norm before clipping (for `Norm`).
+pub fn clip_gradients(grads: &[Tensor], max: f64, algorithm: ClipAlgorithm) -> Option<f64> {
+    let defined: Vec<&Tensor> = grads.iter().filter(|g| g.defined()).collect();
+    if defined.is_empty() {
+        return None;
+    }
+    tch::no_grad(|| match algorithm {
+        ClipAlgorithm::Value => {
+            for g in defined {
+                let _ = g.shallow_clone().clamp_(-max, max);
+            }
+            None
+        }
+        ClipAlgorithm::Norm => {
+            let norms: Vec<Tensor> = defined.iter().map(|g| g.norm()).collect();
+            let total = Tensor::stack(&norms, 0).norm();
+            // As torch.nn.utils.clip_grad_norm_: always multiply by the clamped coefficient.
+            let coef = (&total + 1e-6).reciprocal() * max;
+            let coef = coef.clamp_max(1.0);
+            for g in defined {
+                let _ = g.shallow_clone().g_mul_(&coef);
+            }
+            Some(total.double_value(&[]))
+        }
+    })
+}
+
+#[derive(Default)]
+struct ParamState {
+    exp_avg: Option<Tensor>,
+    exp_avg_sq: Option<Tensor>,
+    momentum_buffer: Option<Tensor>,
+}
+
+/// An optimizer over the trainable variables of a `VarStore`, in name order.
+pub struct Optimizer {
+    spec: OptimizerSpec,
+    lr: f64,
+    step: u64,
+    params: Vec<(String, Tensor)>,
+    state: Vec<ParamState>,
+}
+
+impl Optimizer {
+    /// An optimizer for every trainable variable of `vs`.
+    pub fn new(spec: OptimizerSpec, vs: &nn::VarStore) -> Self {
+        let mut params: Vec<(String, Tensor)> = vs
+            .variables()
+            .into_iter()
+            .filter(|(_, t)| t.requires_grad())
+            .collect();
+        params.sort_by(|a, b| a.0.cmp(&b.0));
+        let state = params.iter().map(|_| ParamState::default()).collect();
+        Optimizer {
+            lr: spec.lr(),
+            spec,
+            step: 0,
+            params,
+            state,
+        }
+    }
+
+    /// The optimizer's configuration.
+    pub fn spec(&self) -> &OptimizerSpec {
+        &self.spec
+    }
+    /// The learning rate the next step uses.
+    pub fn lr(&self) -> f64 {
+        self.lr
+    }
+    /// Sets the learning rate (schedulers call this).
+    pub fn set_lr(&mut self, lr: f64) {
+        self.lr = lr;
+    }
+    /// Steps taken.
+    pub fn steps(&self) -> u64 {
+        self.step
+    }
+    /// The parameters, by name.
+    pub fn params(&self) -> &[(String, Tensor)] {
+        &self.params
+    }
+    /// The gradients of the parameters (undefined tensors where none was computed).
+    pub fn grads(&self) -> Vec<Tensor> {
+        self.params.iter().map(|(_, p)| p.grad()).collect()
+    }
+
+    /// Clears every parameter's gradient.
+    pub fn zero_grad(&mut self) {
+        for (_, p) in &self.params {
+            let mut g = p.grad();
+            if g.defined() {
+                let _ = g.detach_();
+                let _ = g.zero_();
+            }
+        }
+    }
+
+    /// Applies one update from the current gradients.
+    pub fn step(&mut self) {
+        self.step += 1;
+        let lr = self.lr;
+        let step = self.step as f64;
+        let spec = self.spec.clone();
+        tch::no_grad(|| {
+            for ((_, p), st) in self.params.iter().zip(self.state.iter_mut()) {
+                let grad = p.grad();
+                if !grad.defined() {
+                    continue;
+                }
+                let mut p = p.shallow_clone();
+                match spec {
+                    OptimizerSpec::Sgd {
+                        momentum,
+                        dampening,
+                        nesterov,
+                        weight_decay,
+                        ..
+                    } => {
+                        let mut d_p = if weight_decay != 0.0 {
+                            grad.g_add(&(&p * weight_decay))
+                        } else {
+                            grad
+                        };
+                        if momentum != 0.0 {
+                            let buf = match st.momentum_buffer.take() {
+                                None => d_p.detach().copy(),
+                                Some(mut buf) => {
+                                    let _ = buf.g_mul_scalar_(momentum);
+                                    let _ = buf.g_add_(&(&d_p * (1.0 - dampening)));
+                                    buf
+                                }
+                            };
+                            d_p = if nesterov {
+                                d_p.g_add(&(&buf * momentum))
+                            } else {
+                                buf.shallow_clone()
+                            };
+                            st.momentum_buffer = Some(buf);
+                        }
+                        let _ = p.g_add_(&(d_p * -lr));
+                    }
+                    OptimizerSpec::Adam {
+                        betas,
+                        eps,
+                        weight_decay,
+                        ..
+                    }
+                    | OptimizerSpec::AdamW {
+                        betas,
+                        eps,
+                        weight_decay,
+                        ..
+                    } => {
+                        let decoupled = matches!(spec, OptimizerSpec::AdamW { .. });
+                        let grad = if decoupled {
+                            if weight_decay != 0.0 {
+                                let _ = p.g_mul_scalar_(1.0 - lr * weight_decay);
+                            }
+                            grad
+                        } else if weight_decay != 0.0 {
+                            grad.g_add(&(&p * weight_decay))
+                        } else {
+                            grad
+                        };
+                        let (b1, b2) = betas;
+                        let m = st.exp_avg.get_or_insert_with(|| p.zeros_like());
+                        let v = st.exp_avg_sq.get_or_insert_with(|| p.zeros_like());
+                        let bc1 = 1.0 - b1.powf(step);
+                        let bc2 = 1.0 - b2.powf(step);
+                        let _ = m.g_mul_scalar_(b1);
+                        let _ = m.g_add_(&(&grad * (1.0 - b1)));
+                        let _ = v.g_mul_scalar_(b2);
+                        // tch's addcmul_/addcdiv_ take no scalar: fold it into an operand
+                        // the way the kernels evaluate `self + value * t1 * t2`.
+                        let _ = v.addcmul_(&(&grad * (1.0 - b2)), &grad);
+                        let denom = (v.sqrt() / bc2.sqrt()) + eps;
+                        let _ = p.g_add_(&((&*m / &denom) * (-lr / bc1)));
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// The optimizer's scalar state, stored as JSON in checkpoints.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct OptimizerScalars {
+    /// Steps taken.
+    pub step: u64,
+    /// Current learning rate.
+    pub lr: f64,
+    /// PyTorch's class name, to refuse restoring into another optimizer.
+    pub class: String,
+}
+
+const STATE_FIELDS: [&str; 3] = ["exp_avg", "exp_avg_sq", "momentum_buffer"];
+
+impl ParamState {
+    fn fields(&self) -> [&Option<Tensor>; 3] {
+        [&self.exp_avg, &self.exp_avg_sq, &self.momentum_buffer]
+    }
+    fn fields_mut(&mut self) -> [&mut Option<Tensor>; 3] {
+        [&mut self.exp_avg, &mut self.exp_avg_sq, &mut self.momentum_buffer]
+    }
+}
+
+impl Optimizer {
+    /// The state tensors, named `<param>.<field>` (e.g. `fc1.weight.exp_avg`).
+    pub fn state_tensors(&self) -> Vec<(String, Tensor)> {
+        let mut out = Vec::new();
+        for ((name, _), st) in self.params.iter().zip(&self.state) {
+            for (field, t) in STATE_FIELDS.iter().zip(st.fields()) {
+                if let Some(t) = t {
+                    out.push((format!("{name}.{field}"), t.shallow_clone()));
+                }
+            }
+        }
+        out
+    }
+
+    /// Step count, learning rate and class.
+    pub fn scalars(&self) -> OptimizerScalars {
+        OptimizerScalars {
+            step: self.step,
+            lr: self.lr,
+            class: self.spec.class_name().to_owned(),
+        }
+    }
+
+    /// Restores state saved by [`Optimizer::state_tensors`] and [`Optimizer::scalars`];
+    /// returns one line per tensor that does not fit.
+    pub fn load_state(
+        &mut self,
+        scalars: &OptimizerScalars,
+        tensors: &HashMap<String, Tensor>,
+    ) -> Result<(), Vec<String>> {
+        let mut problems = Vec::new();
+        if scalars.class != self.spec.class_name() {
+            problems.push(format!(
+                "optimizer: checkpoint has {}, this run uses {}",
+                scalars.class,
+                self.spec.class_name()
+            ));
+        }
+        let mut restored = Vec::with_capacity(self.state.len());
+        for (name, p) in &self.params {
+            let mut st = ParamState::default();
+            for (field, slot) in STATE_FIELDS.iter().zip(st.fields_mut()) {
+                let key = format!("{name}.{field}");
+                if let Some(t) = tensors.get(&key) {
+                    if t.size() != p.size() {
+                        problems.push(format!(
+                            "optimizer.{key}: checkpoint shape {:?}, parameter shape {:?}",
+                            t.size(),
+                            p.size()
+                        ));
+                        continue;
+                    }
+                    *slot = Some(t.to_device(p.device()).to_kind(p.kind()).copy());
+                }
+            }
+            restored.push(st);
+        }
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+        self.state = restored;
+        self.step = scalars.step;
+        self.lr = scalars.lr;
+        Ok(())
+    }
+}

@@ -1,0 +1,62 @@
+//! Ctrl-C and SIGTERM during `fit`: the first asks the loop to stop after the current
+//! step (and write `last`), a second one terminates as usual. Outside `fit` the signals
+//! keep their default behaviour.
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+
+struct Flags {
+    outside_fit: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+}
+
+fn flags() -> Option<&'static Flags> {
+    static FLAGS: OnceLock<Option<Flags>> = OnceLock::new();
+    FLAGS
+        .get_or_init(|| {
+            let flags = Flags {
+                outside_fit: Arc::new(AtomicBool::new(true)),
+                stop: Arc::new(AtomicBool::new(false)),
+            };
+            use signal_hook::consts::{SIGINT, SIGTERM};
+            use signal_hook::flag;
+            for sig in [SIGINT, SIGTERM] {
+                // Order matters: the default action runs when outside fit, or when a stop
+                // was already requested; otherwise the signal only requests a stop.
+                flag::register_conditional_default(sig, Arc::clone(&flags.outside_fit)).ok()?;
+                flag::register_conditional_default(sig, Arc::clone(&flags.stop)).ok()?;
+                flag::register(sig, Arc::clone(&flags.stop)).ok()?;
+            }
+            Some(flags)
+        })
+        .as_ref()
+}
+
+/// While alive, SIGINT/SIGTERM request a graceful stop instead of terminating.
+pub(crate) struct StopOnSignal {
+    flags: Option<&'static Flags>,
+}
+
+impl StopOnSignal {
+    pub fn install() -> Self {
+        let flags = flags();
+        if let Some(f) = flags {
+            f.stop.store(false, Ordering::SeqCst);
+            f.outside_fit.store(false, Ordering::SeqCst);
+        }
+        StopOnSignal { flags }
+    }
+
+    /// Whether a signal asked to stop.
+    pub fn requested(&self) -> bool {
+        self.flags.is_some_and(|f| f.stop.load(Ordering::Relaxed))
+    }
+}
+
+impl Drop for StopOnSignal {
+    fn drop(&mut self) {
+        if let Some(f) = self.flags {
+            f.outside_fit.store(true, Ordering::SeqCst);
+            f.stop.store(false, Ordering::SeqCst);
+        }
+    }
+}

@@ -1,0 +1,29 @@
+//! volt-zoo: reference models and bundled datasets for volt's CLI, examples and benchmarks.
+#![warn(missing_docs)]
+
+pub mod digits;
+pub mod digits_mlp;
+
+pub use digits::{DigitsData, DigitsDataConfig};
+pub use digits_mlp::{DigitsMlp, DigitsMlpConfig};
+
+/// One line about a zoo model, for `volt models`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ModelInfo {
+    /// Name on the command line.
+    pub name: &'static str,
+    /// What it does.
+    pub task: &'static str,
+    /// What it trains on.
+    pub dataset: &'static str,
+    /// Its default hyperparameters, in words.
+    pub defaults: &'static str,
+}
+
+/// Every model of the zoo.
+pub const MODELS: &[ModelInfo] = &[ModelInfo {
+    name: "digits-mlp",
+    task: "image classification (10 classes)",
+    dataset: "scikit-learn digits, 1,797 8x8 images, 80/20 split (bundled)",
+    defaults: "64-256-256-10 ReLU MLP, AdamW lr 1e-3, batch 32",
+}];

@@ -1,0 +1,375 @@
+//! Acceptance tests of the Trainer on digits-mlp: accuracy, parity with a hand-written
+//! tch loop, exact resume, gradient accumulation, gradients, logs and bad checkpoints.
+use std::path::Path;
+use tch::nn::OptimizerConfig as _;
+use tch::{nn, Device, Kind, Tensor};
+use volt_train::{
+    Callback, CallbackContext, Checkpoint, CkptPath, LoggerKind, Sampler, Trainer, TrainerConfig, VoltModule,
+};
+use volt_zoo::digits::{self, collate};
+use volt_zoo::{DigitsData, DigitsDataConfig, DigitsMlp, DigitsMlpConfig};
+
+/// libtorch's random generator is process-global: tests that seed it and then build or
+/// train a model must not interleave, or initial weights would differ from run to run.
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn model(seed: u64) -> DigitsMlp {
+    volt_train::seed_everything(seed);
+    DigitsMlp::new(DigitsMlpConfig::default(), Device::Cpu)
+}
+
+fn data() -> DigitsData {
+    DigitsData::new(DigitsDataConfig::default()).expect("valid config")
+}
+
+fn quiet(root: &Path) -> TrainerConfig {
+    TrainerConfig {
+        default_root_dir: root.to_owned(),
+        seed: Some(0),
+        num_sanity_val_steps: 0,
+        ..TrainerConfig::default()
+    }
+    .quiet()
+}
+
+/// Records the loss of every optimizer step.
+#[derive(Default)]
+struct LossRecorder(std::sync::Arc<std::sync::Mutex<Vec<f64>>>);
+
+impl Callback for LossRecorder {
+    fn name(&self) -> String {
+        "LossRecorder".into()
+    }
+    fn on_train_batch_end(&mut self, _ctx: &mut CallbackContext, loss: f64) -> volt_train::Result<()> {
+        self.0.lock().expect("not poisoned").push(loss);
+        Ok(())
+    }
+}
+
+fn params(m: &DigitsMlp) -> Vec<(String, Tensor)> {
+    let mut v: Vec<_> = m.var_store().variables().into_iter().collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+fn max_abs_diff(a: &[(String, Tensor)], b: &[(String, Tensor)]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|((na, ta), (nb, tb))| {
+            assert_eq!(na, nb);
+            (ta - tb).abs().max().double_value(&[])
+        })
+        .fold(0.0, f64::max)
+}
+
+#[test]
+fn digits_mlp_reaches_97_percent_validation_accuracy_within_30_epochs() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut m = model(0);
+    let mut trainer = Trainer::new(TrainerConfig {
+        max_epochs: Some(30),
+        ..quiet(dir.path())
+    })
+    .expect("trainer");
+    let out = trainer.fit(&mut m, &data(), None).expect("fit");
+    let acc = out.metrics["val_acc"];
+    assert_eq!(out.progress.epoch, 30);
+    assert_eq!(
+        out.progress.global_step,
+        30 * 45,
+        "1437 samples / 32 = 45 batches an epoch"
+    );
+    assert!(acc >= 0.97, "val_acc after 30 epochs = {acc}");
+}
+
+#[test]
+fn trainer_matches_a_hand_written_tch_loop() {
+    let _serial = serial();
+    let steps = 120; // crosses an epoch boundary (45 batches per epoch)
+    let dir = tempfile::tempdir().expect("tempdir");
+
+    // The Trainer, everything that writes or prints turned off.
+    let mut by_trainer = model(3);
+    let recorder = LossRecorder::default();
+    let losses = recorder.0.clone();
+    let mut trainer = Trainer::new(TrainerConfig {
+        max_steps: Some(steps),
+        ..quiet(dir.path())
+    })
+    .expect("trainer")
+    .with_callback(recorder);
+    trainer.fit(&mut by_trainer, &data(), None).expect("fit");
+    let trainer_losses = losses.lock().expect("not poisoned").clone();
+
+    // By hand: tch's own AdamW (libtorch's torch::optim), the same data order.
+    let by_hand = model(3);
+    let mut opt = nn::AdamW::default()
+        .build(by_hand.var_store(), 1e-3)
+        .expect("optimizer");
+    let (train_idx, _) = digits::split();
+    let all = digits::all();
+    let sampler = Sampler {
+        shuffle: true,
+        seed: 0,
+        ..Sampler::default()
+    };
+    let mut hand_losses = Vec::new();
+    'outer: for epoch in 0.. {
+        let order = sampler.indices(train_idx.len(), epoch);
+        for chunk in order.chunks(32) {
+            let items = chunk.iter().map(|&i| all[train_idx[i]].clone()).collect();
+            let (x, y) = collate(items).expect("collate");
+            let loss = by_hand.forward(&x).cross_entropy_for_logits(&y);
+            opt.backward_step(&loss);
+            hand_losses.push(loss.double_value(&[]));
+            if hand_losses.len() as u64 == steps {
+                break 'outer;
+            }
+        }
+    }
+
+    assert_eq!(trainer_losses.len(), hand_losses.len());
+    for (i, (a, b)) in trainer_losses.iter().zip(&hand_losses).enumerate() {
+        assert!((a - b).abs() <= 1e-6, "step {i}: trainer {a} vs hand {b}");
+    }
+    let diff = max_abs_diff(&params(&by_trainer), &params(&by_hand));
+    assert!(diff <= 1e-6, "final weights differ by {diff}");
+}
+
+fn checkpoint_tensors(path: &Path) -> Vec<(String, Tensor)> {
+    Checkpoint::load(path).expect("checkpoint").tensors
+}
+
+#[test]
+fn resuming_mid_epoch_from_last_is_bitwise_exact() {
+    let _serial = serial();
+    let total = 100;
+    let run = |root: &Path, max_steps: u64, ckpt: Option<CkptPath>| {
+        let mut m = model(7);
+        let mut t = Trainer::new(TrainerConfig {
+            max_steps: Some(max_steps),
+            enable_checkpointing: true,
+            ..quiet(root)
+        })
+        .expect("trainer");
+        t.fit(&mut m, &data(), ckpt).expect("fit")
+    };
+    let straight = tempfile::tempdir().expect("tempdir");
+    let a = run(straight.path(), total, None);
+
+    let interrupted = tempfile::tempdir().expect("tempdir");
+    let first = run(interrupted.path(), 57, None); // epoch 1, batch 12 of 45
+    assert_eq!(first.progress.epoch, 1);
+    assert_eq!(first.progress.batch_in_epoch, 12);
+    let b = run(interrupted.path(), total, Some(CkptPath::Last));
+    assert_eq!(
+        b.log_dir, first.log_dir,
+        "the resumed run continues in its version folder"
+    );
+    assert_eq!(b.progress.global_step, total);
+    assert_eq!(b.steps_this_run, total - 57);
+
+    let ta = checkpoint_tensors(&a.last_checkpoint.expect("last"));
+    let tb = checkpoint_tensors(&b.last_checkpoint.expect("last"));
+    assert!(
+        ta.iter().any(|(n, _)| n.ends_with("exp_avg_sq")),
+        "optimizer state is saved"
+    );
+    assert_eq!(ta.len(), tb.len());
+    for ((na, a), (nb, b)) in ta.iter().zip(&tb) {
+        assert_eq!(na, nb);
+        assert!(a.equal(b), "{na} differs after resume");
+    }
+}
+
+#[test]
+fn accumulating_k_batches_equals_one_batch_of_k_times_b() {
+    let _serial = serial();
+    let run = |batch_size: usize, accumulate: usize, steps: u64| {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut m = model(11);
+        let data = DigitsData::new(DigitsDataConfig {
+            batch_size,
+            ..DigitsDataConfig::default()
+        })
+        .expect("data");
+        let mut t = Trainer::new(TrainerConfig {
+            max_steps: Some(steps),
+            accumulate_grad_batches: accumulate,
+            ..quiet(dir.path())
+        })
+        .expect("trainer");
+        t.fit(&mut m, &data, None).expect("fit");
+        params(&m)
+    };
+    let accumulated = run(8, 4, 6);
+    let big_batch = run(32, 1, 6);
+    let diff = max_abs_diff(&accumulated, &big_batch);
+    assert!(diff <= 1e-5, "accumulated vs big batch differ by {diff}");
+    let untrained = params(&model(11));
+    assert!(
+        max_abs_diff(&accumulated, &untrained) > 1e-4,
+        "training moved the weights"
+    );
+}
+
+#[test]
+fn every_trainable_variable_of_every_zoo_model_gets_a_gradient() {
+    let _serial = serial();
+    for info in volt_zoo::MODELS {
+        let (mut module, batch) = match info.name {
+            "digits-mlp" => {
+                let loader = volt_train::DataModule::train_dataloader(&data()).expect("loader");
+                let batch = loader.epoch(0, 0).next().expect("a batch").expect("collate");
+                (model(0), batch)
+            }
+            other => panic!("zoo model {other} has no gradient test"),
+        };
+        let loss = digits_loss(&mut module, &batch);
+        loss.backward();
+        for (name, var) in module.var_store().variables() {
+            let g = var.grad();
+            assert!(g.defined(), "{}: {name} has no gradient", info.name);
+            let norm = g.abs().sum(Kind::Float).double_value(&[]);
+            assert!(norm > 0.0, "{}: {name} has an all-zero gradient", info.name);
+        }
+    }
+}
+
+fn digits_loss(m: &mut DigitsMlp, batch: &(Tensor, Tensor)) -> Tensor {
+    m.forward(&batch.0).cross_entropy_for_logits(&batch.1)
+}
+
+#[test]
+fn loading_a_checkpoint_of_another_model_lists_the_mismatches() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut small = DigitsMlp::new(
+        DigitsMlpConfig {
+            hidden: 32,
+            ..DigitsMlpConfig::default()
+        },
+        Device::Cpu,
+    );
+    let mut t = Trainer::new(TrainerConfig {
+        max_steps: Some(2),
+        enable_checkpointing: true,
+        ..quiet(dir.path())
+    })
+    .expect("trainer");
+    let out = t.fit(&mut small, &data(), None).expect("fit");
+    let last = out.last_checkpoint.expect("last");
+    let before = std::fs::read(&last).expect("read");
+
+    let mut big = model(0);
+    let untouched = params(&big);
+    let mut t = Trainer::new(TrainerConfig {
+        max_steps: Some(4),
+        enable_checkpointing: true,
+        ..quiet(dir.path())
+    })
+    .expect("trainer");
+    let err = t
+        .fit(&mut big, &data(), Some(CkptPath::Path(last.clone())))
+        .expect_err("mismatch");
+    let msg = err.to_string();
+    assert!(msg.contains(&last.display().to_string()), "{msg}");
+    assert!(
+        msg.contains("fc1.weight: checkpoint [32, 64], model [256, 64]"),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("fc3.weight: checkpoint [10, 32], model [10, 256]"),
+        "{msg}"
+    );
+    assert_eq!(
+        max_abs_diff(&params(&big), &untouched),
+        0.0,
+        "nothing was half-loaded"
+    );
+    assert_eq!(
+        std::fs::read(&last).expect("read"),
+        before,
+        "the checkpoint was not touched"
+    );
+    let versions: Vec<_> = std::fs::read_dir(dir.path().join("lightning_logs"))
+        .expect("dir")
+        .collect();
+    assert_eq!(versions.len(), 1, "the failed run made no version folder");
+}
+
+#[test]
+fn metrics_csv_and_tensorboard_files_hold_the_logged_values() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut m = model(0);
+    let mut t = Trainer::new(TrainerConfig {
+        max_epochs: Some(2),
+        log_every_n_steps: 10,
+        loggers: vec![LoggerKind::Csv, LoggerKind::TensorBoard],
+        ..quiet(dir.path())
+    })
+    .expect("trainer");
+    let out = t.fit(&mut m, &data(), None).expect("fit");
+    let log_dir = out.log_dir.expect("log dir");
+    assert_eq!(log_dir, dir.path().join("lightning_logs/version_0"));
+
+    let csv = std::fs::read_to_string(log_dir.join("metrics.csv")).expect("metrics.csv");
+    let mut lines = csv.lines();
+    assert_eq!(lines.next(), Some("epoch,step,train_loss,val_acc,val_loss"));
+    let rows: Vec<Vec<&str>> = lines.map(|l| l.split(',').collect()).collect();
+    // 90 steps, a train row every 10 (steps 9, 19, ... 89), a validation row per epoch.
+    let train_rows: Vec<&Vec<&str>> = rows.iter().filter(|r| !r[2].is_empty()).collect();
+    let val_rows: Vec<&Vec<&str>> = rows.iter().filter(|r| !r[4].is_empty()).collect();
+    assert_eq!(train_rows.len(), 9);
+    assert_eq!(train_rows[0][1], "9");
+    assert_eq!(train_rows[8][1], "89");
+    assert_eq!(val_rows.len(), 2);
+    assert_eq!((val_rows[0][0], val_rows[0][1]), ("0", "44"));
+    assert_eq!((val_rows[1][0], val_rows[1][1]), ("1", "89"));
+    let last_val_acc: f64 = val_rows[1][3].parse().expect("number");
+    assert_eq!(last_val_acc, out.metrics["val_acc"]);
+    assert!(std::fs::read_to_string(log_dir.join("hparams.yaml"))
+        .expect("hparams")
+        .contains("hidden: 256"));
+
+    let event_file = std::fs::read_dir(&log_dir)
+        .expect("dir")
+        .filter_map(|e| e.ok())
+        .find(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("events.out.tfevents.")
+        })
+        .expect("an event file")
+        .path();
+    let scalars = volt_train::loggers::read_scalars(&event_file).expect("parse");
+    let of = |tag: &str| {
+        scalars
+            .iter()
+            .filter(|s| s.tag == tag)
+            .map(|s| (s.step, s.value))
+            .collect::<Vec<_>>()
+    };
+    let tb_train = of("train_loss");
+    assert_eq!(tb_train.len(), 9);
+    for (row, (step, value)) in train_rows.iter().zip(&tb_train) {
+        assert_eq!(row[1], step.to_string());
+        let csv_value: f64 = row[2].parse().expect("number");
+        assert!((csv_value as f32 - value).abs() < 1e-6);
+    }
+    assert_eq!(
+        of("val_acc").iter().map(|s| s.0).collect::<Vec<_>>(),
+        vec![44, 89]
+    );
+    assert_eq!(of("val_loss").len(), 2);
+    assert!(
+        of("epoch").is_empty(),
+        "epoch is a CSV column, not a TensorBoard scalar"
+    );
+}
