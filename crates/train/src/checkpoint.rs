@@ -12,6 +12,7 @@ use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::{mpsc, Arc, Mutex};
 use tch::{nn, Kind, Tensor};
 
 /// Version of the checkpoint layout, bumped on incompatible changes.
@@ -94,21 +95,28 @@ impl Checkpoint {
     /// fsynced, then renamed over `path` (and the folder fsynced), so a crash at any
     /// moment leaves either the old file or the new one, never a torn one.
     pub fn save(&self, path: &Path) -> Result<()> {
+        write_atomic(path, &self.to_bytes(path)?)
+    }
+
+    /// The file's bytes; `path` only names the file in errors.
+    pub fn to_bytes(&self, path: &Path) -> Result<Vec<u8>> {
         let bytes = self
             .tensors
             .iter()
             .map(|(n, t)| Ok((n.clone(), to_bytes(n, t)?)))
             .collect::<Result<Vec<_>>>()?;
-        let json = serde_json::to_string(&self.state)
+        // JSON has no NaN or infinity; such metric values are left out.
+        let mut state = self.state.clone();
+        state.metrics.retain(|_, v| v.is_finite());
+        let json = serde_json::to_string(&state)
             .map_err(|e| Error::checkpoint(path, format!("cannot encode state: {e}")))?;
         let metadata = HashMap::from([
             (METADATA_KEY.to_owned(), json),
             ("format".to_owned(), "pt".to_owned()),
         ]);
         let views: Vec<(&str, &Bytes)> = bytes.iter().map(|(n, b)| (n.as_str(), b)).collect();
-        let buffer = safetensors::tensor::serialize(views, &Some(metadata))
-            .map_err(|e| Error::checkpoint(path, format!("cannot encode: {e}")))?;
-        write_atomic(path, &buffer)
+        safetensors::tensor::serialize(views, &Some(metadata))
+            .map_err(|e| Error::checkpoint(path, format!("cannot encode: {e}")))
     }
 
     /// Reads a checkpoint, with errors that name the file.
@@ -231,6 +239,130 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         let _ = std::fs::remove_file(&tmp);
         Error::io(path, e)
     })
+}
+
+enum WriteJob {
+    Write(PathBuf, Arc<Vec<u8>>),
+    Remove(PathBuf),
+    Flush(mpsc::SyncSender<()>),
+}
+
+/// Writes checkpoints on a background thread, so that fsync does not stall training.
+///
+/// The tensors are copied when `save` is called (a consistent snapshot); writes and
+/// removals happen in call order, each write atomic. Errors come back from the next
+/// `save`, `remove` or `flush`. At most two snapshots wait in the queue.
+pub struct CheckpointWriter {
+    tx: Option<mpsc::SyncSender<WriteJob>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    errors: Arc<Mutex<Vec<Error>>>,
+}
+
+impl Default for CheckpointWriter {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl CheckpointWriter {
+    /// Starts the writer thread.
+    pub fn new() -> Self {
+        let (tx, rx) = mpsc::sync_channel::<WriteJob>(2);
+        let errors: Arc<Mutex<Vec<Error>>> = Arc::default();
+        let sink = Arc::clone(&errors);
+        let thread = std::thread::Builder::new()
+            .name("volt-checkpoint-writer".into())
+            .spawn(move || {
+                for job in rx {
+                    let result = match job {
+                        WriteJob::Write(path, bytes) => write_atomic(&path, &bytes),
+                        WriteJob::Remove(path) => match std::fs::remove_file(&path) {
+                            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::io(&path, e)),
+                            _ => Ok(()),
+                        },
+                        WriteJob::Flush(done) => {
+                            let _ = done.send(());
+                            Ok(())
+                        }
+                    };
+                    if let Err(e) = result {
+                        sink.lock().unwrap_or_else(|p| p.into_inner()).push(e);
+                    }
+                }
+            })
+            .ok();
+        CheckpointWriter {
+            tx: thread.as_ref().map(|_| tx),
+            thread,
+            errors,
+        }
+    }
+
+    fn take_error(&self) -> Result<()> {
+        let first = self
+            .errors
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain(..)
+            .next();
+        first.map_or(Ok(()), Err)
+    }
+
+    fn send(&self, job: WriteJob) -> Result<()> {
+        self.take_error()?;
+        match &self.tx {
+            Some(tx) => tx
+                .send(job)
+                .map_err(|_| Error::User("the checkpoint writer thread stopped".into())),
+            // No thread could be started: do the work inline.
+            None => match job {
+                WriteJob::Write(path, bytes) => write_atomic(&path, &bytes),
+                WriteJob::Remove(path) => std::fs::remove_file(&path).or_else(|e| {
+                    if e.kind() == std::io::ErrorKind::NotFound {
+                        Ok(())
+                    } else {
+                        Err(Error::io(&path, e))
+                    }
+                }),
+                WriteJob::Flush(_) => Ok(()),
+            },
+        }
+    }
+
+    /// Snapshots `ckpt` now and writes it to every path in `paths`.
+    pub fn save(&self, ckpt: &Checkpoint, paths: &[PathBuf]) -> Result<()> {
+        let Some(first) = paths.first() else { return Ok(()) };
+        let bytes = Arc::new(ckpt.to_bytes(first)?);
+        for path in paths {
+            self.send(WriteJob::Write(path.clone(), Arc::clone(&bytes)))?;
+        }
+        Ok(())
+    }
+
+    /// Deletes `path` after the writes queued before it.
+    pub fn remove(&self, path: &Path) -> Result<()> {
+        self.send(WriteJob::Remove(path.to_owned()))
+    }
+
+    /// Waits until everything queued is on disk; returns the first error.
+    pub fn flush(&self) -> Result<()> {
+        if let Some(tx) = &self.tx {
+            let (done_tx, done_rx) = mpsc::sync_channel(1);
+            if tx.send(WriteJob::Flush(done_tx)).is_ok() {
+                let _ = done_rx.recv();
+            }
+        }
+        self.take_error()
+    }
+}
+
+impl Drop for CheckpointWriter {
+    fn drop(&mut self) {
+        self.tx.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 /// Which checkpoint to start from, as in Lightning's `ckpt_path`.

@@ -11,6 +11,7 @@ pub mod config;
 pub mod data;
 mod error;
 pub mod fabric;
+mod ffi;
 pub mod loggers;
 pub mod metrics;
 pub mod module;

@@ -1,9 +1,10 @@
 //! SGD, Adam and AdamW with state that volt owns, so that checkpoints hold it exactly.
 //!
-//! tch's `nn::Optimizer` hides its state tensors, which exact resume needs. tch exposes
-//! none of libtorch's multi-tensor (`_foreach_*`, `_fused_adamw_`) kernels, so each
-//! parameter is updated with in-place libtorch ops, the same arithmetic in the same
-//! order as `torch::optim` (and PyTorch's `foreach=False` path).
+//! tch's `nn::Optimizer` hides its state tensors, which exact resume needs, so volt owns
+//! them. Updates run in libtorch's fused kernels (`_fused_adamw_`, `_fused_adam_`,
+//! `_fused_sgd_`, PyTorch's `fused=True` path, on CPU and CUDA), reached through volt's
+//! C++ shim since tch does not expose them: one kernel call per step for all parameters.
+use crate::ffi;
 use crate::schedule::SchedulerConfig;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -176,6 +177,8 @@ pub fn clip_gradients(grads: &[Tensor], max: f64, algorithm: ClipAlgorithm) -> O
 
 #[derive(Default)]
 struct ParamState {
+    /// Updates this parameter has received (Adam's bias correction counts per parameter).
+    step: u64,
     exp_avg: Option<Tensor>,
     exp_avg_sq: Option<Tensor>,
     momentum_buffer: Option<Tensor>,
@@ -245,90 +248,113 @@ impl Optimizer {
         }
     }
 
-    /// Applies one update from the current gradients.
-    pub fn step(&mut self) {
+    /// Applies one update from the current gradients, in one fused libtorch kernel.
+    pub fn step(&mut self) -> crate::Result<()> {
         self.step += 1;
-        let lr = self.lr;
-        let step = self.step as f64;
-        let spec = self.spec.clone();
-        tch::no_grad(|| {
-            for ((_, p), st) in self.params.iter().zip(self.state.iter_mut()) {
-                let grad = p.grad();
-                if !grad.defined() {
-                    continue;
-                }
-                let mut p = p.shallow_clone();
-                match spec {
-                    OptimizerSpec::Sgd {
-                        momentum,
-                        dampening,
-                        nesterov,
-                        weight_decay,
-                        ..
-                    } => {
-                        let mut d_p = if weight_decay != 0.0 {
-                            grad.g_add(&(&p * weight_decay))
-                        } else {
-                            grad
-                        };
-                        if momentum != 0.0 {
-                            let buf = match st.momentum_buffer.take() {
-                                None => d_p.detach().copy(),
-                                Some(mut buf) => {
-                                    let _ = buf.g_mul_scalar_(momentum);
-                                    let _ = buf.g_add_(&(&d_p * (1.0 - dampening)));
-                                    buf
-                                }
-                            };
-                            d_p = if nesterov {
-                                d_p.g_add(&(&buf * momentum))
-                            } else {
-                                buf.shallow_clone()
-                            };
-                            st.momentum_buffer = Some(buf);
-                        }
-                        let _ = p.g_add_(&(d_p * -lr));
-                    }
-                    OptimizerSpec::Adam {
-                        betas,
-                        eps,
-                        weight_decay,
-                        ..
-                    }
-                    | OptimizerSpec::AdamW {
-                        betas,
-                        eps,
-                        weight_decay,
-                        ..
-                    } => {
-                        let decoupled = matches!(spec, OptimizerSpec::AdamW { .. });
-                        let grad = if decoupled {
-                            if weight_decay != 0.0 {
-                                let _ = p.g_mul_scalar_(1.0 - lr * weight_decay);
-                            }
-                            grad
-                        } else if weight_decay != 0.0 {
-                            grad.g_add(&(&p * weight_decay))
-                        } else {
-                            grad
-                        };
-                        let (b1, b2) = betas;
-                        let m = st.exp_avg.get_or_insert_with(|| p.zeros_like());
-                        let v = st.exp_avg_sq.get_or_insert_with(|| p.zeros_like());
-                        let bc1 = 1.0 - b1.powf(step);
-                        let bc2 = 1.0 - b2.powf(step);
-                        let _ = m.g_mul_scalar_(b1);
-                        let _ = m.g_add_(&(&grad * (1.0 - b1)));
-                        let _ = v.g_mul_scalar_(b2);
-                        // tch's addcmul_/addcdiv_ take no scalar: fold it into an operand
-                        // the way the kernels evaluate `self + value * t1 * t2`.
-                        let _ = v.addcmul_(&(&grad * (1.0 - b2)), &grad);
-                        let denom = (v.sqrt() / bc2.sqrt()) + eps;
-                        let _ = p.g_add_(&((&*m / &denom) * (-lr / bc1)));
-                    }
-                }
+        let with_grad: Vec<usize> = (0..self.params.len())
+            .filter(|&i| self.params[i].1.grad().defined())
+            .collect();
+        if with_grad.is_empty() {
+            return Ok(());
+        }
+        let grads: Vec<Tensor> = with_grad.iter().map(|&i| self.params[i].1.grad()).collect();
+        let params: Vec<&Tensor> = with_grad.iter().map(|&i| &self.params[i].1).collect();
+        let grads: Vec<&Tensor> = grads.iter().collect();
+        match self.spec {
+            OptimizerSpec::Adam {
+                betas,
+                eps,
+                weight_decay,
+                ..
             }
-        });
+            | OptimizerSpec::AdamW {
+                betas,
+                eps,
+                weight_decay,
+                ..
+            } => {
+                for &i in &with_grad {
+                    let p = &self.params[i].1;
+                    let st = &mut self.state[i];
+                    st.exp_avg.get_or_insert_with(|| p.zeros_like());
+                    st.exp_avg_sq.get_or_insert_with(|| p.zeros_like());
+                    st.step += 1;
+                }
+                let h = ffi::AdamStep {
+                    lr: self.lr,
+                    betas,
+                    eps,
+                    weight_decay,
+                    decoupled: matches!(self.spec, OptimizerSpec::AdamW { .. }),
+                };
+                // Bias correction uses each parameter's own step count (as PyTorch does);
+                // parameters with equal counts (normally all of them) share one kernel call.
+                let mut counts: Vec<u64> = with_grad.iter().map(|&i| self.state[i].step).collect();
+                counts.sort_unstable();
+                counts.dedup();
+                for count in counts {
+                    let group: Vec<usize> = (0..with_grad.len())
+                        .filter(|&k| self.state[with_grad[k]].step == count)
+                        .collect();
+                    let step = Tensor::from(count as f32).to_device(params[group[0]].device());
+                    let p: Vec<&Tensor> = group.iter().map(|&k| params[k]).collect();
+                    let g: Vec<&Tensor> = group.iter().map(|&k| grads[k]).collect();
+                    let m: Vec<&Tensor> = group
+                        .iter()
+                        .filter_map(|&k| self.state[with_grad[k]].exp_avg.as_ref())
+                        .collect();
+                    let v: Vec<&Tensor> = group
+                        .iter()
+                        .filter_map(|&k| self.state[with_grad[k]].exp_avg_sq.as_ref())
+                        .collect();
+                    let steps: Vec<&Tensor> = vec![&step; group.len()];
+                    tch::no_grad(|| ffi::fused_adam(&p, &g, &m, &v, &steps, &h))?;
+                }
+                Ok(())
+            }
+            OptimizerSpec::Sgd {
+                momentum,
+                dampening,
+                nesterov,
+                weight_decay,
+                ..
+            } => {
+                let h = ffi::SgdStep {
+                    lr: self.lr,
+                    momentum,
+                    dampening,
+                    nesterov,
+                    weight_decay,
+                };
+                if momentum == 0.0 {
+                    return tch::no_grad(|| ffi::fused_sgd(&params, &grads, &[], &h, false));
+                }
+                // A parameter's first step initialises its buffer from the gradient; the
+                // kernel takes that as one flag, so new and old buffers go in separate calls.
+                let (fresh, seen): (Vec<usize>, Vec<usize>) =
+                    (0..with_grad.len()).partition(|&k| self.state[with_grad[k]].momentum_buffer.is_none());
+                for (first, group) in [(true, fresh), (false, seen)] {
+                    if group.is_empty() {
+                        continue;
+                    }
+                    for &k in &group {
+                        let i = with_grad[k];
+                        let p = &self.params[i].1;
+                        self.state[i]
+                            .momentum_buffer
+                            .get_or_insert_with(|| p.zeros_like());
+                    }
+                    let p: Vec<&Tensor> = group.iter().map(|&k| params[k]).collect();
+                    let g: Vec<&Tensor> = group.iter().map(|&k| grads[k]).collect();
+                    let b: Vec<&Tensor> = group
+                        .iter()
+                        .filter_map(|&k| self.state[with_grad[k]].momentum_buffer.as_ref())
+                        .collect();
+                    tch::no_grad(|| ffi::fused_sgd(&p, &g, &b, &h, first))?;
+                }
+                Ok(())
+            }
+        }
     }
 }
 
@@ -364,6 +390,9 @@ impl Optimizer {
                     out.push((format!("{name}.{field}"), t.shallow_clone()));
                 }
             }
+            if st.step > 0 {
+                out.push((format!("{name}.step"), Tensor::from(st.step as f32)));
+            }
         }
         out
     }
@@ -394,7 +423,12 @@ impl Optimizer {
         }
         let mut restored = Vec::with_capacity(self.state.len());
         for (name, p) in &self.params {
-            let mut st = ParamState::default();
+            let mut st = ParamState {
+                step: tensors
+                    .get(&format!("{name}.step"))
+                    .map_or(0, |t| t.double_value(&[]) as u64),
+                ..ParamState::default()
+            };
             for (field, slot) in STATE_FIELDS.iter().zip(st.fields_mut()) {
                 let key = format!("{name}.{field}");
                 if let Some(t) = tensors.get(&key) {

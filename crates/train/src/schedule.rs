@@ -31,13 +31,6 @@ impl Mode {
             Mode::Max => a > b,
         }
     }
-    /// The worst possible value, a starting point for "best so far".
-    pub fn worst(self) -> f64 {
-        match self {
-            Mode::Min => f64::INFINITY,
-            Mode::Max => f64::NEG_INFINITY,
-        }
-    }
 }
 
 /// Which schedule.
@@ -247,6 +240,7 @@ impl LrScheduler {
                 return self.lr();
             };
             let improved = match self.state.best {
+                _ if !current.is_finite() => false,
                 None => true,
                 Some(best) => match mode {
                     Mode::Min => current < best * (1.0 - threshold),

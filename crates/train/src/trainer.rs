@@ -6,7 +6,7 @@
 //! logging → callbacks → validation when due, until a limit, a callback or a signal
 //! ends the run; `finish` writes `last.safetensors` and flushes the loggers.
 use crate::callbacks::{Callback, CallbackContext, ModelCheckpoint, ProgressBar, Requests};
-use crate::checkpoint::{self, Checkpoint, CkptPath, TrainingState, LAST_NAME};
+use crate::checkpoint::{self, Checkpoint, CheckpointWriter, CkptPath, TrainingState, LAST_NAME};
 use crate::config::TrainerConfig;
 use crate::data::{mix, Batch, DataLoader, DataModule};
 use crate::error::{Error, Result};
@@ -77,6 +77,7 @@ struct Run {
     optimizer: Optimizer,
     scheduler: Option<LrScheduler>,
     loggers: Vec<Box<dyn Logger>>,
+    writer: CheckpointWriter,
     seed: Option<u64>,
 }
 
@@ -303,6 +304,7 @@ impl Trainer {
             optimizer,
             scheduler,
             loggers,
+            writer: CheckpointWriter::new(),
             seed: self.config.seed,
         };
 
@@ -319,10 +321,12 @@ impl Trainer {
         match result {
             Ok((steps, train_time, first_step)) => self.finish(module, run, steps, train_time, first_step),
             Err(e) => {
-                // Keep what was logged; write no checkpoint from a failed run.
+                // Keep what was logged and what was saved before the failure; write no
+                // checkpoint of the failed state.
                 for l in &mut run.loggers {
                     let _ = l.flush();
                 }
+                let _ = run.writer.flush();
                 Err(e)
             }
         }
@@ -364,9 +368,7 @@ impl Trainer {
         started: Instant,
     ) -> Result<(u64, Duration, Option<Duration>)> {
         module.on_fit_start()?;
-        let req = hook(&mut self.callbacks, &run.state, false, |cb, ctx| {
-            cb.on_fit_start(ctx)
-        })?;
+        let req = hook(&mut self.callbacks, &run.state, |cb, ctx| cb.on_fit_start(ctx))?;
         self.apply(req, module, run)?;
 
         let sanity = if self.fast_dev_batches().is_some() {
@@ -420,7 +422,7 @@ impl Trainer {
         };
 
         module.on_train_epoch_start(epoch)?;
-        let req = hook(&mut self.callbacks, &run.state, false, |cb, ctx| {
+        let req = hook(&mut self.callbacks, &run.state, |cb, ctx| {
             cb.on_train_epoch_start(ctx)
         })?;
         self.apply(req, module, run)?;
@@ -482,7 +484,7 @@ impl Trainer {
                     .clip_gradients(&run.optimizer, max, self.config.gradient_clip_algorithm);
             }
             let lr_used = run.optimizer.lr();
-            run.optimizer.step();
+            run.optimizer.step()?;
             run.optimizer.zero_grad();
             run.state.progress.global_step += 1;
             run.state.progress.batch_in_epoch = batch_idx;
@@ -515,7 +517,7 @@ impl Trainer {
                 log_row(&mut run.loggers, &step_metrics, epoch, global_step - 1)?;
             }
             let loss_for_callbacks = std::mem::take(&mut window_loss);
-            let req = hook(&mut self.callbacks, &run.state, false, |cb, ctx| {
+            let req = hook(&mut self.callbacks, &run.state, |cb, ctx| {
                 cb.on_train_batch_end(ctx, loss_for_callbacks)
             })?;
             self.apply(req, module, run)?;
@@ -572,7 +574,7 @@ impl Trainer {
             }
         }
         module.on_train_epoch_end(epoch)?;
-        let req = hook(&mut self.callbacks, &run.state, false, |cb, ctx| {
+        let req = hook(&mut self.callbacks, &run.state, |cb, ctx| {
             cb.on_train_epoch_end(ctx)
         })?;
         self.apply(req, module, run)?;
@@ -633,7 +635,7 @@ impl Trainer {
             )?;
         }
         module.on_validation_epoch_end(&metrics)?;
-        let req = hook(&mut self.callbacks, &run.state, false, |cb, ctx| {
+        let req = hook(&mut self.callbacks, &run.state, |cb, ctx| {
             cb.on_validation_end(ctx)
         })?;
         self.apply(req, module, run)
@@ -686,20 +688,12 @@ impl Trainer {
                 run.state.progress.global_step.saturating_sub(1),
             )?;
         }
-        if !req.saves.is_empty() && self.fabric.is_global_zero() {
-            let ckpt = self.checkpoint(module, run);
-            for path in &req.saves {
-                ckpt.save(path)?;
-            }
-        }
         if self.fabric.is_global_zero() {
-            for path in &req.removals {
-                if !req.saves.contains(path) {
-                    match std::fs::remove_file(path) {
-                        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(Error::io(path, e)),
-                        _ => {}
-                    }
-                }
+            if !req.saves.is_empty() {
+                run.writer.save(&self.checkpoint(module, run), &req.saves)?;
+            }
+            for path in req.removals.iter().filter(|p| !req.saves.contains(p)) {
+                run.writer.remove(path)?;
             }
         }
         if let Some(reason) = req.stop {
@@ -751,21 +745,21 @@ impl Trainer {
         train_time: Duration,
         first_step: Option<Duration>,
     ) -> Result<FitOutcome> {
-        let req = hook(&mut self.callbacks, &run.state, false, |cb, ctx| {
-            cb.on_fit_end(ctx)
-        })?;
+        let req = hook(&mut self.callbacks, &run.state, |cb, ctx| cb.on_fit_end(ctx))?;
         self.apply(req, module, &mut run)?;
         module.on_fit_end()?;
         let last = match (&run.state.log_dir, self.config.enable_checkpointing) {
             (Some(dir), true) => {
                 let path = dir.join("checkpoints").join(LAST_NAME);
                 if self.fabric.is_global_zero() {
-                    self.checkpoint(module, &run).save(&path)?;
+                    run.writer
+                        .save(&self.checkpoint(module, &run), std::slice::from_ref(&path))?;
                 }
                 Some(path)
             }
             _ => None,
         };
+        run.writer.flush()?;
         for l in &mut run.loggers {
             l.flush()?;
         }
@@ -927,7 +921,6 @@ fn limit_reached(p: &Progress, max_epochs: Option<usize>, max_steps: Option<u64>
 fn hook(
     callbacks: &mut [Box<dyn Callback>],
     st: &RunState,
-    sanity_checking: bool,
     mut f: impl FnMut(&mut dyn Callback, &mut CallbackContext) -> Result<()>,
 ) -> Result<Requests> {
     let mut requests = Requests::default();
@@ -941,7 +934,6 @@ fn hook(
             log_dir: st.log_dir.as_deref(),
             is_global_zero: st.is_global_zero,
             has_validation: st.has_validation,
-            sanity_checking,
             num_training_batches: st.epoch_len,
             max_epochs: st.max_epochs,
             max_steps: st.max_steps,

@@ -25,8 +25,9 @@ pub struct EarlyStopping {
     pub check_finite: bool,
     /// Check at the end of the training epoch instead of after validation.
     pub check_on_train_epoch_end: bool,
+    /// What it has seen so far (restored from checkpoints on resume).
     #[serde(skip)]
-    state: EarlyStoppingState,
+    pub state: EarlyStoppingState,
 }
 
 /// What EarlyStopping remembers across resumes.
@@ -67,11 +68,6 @@ impl EarlyStopping {
         }
     }
 
-    /// What it has seen so far.
-    pub fn state(&self) -> &EarlyStoppingState {
-        &self.state
-    }
-
     /// Applies one observation; returns why to stop, if it should.
     pub fn observe(&mut self, current: f64, epoch: usize) -> Option<String> {
         let m = &self.monitor;
@@ -96,6 +92,7 @@ impl EarlyStopping {
         } else {
             let delta = self.min_delta.abs();
             let improved = match (self.state.best_score, self.mode) {
+                _ if !current.is_finite() => false,
                 (None, _) => true,
                 (Some(best), Mode::Min) => current < best - delta,
                 (Some(best), Mode::Max) => current > best + delta,
@@ -121,9 +118,6 @@ impl EarlyStopping {
     }
 
     fn check(&mut self, ctx: &mut CallbackContext) -> Result<()> {
-        if ctx.sanity_checking {
-            return Ok(());
-        }
         let current = ctx.monitored("EarlyStopping", &self.monitor)?;
         if let Some(reason) = self.observe(current, ctx.progress.epoch) {
             ctx.request_stop(format!("EarlyStopping: {reason}"));

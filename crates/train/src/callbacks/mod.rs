@@ -33,8 +33,6 @@ pub struct CallbackContext<'a> {
     pub is_global_zero: bool,
     /// Whether the run has a validation loop.
     pub has_validation: bool,
-    /// Whether validation metrics are from the sanity check (callbacks ignore those).
-    pub sanity_checking: bool,
     /// Batches per training epoch (after limits).
     pub num_training_batches: usize,
     /// The run's epoch limit.

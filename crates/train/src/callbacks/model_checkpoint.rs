@@ -30,8 +30,9 @@ pub struct ModelCheckpoint {
     /// Save at the end of the training epoch rather than after validation
     /// (default: only when the run has no validation).
     pub save_on_train_epoch_end: Option<bool>,
+    /// What it has saved so far (restored from checkpoints on resume).
     #[serde(skip)]
-    state: CheckpointState,
+    pub state: CheckpointState,
 }
 
 /// What ModelCheckpoint remembers across resumes.
@@ -76,11 +77,6 @@ impl ModelCheckpoint {
             save_last: true,
             ..Self::default()
         }
-    }
-
-    /// What this callback has saved so far.
-    pub fn state(&self) -> &CheckpointState {
-        &self.state
     }
 
     fn dir(&self, ctx: &CallbackContext) -> Result<PathBuf> {
@@ -135,7 +131,7 @@ impl ModelCheckpoint {
     }
 
     fn save(&mut self, ctx: &mut CallbackContext) -> Result<()> {
-        if !ctx.is_global_zero || ctx.sanity_checking {
+        if !ctx.is_global_zero {
             return Ok(());
         }
         if self.state.last_saved_step == Some(ctx.progress.global_step) {
@@ -156,17 +152,13 @@ impl ModelCheckpoint {
 
     fn save_top_k_checkpoint(&mut self, ctx: &mut CallbackContext, dir: &std::path::Path) -> Result<()> {
         let score = match &self.monitor {
-            Some(m) => {
-                let v = ctx.monitored("ModelCheckpoint", m)?;
-                // A NaN never counts as an improvement.
-                if v.is_nan() {
-                    self.mode.worst()
-                } else {
-                    v
-                }
-            }
+            Some(m) => ctx.monitored("ModelCheckpoint", m)?,
             None => ctx.progress.global_step as f64,
         };
+        if !score.is_finite() {
+            // A NaN or infinite value never ranks among the best.
+            return Ok(());
+        }
         let mode = if self.monitor.is_some() {
             self.mode
         } else {
@@ -238,7 +230,7 @@ impl Callback for ModelCheckpoint {
     }
 
     fn on_validation_end(&mut self, ctx: &mut CallbackContext) -> Result<()> {
-        if ctx.sanity_checking || self.on_train_epoch_end_saves(ctx) || self.every_n_train_steps.is_some() {
+        if self.on_train_epoch_end_saves(ctx) || self.every_n_train_steps.is_some() {
             return Ok(());
         }
         if self.epoch_due(ctx) {

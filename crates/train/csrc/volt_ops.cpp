@@ -1,0 +1,72 @@
+// volt's C++ shim: libtorch ops that tch does not expose, behind a C ABI.
+//
+// Tensors arrive as `at::Tensor*`, which is what tch's `Tensor::as_ptr` points at.
+// Every function returns nullptr on success or a heap-allocated error message that the
+// caller frees with volt_free_error.
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/_fused_adam.h>
+#include <ATen/ops/_fused_adamw.h>
+#include <ATen/ops/_fused_sgd.h>
+
+#include <cstring>
+#include <exception>
+#include <vector>
+
+namespace {
+
+std::vector<at::Tensor> list(at::Tensor **tensors, int64_t n) {
+  std::vector<at::Tensor> out;
+  out.reserve(n);
+  for (int64_t i = 0; i < n; ++i) out.push_back(*tensors[i]);
+  return out;
+}
+
+char *error(const char *message) {
+  char *copy = static_cast<char *>(std::malloc(std::strlen(message) + 1));
+  if (copy) std::strcpy(copy, message);
+  return copy;
+}
+
+}  // namespace
+
+extern "C" {
+
+void volt_free_error(char *message) { std::free(message); }
+
+// Adam (decoupled == 0) or AdamW (decoupled != 0) over n parameters in one fused kernel.
+// `steps` holds each parameter's step count, already incremented for this step.
+char *volt_fused_adam(at::Tensor **params, at::Tensor **grads, at::Tensor **exp_avgs,
+                      at::Tensor **exp_avg_sqs, at::Tensor **steps, int64_t n, double lr,
+                      double beta1, double beta2, double weight_decay, double eps,
+                      int decoupled) {
+  try {
+    auto p = list(params, n), g = list(grads, n), m = list(exp_avgs, n), v = list(exp_avg_sqs, n),
+         s = list(steps, n);
+    if (decoupled) {
+      at::_fused_adamw_(p, g, m, v, {}, s, lr, beta1, beta2, weight_decay, eps, false, false);
+    } else {
+      at::_fused_adam_(p, g, m, v, {}, s, lr, beta1, beta2, weight_decay, eps, false, false);
+    }
+    return nullptr;
+  } catch (const std::exception &e) {
+    return error(e.what());
+  }
+}
+
+// SGD with optional momentum over n parameters in one fused kernel; `momentum_buffers`
+// has n entries when momentum != 0 and is ignored otherwise.
+char *volt_fused_sgd(at::Tensor **params, at::Tensor **grads, at::Tensor **momentum_buffers,
+                     int64_t n, double lr, double momentum, double dampening, int nesterov,
+                     double weight_decay, int is_first_step) {
+  try {
+    auto p = list(params, n), g = list(grads, n);
+    auto b = momentum != 0.0 ? list(momentum_buffers, n) : std::vector<at::Tensor>{};
+    at::_fused_sgd_(p, g, b, weight_decay, momentum, lr, dampening, nesterov != 0, false,
+                    is_first_step != 0);
+    return nullptr;
+  } catch (const std::exception &e) {
+    return error(e.what());
+  }
+}
+
+}  // extern "C"
