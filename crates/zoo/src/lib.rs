@@ -27,3 +27,12 @@ pub const MODELS: &[ModelInfo] = &[ModelInfo {
     dataset: "scikit-learn digits, 1,797 8x8 images, 80/20 split (bundled)",
     defaults: "64-256-256-10 ReLU MLP, AdamW lr 1e-3, batch 32",
 }];
+
+/// The README's and the docs' code blocks, compiled by `cargo test` so they cannot rot.
+#[cfg(doctest)]
+mod doc_examples {
+    #[doc = include_str!("../../../README.md")]
+    struct Readme;
+    #[doc = include_str!("../../../docs/training.md")]
+    struct TrainingGuide;
+}

@@ -373,3 +373,42 @@ fn metrics_csv_and_tensorboard_files_hold_the_logged_values() {
         "epoch is a CSV column, not a TensorBoard scalar"
     );
 }
+
+#[test]
+fn python_safetensors_opens_a_volt_checkpoint() {
+    let _serial = serial();
+    let python = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.python");
+    assert!(python.exists(), "{} is missing: run scripts/setup", python.display());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut m = model(0);
+    let mut t = Trainer::new(TrainerConfig {
+        max_steps: Some(5),
+        enable_checkpointing: true,
+        ..quiet(dir.path())
+    })
+    .expect("trainer");
+    let last = t.fit(&mut m, &data(), None).expect("fit").last_checkpoint.expect("last");
+    let script = r#"
+import json, sys
+from safetensors import safe_open
+with safe_open(sys.argv[1], framework="pt") as f:
+    state = json.loads(f.metadata()["volt"])
+    w = f.get_tensor("model.fc1.weight")
+    print(json.dumps({"keys": sorted(f.keys()), "step": state["progress"]["global_step"],
+                      "shape": list(w.shape), "sum": float(w.double().sum())}))
+"#;
+    let out = std::process::Command::new(&python)
+        .args(["-c", script])
+        .arg(&last)
+        .output()
+        .expect("run python");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let got: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(got["step"], 5);
+    assert_eq!(got["shape"], serde_json::json!([256, 64]));
+    let ours = m.var_store().variables()["fc1.weight"].to_kind(Kind::Double).sum(Kind::Double).double_value(&[]);
+    assert!((got["sum"].as_f64().expect("sum") - ours).abs() < 1e-9);
+    let keys: Vec<&str> = got["keys"].as_array().expect("keys").iter().filter_map(|k| k.as_str()).collect();
+    assert!(keys.contains(&"optimizer.fc1.weight.exp_avg_sq"), "{keys:?}");
+    assert!(keys.contains(&"model.fc3.bias"), "{keys:?}");
+}
