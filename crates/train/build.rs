@@ -5,10 +5,7 @@ include!("../../build/libtorch.rs");
 fn main() {
     println!("cargo:rerun-if-changed=csrc/volt_ops.cpp");
     let lib = link_libtorch().expect("torch-sys did not report libtorch's lib folder (DEP_TCH_LIBTORCH_LIB)");
-    let root = lib
-        .parent()
-        .expect("libtorch lib folder has a parent")
-        .to_path_buf();
+    let root = lib.parent().expect("libtorch lib folder has a parent").to_path_buf();
     cc::Build::new()
         .cpp(true)
         .file("csrc/volt_ops.cpp")

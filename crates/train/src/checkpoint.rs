@@ -100,20 +100,15 @@ impl Checkpoint {
 
     /// The file's bytes; `path` only names the file in errors.
     pub fn to_bytes(&self, path: &Path) -> Result<Vec<u8>> {
-        let bytes = self
-            .tensors
-            .iter()
-            .map(|(n, t)| Ok((n.clone(), to_bytes(n, t)?)))
-            .collect::<Result<Vec<_>>>()?;
+        let bytes =
+            self.tensors.iter().map(|(n, t)| Ok((n.clone(), to_bytes(n, t)?))).collect::<Result<Vec<_>>>()?;
         // JSON has no NaN or infinity; such metric values are left out.
         let mut state = self.state.clone();
         state.metrics.retain(|_, v| v.is_finite());
         let json = serde_json::to_string(&state)
             .map_err(|e| Error::checkpoint(path, format!("cannot encode state: {e}")))?;
-        let metadata = HashMap::from([
-            (METADATA_KEY.to_owned(), json),
-            ("format".to_owned(), "pt".to_owned()),
-        ]);
+        let metadata =
+            HashMap::from([(METADATA_KEY.to_owned(), json), ("format".to_owned(), "pt".to_owned())]);
         let views: Vec<(&str, &Bytes)> = bytes.iter().map(|(n, b)| (n.as_str(), b)).collect();
         safetensors::tensor::serialize(views, &Some(metadata))
             .map_err(|e| Error::checkpoint(path, format!("cannot encode: {e}")))
@@ -133,13 +128,9 @@ impl Checkpoint {
             .map_err(|e| Error::checkpoint(path, format!("not a readable safetensors file ({e:?})")))?;
         let st = SafeTensors::deserialize(&buffer)
             .map_err(|e| Error::checkpoint(path, format!("not a readable safetensors file ({e:?})")))?;
-        let json = header
-            .metadata()
-            .as_ref()
-            .and_then(|m| m.get(METADATA_KEY))
-            .ok_or_else(|| {
-                Error::checkpoint(path, "not a volt checkpoint (no `volt` entry in its metadata)")
-            })?;
+        let json = header.metadata().as_ref().and_then(|m| m.get(METADATA_KEY)).ok_or_else(|| {
+            Error::checkpoint(path, "not a volt checkpoint (no `volt` entry in its metadata)")
+        })?;
         let state: TrainingState = serde_json::from_str(json)
             .map_err(|e| Error::checkpoint(path, format!("unreadable trainer state: {e}")))?;
         let mut tensors = Vec::new();
@@ -165,11 +156,8 @@ impl Checkpoint {
 
 /// Model tensors of `vs`, named for a checkpoint.
 pub fn model_tensors(vs: &nn::VarStore) -> Vec<(String, Tensor)> {
-    let mut v: Vec<(String, Tensor)> = vs
-        .variables()
-        .into_iter()
-        .map(|(n, t)| (format!("{MODEL_PREFIX}{n}"), t))
-        .collect();
+    let mut v: Vec<(String, Tensor)> =
+        vs.variables().into_iter().map(|(n, t)| (format!("{MODEL_PREFIX}{n}"), t)).collect();
     v.sort_by(|a, b| a.0.cmp(&b.0));
     v
 }
@@ -184,10 +172,7 @@ pub fn restore_model(vs: &nn::VarStore, ckpt: &Checkpoint, path: &Path) -> Resul
     names.sort();
     for name in &names {
         match saved.get(*name) {
-            None => problems.push(format!(
-                "  missing in checkpoint: {name} {:?}",
-                vars[*name].size()
-            )),
+            None => problems.push(format!("  missing in checkpoint: {name} {:?}", vars[*name].size())),
             Some(t) if t.size() != vars[*name].size() => problems.push(format!(
                 "  shape mismatch: {name}: checkpoint {:?}, model {:?}",
                 t.size(),
@@ -202,10 +187,7 @@ pub fn restore_model(vs: &nn::VarStore, ckpt: &Checkpoint, path: &Path) -> Resul
         problems.push(format!("  not in model: {name} {:?}", t.size()));
     }
     if !problems.is_empty() {
-        return Err(Error::CheckpointMismatch {
-            path: path.to_owned(),
-            details: problems.join("\n"),
-        });
+        return Err(Error::CheckpointMismatch { path: path.to_owned(), details: problems.join("\n") });
     }
     tch::no_grad(|| -> Result<()> {
         for (name, mut var) in vars {
@@ -217,15 +199,10 @@ pub fn restore_model(vs: &nn::VarStore, ckpt: &Checkpoint, path: &Path) -> Resul
 
 /// Writes `bytes` to `path` through a fsynced temporary file and a rename.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    let file_name = path
-        .file_name()
-        .ok_or_else(|| Error::checkpoint(path, "not a file path"))?
-        .to_string_lossy();
+    let file_name =
+        path.file_name().ok_or_else(|| Error::checkpoint(path, "not a file path"))?.to_string_lossy();
     let tmp = dir.join(format!(".{file_name}.{}.tmp", std::process::id()));
     let result = (|| -> std::io::Result<()> {
         let mut f = std::fs::File::create(&tmp)?;
@@ -291,29 +268,18 @@ impl CheckpointWriter {
                 }
             })
             .ok();
-        CheckpointWriter {
-            tx: thread.as_ref().map(|_| tx),
-            thread,
-            errors,
-        }
+        CheckpointWriter { tx: thread.as_ref().map(|_| tx), thread, errors }
     }
 
     fn take_error(&self) -> Result<()> {
-        let first = self
-            .errors
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .drain(..)
-            .next();
+        let first = self.errors.lock().unwrap_or_else(|p| p.into_inner()).drain(..).next();
         first.map_or(Ok(()), Err)
     }
 
     fn send(&self, job: WriteJob) -> Result<()> {
         self.take_error()?;
         match &self.tx {
-            Some(tx) => tx
-                .send(job)
-                .map_err(|_| Error::User("the checkpoint writer thread stopped".into())),
+            Some(tx) => tx.send(job).map_err(|_| Error::User("the checkpoint writer thread stopped".into())),
             // No thread could be started: do the work inline.
             None => match job {
                 WriteJob::Write(path, bytes) => write_atomic(&path, &bytes),

@@ -191,10 +191,7 @@ impl TrainerConfig {
         if self.log_every_n_steps == 0 {
             return bad("log_every_n_steps", "must be at least 1");
         }
-        if self
-            .gradient_clip_val
-            .is_some_and(|v| !(v > 0.0 && v.is_finite()))
-        {
+        if self.gradient_clip_val.is_some_and(|v| !(v > 0.0 && v.is_finite())) {
             return bad("gradient_clip_val", "must be a positive number");
         }
         if self.check_val_every_n_epoch == 0 {

@@ -81,13 +81,7 @@ pub struct Sampler {
 
 impl Default for Sampler {
     fn default() -> Self {
-        Sampler {
-            shuffle: false,
-            seed: 0,
-            rank: 0,
-            world_size: 1,
-            drop_last: false,
-        }
+        Sampler { shuffle: false, seed: 0, rank: 0, world_size: 1, drop_last: false }
     }
 }
 
@@ -103,11 +97,7 @@ impl Sampler {
         if world == 1 {
             return order;
         }
-        let per_rank = if self.drop_last {
-            len / world
-        } else {
-            len.div_ceil(world)
-        };
+        let per_rank = if self.drop_last { len / world } else { len.div_ceil(world) };
         let total = per_rank * world;
         if total > order.len() && !order.is_empty() {
             let pad: Vec<usize> = order.iter().copied().cycle().take(total - len).collect();
@@ -145,13 +135,7 @@ pub struct LoaderOptions {
 
 impl Default for LoaderOptions {
     fn default() -> Self {
-        LoaderOptions {
-            batch_size: 1,
-            shuffle: false,
-            drop_last: false,
-            seed: 0,
-            prefetch: 2,
-        }
+        LoaderOptions { batch_size: 1, shuffle: false, drop_last: false, seed: 0, prefetch: 2 }
     }
 }
 
@@ -187,23 +171,11 @@ impl<B: Batch> DataLoader<B> {
         let dataset_len = dataset.len();
         let dataset = Arc::new(dataset);
         let fetch = move |indices: &[usize]| -> Result<B> {
-            let items = indices
-                .iter()
-                .map(|&i| dataset.get(i))
-                .collect::<Result<Vec<_>>>()?;
+            let items = indices.iter().map(|&i| dataset.get(i)).collect::<Result<Vec<_>>>()?;
             collate(items)
         };
-        let sampler = Sampler {
-            shuffle: options.shuffle,
-            seed: options.seed,
-            ..Sampler::default()
-        };
-        Ok(DataLoader {
-            fetch: Arc::new(fetch),
-            dataset_len,
-            options,
-            sampler,
-        })
+        let sampler = Sampler { shuffle: options.shuffle, seed: options.seed, ..Sampler::default() };
+        Ok(DataLoader { fetch: Arc::new(fetch), dataset_len, options, sampler })
     }
 
     /// The loader's options.
@@ -251,10 +223,7 @@ impl<B: Batch> DataLoader<B> {
         let remaining = chunks.len();
         let fetch = Arc::clone(&self.fetch);
         let source = if self.options.prefetch == 0 {
-            Source::Inline {
-                fetch,
-                chunks: chunks.into_iter(),
-            }
+            Source::Inline { fetch, chunks: chunks.into_iter() }
         } else {
             let (tx, rx) = mpsc::sync_channel(self.options.prefetch);
             std::thread::Builder::new()
@@ -277,10 +246,7 @@ impl<B: Batch> DataLoader<B> {
 }
 
 enum Source<B> {
-    Inline {
-        fetch: Arc<Fetch<B>>,
-        chunks: std::vec::IntoIter<Vec<usize>>,
-    },
+    Inline { fetch: Arc<Fetch<B>>, chunks: std::vec::IntoIter<Vec<usize>> },
     Prefetch(mpsc::Receiver<Result<B>>),
     Failed(Option<Error>),
 }
@@ -341,11 +307,7 @@ mod tests {
 
     #[test]
     fn shuffle_depends_only_on_seed_and_epoch() {
-        let s = Sampler {
-            shuffle: true,
-            seed: 7,
-            ..Sampler::default()
-        };
+        let s = Sampler { shuffle: true, seed: 7, ..Sampler::default() };
         assert_eq!(s.indices(100, 3), s.indices(100, 3));
         assert_ne!(s.indices(100, 3), s.indices(100, 4));
         let mut sorted = s.indices(100, 3);
@@ -355,16 +317,9 @@ mod tests {
 
     #[test]
     fn shards_are_disjoint_and_cover_the_epoch() {
-        let base = Sampler {
-            shuffle: true,
-            seed: 1,
-            world_size: 3,
-            drop_last: true,
-            ..Sampler::default()
-        };
-        let shards: Vec<Vec<usize>> = (0..3)
-            .map(|rank| Sampler { rank, ..base.clone() }.indices(10, 2))
-            .collect();
+        let base = Sampler { shuffle: true, seed: 1, world_size: 3, drop_last: true, ..Sampler::default() };
+        let shards: Vec<Vec<usize>> =
+            (0..3).map(|rank| Sampler { rank, ..base.clone() }.indices(10, 2)).collect();
         let mut all: Vec<usize> = shards.concat();
         assert!(shards.iter().all(|s| s.len() == 3));
         all.sort_unstable();

@@ -71,11 +71,7 @@ impl Fabric {
 
     /// Fabric over a strategy of the caller's.
     pub fn with_strategy(strategy: Box<dyn Strategy>) -> Self {
-        Fabric {
-            strategy,
-            params: Vec::new(),
-            backward_sync: true,
-        }
+        Fabric { strategy, params: Vec::new(), backward_sync: true }
     }
 
     /// Seeds libtorch's generators (CPU and every GPU).

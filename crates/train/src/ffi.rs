@@ -68,13 +68,7 @@ pub(crate) fn fused_adam(
 ) -> Result<()> {
     let n = params.len();
     assert!(grads.len() == n && exp_avgs.len() == n && exp_avg_sqs.len() == n && steps.len() == n);
-    let (p, g, m, v, s) = (
-        ptrs(params),
-        ptrs(grads),
-        ptrs(exp_avgs),
-        ptrs(exp_avg_sqs),
-        ptrs(steps),
-    );
+    let (p, g, m, v, s) = (ptrs(params), ptrs(grads), ptrs(exp_avgs), ptrs(exp_avg_sqs), ptrs(steps));
     // SAFETY: five arrays of n live tensor pointers; the shim only reads the arrays.
     check(unsafe {
         volt_fused_adam(
@@ -119,11 +113,7 @@ pub(crate) fn fused_sgd(
         volt_fused_sgd(
             p.as_ptr(),
             g.as_ptr(),
-            if b.is_empty() {
-                std::ptr::null()
-            } else {
-                b.as_ptr()
-            },
+            if b.is_empty() { std::ptr::null() } else { b.as_ptr() },
             n as i64,
             h.lr,
             h.momentum,

@@ -35,10 +35,7 @@ pub struct LogOptions {
 impl LogOptions {
     /// Shown in the progress bar, otherwise the defaults.
     pub fn prog_bar() -> Self {
-        LogOptions {
-            prog_bar: true,
-            ..LogOptions::default()
-        }
+        LogOptions { prog_bar: true, ..LogOptions::default() }
     }
 }
 
@@ -123,10 +120,7 @@ pub(crate) struct EpochAccumulator {
 impl EpochAccumulator {
     pub fn add(&mut self, r: &Record) {
         let w = r.batch_size.max(1) as f64;
-        let e = self
-            .sums
-            .entry(r.epoch_name())
-            .or_insert((0.0, 0.0, r.prog_bar, r.sync_dist));
+        let e = self.sums.entry(r.epoch_name()).or_insert((0.0, 0.0, r.prog_bar, r.sync_dist));
         e.0 += r.value * w;
         e.1 += w;
     }

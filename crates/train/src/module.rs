@@ -92,9 +92,7 @@ pub trait VoltModule {
 
     /// Predicts one batch.
     fn predict_step(&mut self, _batch: &Self::Batch, _ctx: &mut StepContext) -> Result<Self::Prediction> {
-        Err(crate::Error::User(
-            "this module does not implement predict_step".into(),
-        ))
+        Err(crate::Error::User("this module does not implement predict_step".into()))
     }
 
     /// The optimizer and, optionally, a learning-rate scheduler.

@@ -84,22 +84,11 @@ impl OptimizerSpec {
     }
     /// Adam with PyTorch's defaults and learning rate `lr`.
     pub fn adam(lr: f64) -> Self {
-        OptimizerSpec::Adam {
-            lr,
-            betas: default_betas(),
-            eps: default_eps(),
-            weight_decay: 0.0,
-        }
+        OptimizerSpec::Adam { lr, betas: default_betas(), eps: default_eps(), weight_decay: 0.0 }
     }
     /// Plain SGD with learning rate `lr`.
     pub fn sgd(lr: f64) -> Self {
-        OptimizerSpec::Sgd {
-            lr,
-            momentum: 0.0,
-            dampening: 0.0,
-            nesterov: false,
-            weight_decay: 0.0,
-        }
+        OptimizerSpec::Sgd { lr, momentum: 0.0, dampening: 0.0, nesterov: false, weight_decay: 0.0 }
     }
     /// The configured learning rate.
     pub fn lr(&self) -> f64 {
@@ -130,10 +119,7 @@ pub struct OptimizerConfig {
 
 impl From<OptimizerSpec> for OptimizerConfig {
     fn from(optimizer: OptimizerSpec) -> Self {
-        OptimizerConfig {
-            optimizer,
-            lr_scheduler: None,
-        }
+        OptimizerConfig { optimizer, lr_scheduler: None }
     }
 }
 
@@ -196,20 +182,11 @@ pub struct Optimizer {
 impl Optimizer {
     /// An optimizer for every trainable variable of `vs`.
     pub fn new(spec: OptimizerSpec, vs: &nn::VarStore) -> Self {
-        let mut params: Vec<(String, Tensor)> = vs
-            .variables()
-            .into_iter()
-            .filter(|(_, t)| t.requires_grad())
-            .collect();
+        let mut params: Vec<(String, Tensor)> =
+            vs.variables().into_iter().filter(|(_, t)| t.requires_grad()).collect();
         params.sort_by(|a, b| a.0.cmp(&b.0));
         let state = params.iter().map(|_| ParamState::default()).collect();
-        Optimizer {
-            lr: spec.lr(),
-            spec,
-            step: 0,
-            params,
-            state,
-        }
+        Optimizer { lr: spec.lr(), spec, step: 0, params, state }
     }
 
     /// The optimizer's configuration.
@@ -251,9 +228,8 @@ impl Optimizer {
     /// Applies one update from the current gradients, in one fused libtorch kernel.
     pub fn step(&mut self) -> crate::Result<()> {
         self.step += 1;
-        let with_grad: Vec<usize> = (0..self.params.len())
-            .filter(|&i| self.params[i].1.grad().defined())
-            .collect();
+        let with_grad: Vec<usize> =
+            (0..self.params.len()).filter(|&i| self.params[i].1.grad().defined()).collect();
         if with_grad.is_empty() {
             return Ok(());
         }
@@ -261,18 +237,8 @@ impl Optimizer {
         let params: Vec<&Tensor> = with_grad.iter().map(|&i| &self.params[i].1).collect();
         let grads: Vec<&Tensor> = grads.iter().collect();
         match self.spec {
-            OptimizerSpec::Adam {
-                betas,
-                eps,
-                weight_decay,
-                ..
-            }
-            | OptimizerSpec::AdamW {
-                betas,
-                eps,
-                weight_decay,
-                ..
-            } => {
+            OptimizerSpec::Adam { betas, eps, weight_decay, .. }
+            | OptimizerSpec::AdamW { betas, eps, weight_decay, .. } => {
                 for &i in &with_grad {
                     let p = &self.params[i].1;
                     let st = &mut self.state[i];
@@ -293,39 +259,22 @@ impl Optimizer {
                 counts.sort_unstable();
                 counts.dedup();
                 for count in counts {
-                    let group: Vec<usize> = (0..with_grad.len())
-                        .filter(|&k| self.state[with_grad[k]].step == count)
-                        .collect();
+                    let group: Vec<usize> =
+                        (0..with_grad.len()).filter(|&k| self.state[with_grad[k]].step == count).collect();
                     let step = Tensor::from(count as f32).to_device(params[group[0]].device());
                     let p: Vec<&Tensor> = group.iter().map(|&k| params[k]).collect();
                     let g: Vec<&Tensor> = group.iter().map(|&k| grads[k]).collect();
-                    let m: Vec<&Tensor> = group
-                        .iter()
-                        .filter_map(|&k| self.state[with_grad[k]].exp_avg.as_ref())
-                        .collect();
-                    let v: Vec<&Tensor> = group
-                        .iter()
-                        .filter_map(|&k| self.state[with_grad[k]].exp_avg_sq.as_ref())
-                        .collect();
+                    let m: Vec<&Tensor> =
+                        group.iter().filter_map(|&k| self.state[with_grad[k]].exp_avg.as_ref()).collect();
+                    let v: Vec<&Tensor> =
+                        group.iter().filter_map(|&k| self.state[with_grad[k]].exp_avg_sq.as_ref()).collect();
                     let steps: Vec<&Tensor> = vec![&step; group.len()];
                     tch::no_grad(|| ffi::fused_adam(&p, &g, &m, &v, &steps, &h))?;
                 }
                 Ok(())
             }
-            OptimizerSpec::Sgd {
-                momentum,
-                dampening,
-                nesterov,
-                weight_decay,
-                ..
-            } => {
-                let h = ffi::SgdStep {
-                    lr: self.lr,
-                    momentum,
-                    dampening,
-                    nesterov,
-                    weight_decay,
-                };
+            OptimizerSpec::Sgd { momentum, dampening, nesterov, weight_decay, .. } => {
+                let h = ffi::SgdStep { lr: self.lr, momentum, dampening, nesterov, weight_decay };
                 if momentum == 0.0 {
                     return tch::no_grad(|| ffi::fused_sgd(&params, &grads, &[], &h, false));
                 }
@@ -340,9 +289,7 @@ impl Optimizer {
                     for &k in &group {
                         let i = with_grad[k];
                         let p = &self.params[i].1;
-                        self.state[i]
-                            .momentum_buffer
-                            .get_or_insert_with(|| p.zeros_like());
+                        self.state[i].momentum_buffer.get_or_insert_with(|| p.zeros_like());
                     }
                     let p: Vec<&Tensor> = group.iter().map(|&k| params[k]).collect();
                     let g: Vec<&Tensor> = group.iter().map(|&k| grads[k]).collect();
@@ -399,11 +346,7 @@ impl Optimizer {
 
     /// Step count, learning rate and class.
     pub fn scalars(&self) -> OptimizerScalars {
-        OptimizerScalars {
-            step: self.step,
-            lr: self.lr,
-            class: self.spec.class_name().to_owned(),
-        }
+        OptimizerScalars { step: self.step, lr: self.lr, class: self.spec.class_name().to_owned() }
     }
 
     /// Restores state saved by [`Optimizer::state_tensors`] and [`Optimizer::scalars`];
@@ -424,9 +367,7 @@ impl Optimizer {
         let mut restored = Vec::with_capacity(self.state.len());
         for (name, p) in &self.params {
             let mut st = ParamState {
-                step: tensors
-                    .get(&format!("{name}.step"))
-                    .map_or(0, |t| t.double_value(&[]) as u64),
+                step: tensors.get(&format!("{name}.step")).map_or(0, |t| t.double_value(&[]) as u64),
                 ..ParamState::default()
             };
             for (field, slot) in STATE_FIELDS.iter().zip(st.fields_mut()) {

@@ -127,19 +127,11 @@ pub struct SchedulerConfig {
 impl SchedulerConfig {
     /// A schedule stepped after every optimizer step.
     pub fn every_step(scheduler: SchedulerSpec) -> Self {
-        SchedulerConfig {
-            scheduler,
-            interval: Interval::Step,
-            frequency: 1,
-            monitor: None,
-        }
+        SchedulerConfig { scheduler, interval: Interval::Step, frequency: 1, monitor: None }
     }
     /// A schedule stepped after every epoch.
     pub fn every_epoch(scheduler: SchedulerSpec) -> Self {
-        SchedulerConfig {
-            interval: Interval::Epoch,
-            ..Self::every_step(scheduler)
-        }
+        SchedulerConfig { interval: Interval::Epoch, ..Self::every_step(scheduler) }
     }
 }
 
@@ -169,11 +161,7 @@ pub struct LrScheduler {
 impl LrScheduler {
     /// A schedule starting from `base_lr`.
     pub fn new(config: SchedulerConfig, base_lr: f64) -> Self {
-        LrScheduler {
-            config,
-            base_lr,
-            state: SchedulerState::default(),
-        }
+        LrScheduler { config, base_lr, state: SchedulerState::default() }
     }
 
     /// The configuration.
@@ -195,11 +183,7 @@ impl LrScheduler {
         let base = self.base_lr;
         match self.config.scheduler {
             SchedulerSpec::StepLr { step_size, gamma } => base * gamma.powi((t / step_size.max(1)) as i32),
-            SchedulerSpec::WarmupCosine {
-                warmup_steps,
-                max_steps,
-                min_lr,
-            } => {
+            SchedulerSpec::WarmupCosine { warmup_steps, max_steps, min_lr } => {
                 if t < warmup_steps {
                     base * (t + 1) as f64 / (warmup_steps + 1) as f64
                 } else if t >= max_steps {
@@ -211,11 +195,7 @@ impl LrScheduler {
                     min_lr + coeff * (base - min_lr)
                 }
             }
-            SchedulerSpec::LinearDecay {
-                total_steps,
-                start_factor,
-                end_factor,
-            } => {
+            SchedulerSpec::LinearDecay { total_steps, start_factor, end_factor } => {
                 let frac = (t.min(total_steps) as f64) / total_steps.max(1) as f64;
                 base * (start_factor + (end_factor - start_factor) * frac)
             }
@@ -227,14 +207,8 @@ impl LrScheduler {
     /// Returns the new learning rate.
     pub fn step(&mut self, metric: Option<f64>) -> f64 {
         self.state.steps += 1;
-        if let SchedulerSpec::ReduceOnPlateau {
-            mode,
-            factor,
-            patience,
-            threshold,
-            cooldown,
-            min_lr,
-        } = self.config.scheduler
+        if let SchedulerSpec::ReduceOnPlateau { mode, factor, patience, threshold, cooldown, min_lr } =
+            self.config.scheduler
         {
             let Some(current) = metric else {
                 return self.lr();
@@ -283,13 +257,7 @@ mod tests {
 
     #[test]
     fn step_lr_decays_every_step_size() {
-        let lrs = run(
-            SchedulerSpec::StepLr {
-                step_size: 2,
-                gamma: 0.5,
-            },
-            &[0.0; 5],
-        );
+        let lrs = run(SchedulerSpec::StepLr { step_size: 2, gamma: 0.5 }, &[0.0; 5]);
         assert_eq!(lrs, vec![1.0, 0.5, 0.5, 0.25, 0.25]);
     }
 
@@ -312,14 +280,8 @@ mod tests {
 
     #[test]
     fn linear_decay_reaches_end_factor() {
-        let lrs = run(
-            SchedulerSpec::LinearDecay {
-                total_steps: 4,
-                start_factor: 1.0,
-                end_factor: 0.0,
-            },
-            &[0.0; 5],
-        );
+        let lrs =
+            run(SchedulerSpec::LinearDecay { total_steps: 4, start_factor: 1.0, end_factor: 0.0 }, &[0.0; 5]);
         assert_eq!(lrs, vec![0.75, 0.5, 0.25, 0.0, 0.0]);
     }
 

@@ -29,23 +29,13 @@ impl ModelSummary {
                 non_trainable += n;
             }
         }
-        ModelSummary {
-            modules: modules.into_iter().collect(),
-            trainable,
-            non_trainable,
-        }
+        ModelSummary { modules: modules.into_iter().collect(), trainable, non_trainable }
     }
 }
 
 impl fmt::Display for ModelSummary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let width = self
-            .modules
-            .iter()
-            .map(|(n, _)| n.len())
-            .max()
-            .unwrap_or(4)
-            .max(4);
+        let width = self.modules.iter().map(|(n, _)| n.len()).max().unwrap_or(4).max(4);
         writeln!(f, "  | {:<width$} | Params", "Name")?;
         for (i, (name, n)) in self.modules.iter().enumerate() {
             writeln!(f, "{i} | {name:<width$} | {n}")?;
@@ -54,10 +44,6 @@ impl fmt::Display for ModelSummary {
         writeln!(f, "{} trainable params", self.trainable)?;
         writeln!(f, "{} non-trainable params", self.non_trainable)?;
         writeln!(f, "{total} total params")?;
-        write!(
-            f,
-            "{:.3} MB total estimated model params size",
-            total as f64 * 4.0 / 1e6
-        )
+        write!(f, "{:.3} MB total estimated model params size", total as f64 * 4.0 / 1e6)
     }
 }

@@ -86,12 +86,7 @@ impl Trainer {
     pub fn new(config: TrainerConfig) -> Result<Self> {
         config.validate()?;
         let fabric = Fabric::new(&config.fabric())?;
-        Ok(Trainer {
-            config,
-            fabric,
-            callbacks: Vec::new(),
-            extra_loggers: Vec::new(),
-        })
+        Ok(Trainer { config, fabric, callbacks: Vec::new(), extra_loggers: Vec::new() })
     }
 
     /// Adds a callback (builder style).
@@ -178,9 +173,8 @@ impl Trainer {
     {
         let started = Instant::now();
         let fast_dev = self.fast_dev_batches();
-        let train_loader = data
-            .train_dataloader()
-            .ok_or_else(|| Error::Data("fit needs a train_dataloader".into()))?;
+        let train_loader =
+            data.train_dataloader().ok_or_else(|| Error::Data("fit needs a train_dataloader".into()))?;
         let train_loader = self.fabric.setup_dataloader(train_loader);
         let val_loader = data.val_dataloader().map(|l| self.fabric.setup_dataloader(l));
 
@@ -213,10 +207,8 @@ impl Trainer {
         self.fabric.setup_module(module.var_store())?;
         let opt_config = module.configure_optimizers();
         let mut optimizer = Optimizer::new(opt_config.optimizer.clone(), module.var_store());
-        let mut scheduler = opt_config
-            .lr_scheduler
-            .clone()
-            .map(|c| LrScheduler::new(c, opt_config.optimizer.lr()));
+        let mut scheduler =
+            opt_config.lr_scheduler.clone().map(|c| LrScheduler::new(c, opt_config.optimizer.lr()));
         if let Some(s) = &scheduler {
             optimizer.set_lr(s.lr());
         }
@@ -255,10 +247,7 @@ impl Trainer {
         }
         if self.config.enable_checkpointing
             && fast_dev.is_none()
-            && !self
-                .callbacks
-                .iter()
-                .any(|c| c.name().starts_with("ModelCheckpoint"))
+            && !self.callbacks.iter().any(|c| c.name().starts_with("ModelCheckpoint"))
         {
             self.callbacks.push(Box::new(ModelCheckpoint::default()));
         }
@@ -276,28 +265,20 @@ impl Trainer {
             println!("{}", ModelSummary::of(module.var_store()));
         }
 
-        let epoch_len = fast_dev
-            .unwrap_or(usize::MAX)
-            .min(self.config.limit_train_batches.resolve(train_loader.len()));
+        let epoch_len =
+            fast_dev.unwrap_or(usize::MAX).min(self.config.limit_train_batches.resolve(train_loader.len()));
         let mut run = Run {
             state: RunState {
                 progress,
                 epoch_len,
-                metrics: restored
-                    .as_ref()
-                    .map(|c| c.state.metrics.clone())
-                    .unwrap_or_default(),
+                metrics: restored.as_ref().map(|c| c.state.metrics.clone()).unwrap_or_default(),
                 bar_metrics: Metrics::new(),
                 log_dir,
                 has_validation: val_loader.is_some(),
                 lr: optimizer.lr(),
                 optimizer_name: optimizer.spec().class_name(),
                 is_global_zero: self.fabric.is_global_zero(),
-                max_epochs: if fast_dev.is_some() {
-                    Some(1)
-                } else {
-                    self.config.epoch_limit()
-                },
+                max_epochs: if fast_dev.is_some() { Some(1) } else { self.config.epoch_limit() },
                 max_steps: self.config.max_steps,
                 stop_reason: None,
             },
@@ -309,14 +290,7 @@ impl Trainer {
         };
 
         let signals = StopOnSignal::install();
-        let result = self.fit_loop(
-            module,
-            &train_loader,
-            val_loader.as_ref(),
-            &mut run,
-            &signals,
-            started,
-        );
+        let result = self.fit_loop(module, &train_loader, val_loader.as_ref(), &mut run, &signals, started);
         drop(signals);
         match result {
             Ok((steps, train_time, first_step)) => self.finish(module, run, steps, train_time, first_step),
@@ -343,12 +317,10 @@ impl Trainer {
         checkpoint::restore_model(module.var_store(), ckpt, path)?;
         if let Some(scalars) = &ckpt.state.optimizer {
             let tensors = ckpt.section(checkpoint::OPTIMIZER_PREFIX);
-            optimizer
-                .load_state(scalars, &tensors)
-                .map_err(|problems| Error::CheckpointMismatch {
-                    path: path.to_owned(),
-                    details: problems.join("\n"),
-                })?;
+            optimizer.load_state(scalars, &tensors).map_err(|problems| Error::CheckpointMismatch {
+                path: path.to_owned(),
+                details: problems.join("\n"),
+            })?;
         }
         if let (Some(s), Some(state)) = (scheduler.as_mut(), &ckpt.state.scheduler) {
             s.load_state(state.clone());
@@ -371,11 +343,7 @@ impl Trainer {
         let req = hook(&mut self.callbacks, &run.state, |cb, ctx| cb.on_fit_start(ctx))?;
         self.apply(req, module, run)?;
 
-        let sanity = if self.fast_dev_batches().is_some() {
-            0
-        } else {
-            self.config.num_sanity_val_steps
-        };
+        let sanity = if self.fast_dev_batches().is_some() { 0 } else { self.config.num_sanity_val_steps };
         if let (Some(val), true) = (val, sanity > 0) {
             let limit = sanity.min(self.config.limit_val_batches.resolve(val.len()));
             self.evaluate(module, val, Stage::Validate, limit, &run.state.progress)?;
@@ -422,9 +390,7 @@ impl Trainer {
         };
 
         module.on_train_epoch_start(epoch)?;
-        let req = hook(&mut self.callbacks, &run.state, |cb, ctx| {
-            cb.on_train_epoch_start(ctx)
-        })?;
+        let req = hook(&mut self.callbacks, &run.state, |cb, ctx| cb.on_train_epoch_start(ctx))?;
         self.apply(req, module, run)?;
 
         let mut epoch_acc = EpochAccumulator::default();
@@ -480,8 +446,7 @@ impl Trainer {
             }
 
             if let Some(max) = self.config.gradient_clip_val {
-                self.fabric
-                    .clip_gradients(&run.optimizer, max, self.config.gradient_clip_algorithm);
+                self.fabric.clip_gradients(&run.optimizer, max, self.config.gradient_clip_algorithm);
             }
             let lr_used = run.optimizer.lr();
             run.optimizer.step()?;
@@ -510,9 +475,7 @@ impl Trainer {
                 }
                 step_metrics.insert(name, r.value);
             }
-            run.state
-                .metrics
-                .extend(step_metrics.iter().map(|(k, v)| (k.clone(), *v)));
+            run.state.metrics.extend(step_metrics.iter().map(|(k, v)| (k.clone(), *v)));
             if global_step % self.config.log_every_n_steps == 0 && !step_metrics.is_empty() {
                 log_row(&mut run.loggers, &step_metrics, epoch, global_step - 1)?;
             }
@@ -530,9 +493,7 @@ impl Trainer {
                 }
             }
             if signals.requested() {
-                run.state
-                    .stop_reason
-                    .get_or_insert_with(|| "interrupted by a signal".into());
+                run.state.stop_reason.get_or_insert_with(|| "interrupted by a signal".into());
             }
             if let Some(reason) = limit_reached(&run.state.progress, None, run.state.max_steps) {
                 run.state.stop_reason.get_or_insert(reason);
@@ -574,9 +535,7 @@ impl Trainer {
             }
         }
         module.on_train_epoch_end(epoch)?;
-        let req = hook(&mut self.callbacks, &run.state, |cb, ctx| {
-            cb.on_train_epoch_end(ctx)
-        })?;
+        let req = hook(&mut self.callbacks, &run.state, |cb, ctx| cb.on_train_epoch_end(ctx))?;
         self.apply(req, module, run)?;
         run.state.lr = run.optimizer.lr();
         for l in &mut run.loggers {
@@ -585,9 +544,7 @@ impl Trainer {
         run.state.progress.epoch += 1;
         run.state.progress.batch_in_epoch = 0;
         if signals.requested() {
-            run.state
-                .stop_reason
-                .get_or_insert_with(|| "interrupted by a signal".into());
+            run.state.stop_reason.get_or_insert_with(|| "interrupted by a signal".into());
         }
         Ok(())
     }
@@ -635,9 +592,7 @@ impl Trainer {
             )?;
         }
         module.on_validation_epoch_end(&metrics)?;
-        let req = hook(&mut self.callbacks, &run.state, |cb, ctx| {
-            cb.on_validation_end(ctx)
-        })?;
+        let req = hook(&mut self.callbacks, &run.state, |cb, ctx| cb.on_validation_end(ctx))?;
         self.apply(req, module, run)
     }
 
@@ -678,9 +633,7 @@ impl Trainer {
     /// Carries out what callbacks asked for: checkpoint saves and removals, logs, stop.
     fn apply<M: VoltModule>(&mut self, req: Requests, module: &M, run: &mut Run) -> Result<()> {
         if !req.logs.is_empty() {
-            run.state
-                .metrics
-                .extend(req.logs.iter().map(|(k, v)| (k.clone(), *v)));
+            run.state.metrics.extend(req.logs.iter().map(|(k, v)| (k.clone(), *v)));
             log_row(
                 &mut run.loggers,
                 &req.logs,
@@ -724,11 +677,7 @@ impl Trainer {
                 progress,
                 optimizer: Some(run.optimizer.scalars()),
                 scheduler: run.scheduler.as_ref().map(|s| s.state().clone()),
-                callbacks: self
-                    .callbacks
-                    .iter()
-                    .map(|c| (c.name(), c.state_dict()))
-                    .collect(),
+                callbacks: self.callbacks.iter().map(|c| (c.name(), c.state_dict())).collect(),
                 seed: run.seed,
                 hparams: module.hparams(),
                 module: module.on_save_checkpoint(),
@@ -752,8 +701,7 @@ impl Trainer {
             (Some(dir), true) => {
                 let path = dir.join("checkpoints").join(LAST_NAME);
                 if self.fabric.is_global_zero() {
-                    run.writer
-                        .save(&self.checkpoint(module, &run), std::slice::from_ref(&path))?;
+                    run.writer.save(&self.checkpoint(module, &run), std::slice::from_ref(&path))?;
                 }
                 Some(path)
             }
@@ -803,16 +751,9 @@ impl Trainer {
         M: VoltModule,
         D: DataModule<Batch = M::Batch>,
     {
-        let loader = data
-            .val_dataloader()
-            .ok_or_else(|| Error::Data("validate needs a val_dataloader".into()))?;
-        self.eval_stage(
-            module,
-            loader,
-            Stage::Validate,
-            self.config.limit_val_batches,
-            ckpt_path,
-        )
+        let loader =
+            data.val_dataloader().ok_or_else(|| Error::Data("validate needs a val_dataloader".into()))?;
+        self.eval_stage(module, loader, Stage::Validate, self.config.limit_val_batches, ckpt_path)
     }
 
     /// Runs the test loop once; returns the epoch-level metrics.
@@ -821,16 +762,9 @@ impl Trainer {
         M: VoltModule,
         D: DataModule<Batch = M::Batch>,
     {
-        let loader = data
-            .test_dataloader()
-            .ok_or_else(|| Error::Data("test needs a test_dataloader".into()))?;
-        self.eval_stage(
-            module,
-            loader,
-            Stage::Test,
-            self.config.limit_test_batches,
-            ckpt_path,
-        )
+        let loader =
+            data.test_dataloader().ok_or_else(|| Error::Data("test needs a test_dataloader".into()))?;
+        self.eval_stage(module, loader, Stage::Test, self.config.limit_test_batches, ckpt_path)
     }
 
     fn eval_stage<M: VoltModule>(
@@ -843,10 +777,7 @@ impl Trainer {
     ) -> Result<Metrics> {
         self.prepare_eval(module, ckpt_path)?;
         let loader = self.fabric.setup_dataloader(loader);
-        let limit = self
-            .fast_dev_batches()
-            .unwrap_or(usize::MAX)
-            .min(limit.resolve(loader.len()));
+        let limit = self.fast_dev_batches().unwrap_or(usize::MAX).min(limit.resolve(loader.len()));
         let acc = self.evaluate(module, &loader, stage, limit, &Progress::default())?;
         let mut scratch = RunState {
             progress: Progress::default(),

@@ -9,16 +9,10 @@ fn early_stopping_stops_at_the_expected_epoch() {
     let dir = tempfile::tempdir().expect("tempdir");
     // Best at epoch 2 (0.5); epochs 3, 4, 5 do not improve by more than min_delta = 0.05.
     let mut m = Scripted::new(vec![1.0, 0.8, 0.5, 0.47, 0.6, 0.46, 0.1, 0.1]);
-    let stopper = EarlyStopping {
-        min_delta: 0.05,
-        ..EarlyStopping::new("score", Mode::Min, 3)
-    };
-    let mut t = Trainer::new(TrainerConfig {
-        max_epochs: Some(8),
-        ..config(dir.path())
-    })
-    .expect("trainer")
-    .with_callback(stopper);
+    let stopper = EarlyStopping { min_delta: 0.05, ..EarlyStopping::new("score", Mode::Min, 3) };
+    let mut t = Trainer::new(TrainerConfig { max_epochs: Some(8), ..config(dir.path()) })
+        .expect("trainer")
+        .with_callback(stopper);
     let out = t.fit(&mut m, &PointsData { batch_size: 8 }, None).expect("fit");
     assert_eq!(out.progress.epoch, 6, "epochs 0..=5 ran, then it stopped");
     assert!(out.stop_reason.contains("EarlyStopping"), "{}", out.stop_reason);
@@ -29,42 +23,25 @@ fn early_stopping_stops_at_the_expected_epoch() {
 fn early_stopping_thresholds_and_non_finite_values_stop_at_once() {
     let cases: [(EarlyStopping, Vec<f64>, usize); 3] = [
         (
-            EarlyStopping {
-                stopping_threshold: Some(0.3),
-                ..EarlyStopping::new("score", Mode::Min, 100)
-            },
+            EarlyStopping { stopping_threshold: Some(0.3), ..EarlyStopping::new("score", Mode::Min, 100) },
             vec![1.0, 0.5, 0.2, 0.1],
             3,
         ),
         (
-            EarlyStopping {
-                divergence_threshold: Some(5.0),
-                ..EarlyStopping::new("score", Mode::Min, 100)
-            },
+            EarlyStopping { divergence_threshold: Some(5.0), ..EarlyStopping::new("score", Mode::Min, 100) },
             vec![1.0, 6.0, 0.2],
             2,
         ),
-        (
-            EarlyStopping::new("score", Mode::Max, 100),
-            vec![1.0, 2.0, f64::NAN, 3.0],
-            3,
-        ),
+        (EarlyStopping::new("score", Mode::Max, 100), vec![1.0, 2.0, f64::NAN, 3.0], 3),
     ];
     for (stopper, script, epochs) in cases {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut m = Scripted::new(script.clone());
-        let mut t = Trainer::new(TrainerConfig {
-            max_epochs: Some(10),
-            ..config(dir.path())
-        })
-        .expect("trainer")
-        .with_callback(stopper);
+        let mut t = Trainer::new(TrainerConfig { max_epochs: Some(10), ..config(dir.path()) })
+            .expect("trainer")
+            .with_callback(stopper);
         let out = t.fit(&mut m, &PointsData { batch_size: 8 }, None).expect("fit");
-        assert_eq!(
-            out.progress.epoch, epochs,
-            "script {script:?}: {}",
-            out.stop_reason
-        );
+        assert_eq!(out.progress.epoch, epochs, "script {script:?}: {}", out.stop_reason);
     }
 }
 
@@ -77,12 +54,9 @@ fn model_checkpoint_keeps_exactly_the_top_k_and_best_resolves_to_the_best() {
         filename: Some("{epoch}-{score:.2f}".into()),
         ..ModelCheckpoint::top_k("score", Mode::Min, 3)
     };
-    let mut t = Trainer::new(TrainerConfig {
-        max_epochs: Some(7),
-        ..config(dir.path())
-    })
-    .expect("trainer")
-    .with_callback(ckpt);
+    let mut t = Trainer::new(TrainerConfig { max_epochs: Some(7), ..config(dir.path()) })
+        .expect("trainer")
+        .with_callback(ckpt);
     let out = t.fit(&mut m, &PointsData { batch_size: 8 }, None).expect("fit");
     let ckpt_dir = out.log_dir.expect("log dir").join("checkpoints");
     assert_eq!(
@@ -106,9 +80,8 @@ fn model_checkpoint_keeps_exactly_the_top_k_and_best_resolves_to_the_best() {
     assert_eq!(resolved.as_deref(), Some(best.as_path()));
     let mut m2 = Scripted::new(script);
     let mut fresh = fresh;
-    let metrics = fresh
-        .validate(&mut m2, &PointsData { batch_size: 8 }, Some(CkptPath::Best))
-        .expect("validate");
+    let metrics =
+        fresh.validate(&mut m2, &PointsData { batch_size: 8 }, Some(CkptPath::Best)).expect("validate");
     assert!(metrics.contains_key("val_loss"));
 }
 
@@ -122,20 +95,10 @@ fn model_checkpoint_every_n_train_steps_without_monitor_keeps_the_latest() {
         monitor: None,
         ..ModelCheckpoint::default()
     };
-    let mut t = Trainer::new(TrainerConfig {
-        max_steps: Some(23),
-        ..config(dir.path())
-    })
-    .expect("trainer")
-    .with_callback(ckpt);
+    let mut t = Trainer::new(TrainerConfig { max_steps: Some(23), ..config(dir.path()) })
+        .expect("trainer")
+        .with_callback(ckpt);
     let out = t.fit(&mut m, &PointsData { batch_size: 8 }, None).expect("fit");
     let names = checkpoint_names(&out.log_dir.expect("dir").join("checkpoints"));
-    assert_eq!(
-        names,
-        vec![
-            "epoch=1-step=15.safetensors",
-            "epoch=2-step=20.safetensors",
-            "last.safetensors"
-        ]
-    );
+    assert_eq!(names, vec!["epoch=1-step=15.safetensors", "epoch=2-step=20.safetensors", "last.safetensors"]);
 }

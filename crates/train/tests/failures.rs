@@ -13,47 +13,25 @@ fn a_nan_loss_stops_with_the_epoch_and_step_and_writes_no_checkpoint() {
     let dir = tempfile::tempdir().expect("tempdir");
     // A good first run leaves a last checkpoint at step 10.
     let mut m = Scripted::new(vec![]);
-    let mut t = Trainer::new(TrainerConfig {
-        max_steps: Some(10),
-        ..config(dir.path())
-    })
-    .expect("trainer");
-    let last = t
-        .fit(&mut m, &PointsData { batch_size: 8 }, None)
-        .expect("fit")
-        .last_checkpoint
-        .expect("last");
+    let mut t = Trainer::new(TrainerConfig { max_steps: Some(10), ..config(dir.path()) }).expect("trainer");
+    let last =
+        t.fit(&mut m, &PointsData { batch_size: 8 }, None).expect("fit").last_checkpoint.expect("last");
     let before = std::fs::read(&last).expect("read");
 
     // Resumed, it goes NaN at global step 13 (epoch 1, batch 5).
     let mut m = Scripted::new(vec![]);
     m.nan_at_step = Some(13);
-    let mut t = Trainer::new(TrainerConfig {
-        max_steps: Some(40),
-        ..config(dir.path())
-    })
-    .expect("trainer");
-    let err = t
-        .fit(&mut m, &PointsData { batch_size: 8 }, Some(CkptPath::Last))
-        .expect_err("NaN");
+    let mut t = Trainer::new(TrainerConfig { max_steps: Some(40), ..config(dir.path()) }).expect("trainer");
+    let err = t.fit(&mut m, &PointsData { batch_size: 8 }, Some(CkptPath::Last)).expect_err("NaN");
     match &err {
-        Error::NonFiniteLoss {
-            epoch,
-            step,
-            batch,
-            value,
-        } => {
+        Error::NonFiniteLoss { epoch, step, batch, value } => {
             assert_eq!((*epoch, *step, *batch), (1, 13, 5));
             assert!(value.is_nan());
         }
         other => panic!("expected NonFiniteLoss, got {other}"),
     }
     assert!(err.to_string().contains("epoch 1, step 13"), "{err}");
-    assert_eq!(
-        std::fs::read(&last).expect("read"),
-        before,
-        "last checkpoint untouched"
-    );
+    assert_eq!(std::fs::read(&last).expect("read"), before, "last checkpoint untouched");
 }
 
 #[test]
@@ -72,31 +50,18 @@ fn a_missing_or_corrupt_checkpoint_names_the_file_and_writes_nothing() {
         (&foreign, "not a volt checkpoint"),
     ] {
         let mut m = Scripted::new(vec![]);
-        let mut t = Trainer::new(TrainerConfig {
-            max_steps: Some(3),
-            ..config(dir.path())
-        })
-        .expect("trainer");
+        let mut t =
+            Trainer::new(TrainerConfig { max_steps: Some(3), ..config(dir.path()) }).expect("trainer");
         let err = t
-            .fit(
-                &mut m,
-                &PointsData { batch_size: 8 },
-                Some(CkptPath::Path(path.clone())),
-            )
+            .fit(&mut m, &PointsData { batch_size: 8 }, Some(CkptPath::Path(path.clone())))
             .expect_err("bad checkpoint");
         let msg = err.to_string();
         assert!(msg.contains(&path.display().to_string()), "{msg}");
         assert!(msg.contains(expected), "{msg}");
-        let err = Checkpoint::load(path)
-            .err()
-            .map(|e| e.to_string())
-            .unwrap_or_default();
+        let err = Checkpoint::load(path).err().map(|e| e.to_string()).unwrap_or_default();
         assert!(err.contains(&path.display().to_string()), "{err}");
     }
-    assert!(
-        !dir.path().join("lightning_logs").exists(),
-        "no run folder was created"
-    );
+    assert!(!dir.path().join("lightning_logs").exists(), "no run folder was created");
 }
 
 const CHILD_ENV: &str = "VOLT_TEST_CHILD_DIR";
@@ -121,15 +86,9 @@ fn child_saves_checkpoints_forever() {
     for i in 0u64.. {
         let n = 200_000 + (i % 7) as i64 * 50_000;
         let ckpt = Checkpoint {
-            tensors: vec![(
-                "model.w".into(),
-                tch::Tensor::full([n], i as f64, tch::kind::FLOAT_CPU),
-            )],
+            tensors: vec![("model.w".into(), tch::Tensor::full([n], i as f64, tch::kind::FLOAT_CPU))],
             state: volt_train::TrainingState {
-                progress: volt_train::Progress {
-                    global_step: i,
-                    ..Default::default()
-                },
+                progress: volt_train::Progress { global_step: i, ..Default::default() },
                 ..Default::default()
             },
         };
@@ -144,9 +103,7 @@ fn checkpoints_survive_kills_at_random_moments() {
     let mut seed = 0x2545_f491_4f6c_dd1d_u64;
     let mut seen_steps = Vec::new();
     for round in 0..12 {
-        let mut proc = child("child_saves_checkpoints_forever", dir.path())
-            .spawn()
-            .expect("spawn");
+        let mut proc = child("child_saves_checkpoints_forever", dir.path()).spawn().expect("spawn");
         // Wait for a first file, then kill at a pseudo-random moment 0..80 ms later.
         let deadline = Instant::now() + Duration::from_secs(20);
         while !path.exists() && Instant::now() < deadline {
@@ -162,11 +119,7 @@ fn checkpoints_survive_kills_at_random_moments() {
         let (name, t) = &ckpt.tensors[0];
         assert_eq!(name, "model.w");
         let step = ckpt.state.progress.global_step as f64;
-        assert_eq!(
-            t.min().double_value(&[]),
-            step,
-            "round {round}: data and state from one save"
-        );
+        assert_eq!(t.min().double_value(&[]), step, "round {round}: data and state from one save");
         assert_eq!(t.max().double_value(&[]), step);
         seen_steps.push(step);
     }
@@ -176,14 +129,8 @@ fn checkpoints_survive_kills_at_random_moments() {
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .filter(|n| n != "last.safetensors")
         .collect();
-    assert!(
-        leftovers.iter().all(|n| n.ends_with(".tmp")),
-        "only temp files may be left: {leftovers:?}"
-    );
-    assert!(
-        seen_steps.iter().any(|&s| s > 0.0),
-        "the child saved repeatedly: {seen_steps:?}"
-    );
+    assert!(leftovers.iter().all(|n| n.ends_with(".tmp")), "only temp files may be left: {leftovers:?}");
+    assert!(seen_steps.iter().any(|&s| s > 0.0), "the child saved repeatedly: {seen_steps:?}");
 }
 
 /// Child process: a long fit that only a signal ends.
@@ -194,11 +141,8 @@ fn child_fits_until_signalled() {
         return;
     };
     let mut m = Scripted::new(vec![]);
-    let mut t = Trainer::new(TrainerConfig {
-        max_epochs: Some(1_000_000),
-        ..config(Path::new(&dir))
-    })
-    .expect("trainer");
+    let mut t = Trainer::new(TrainerConfig { max_epochs: Some(1_000_000), ..config(Path::new(&dir)) })
+        .expect("trainer");
     let out = t.fit(&mut m, &PointsData { batch_size: 8 }, None).expect("fit");
     assert_eq!(out.stop_reason, "interrupted by a signal");
 }
@@ -206,12 +150,8 @@ fn child_fits_until_signalled() {
 #[test]
 fn sigterm_during_fit_writes_last_and_exits_cleanly() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut proc = child("child_fits_until_signalled", dir.path())
-        .spawn()
-        .expect("spawn");
-    let last = dir
-        .path()
-        .join("lightning_logs/version_0/checkpoints/last.safetensors");
+    let mut proc = child("child_fits_until_signalled", dir.path()).spawn().expect("spawn");
+    let last = dir.path().join("lightning_logs/version_0/checkpoints/last.safetensors");
     let ckpt_dir = dir.path().join("lightning_logs/version_0/checkpoints");
     let deadline = Instant::now() + Duration::from_secs(30);
     // The default ModelCheckpoint saves once per epoch: wait until training is under way.
@@ -219,10 +159,7 @@ fn sigterm_during_fit_writes_last_and_exits_cleanly() {
         std::thread::sleep(Duration::from_millis(10));
     }
     assert!(!last.exists(), "last is written only when fit ends");
-    let status = Command::new("kill")
-        .args(["-TERM", &proc.id().to_string()])
-        .status()
-        .expect("kill");
+    let status = Command::new("kill").args(["-TERM", &proc.id().to_string()]).status().expect("kill");
     assert!(status.success());
     let code = loop {
         if let Some(s) = proc.try_wait().expect("wait") {

@@ -26,9 +26,7 @@ impl Callback for ValidationCounter {
 fn validations(cfg: TrainerConfig) -> (usize, Scripted) {
     let runs = Arc::new(AtomicUsize::new(0));
     let mut m = Scripted::new(vec![]);
-    let mut t = Trainer::new(cfg)
-        .expect("trainer")
-        .with_callback(ValidationCounter(runs.clone()));
+    let mut t = Trainer::new(cfg).expect("trainer").with_callback(ValidationCounter(runs.clone()));
     t.fit(&mut m, &PointsData { batch_size: 8 }, None).expect("fit");
     (runs.load(Ordering::SeqCst), m)
 }
@@ -36,26 +34,14 @@ fn validations(cfg: TrainerConfig) -> (usize, Scripted) {
 #[test]
 fn val_check_interval_and_check_val_every_n_epoch_set_the_cadence() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let base = TrainerConfig {
-        max_epochs: Some(4),
-        ..config(dir.path())
-    };
+    let base = TrainerConfig { max_epochs: Some(4), ..config(dir.path()) };
     let (n, m) = validations(base.clone());
     assert_eq!((n, m.val_steps), (4, 32), "once per epoch, 8 batches each");
-    let (n, _) = validations(TrainerConfig {
-        val_check_interval: BatchLimit::Fraction(0.5),
-        ..base.clone()
-    });
+    let (n, _) = validations(TrainerConfig { val_check_interval: BatchLimit::Fraction(0.5), ..base.clone() });
     assert_eq!(n, 8, "twice per epoch");
-    let (n, _) = validations(TrainerConfig {
-        val_check_interval: BatchLimit::Count(2),
-        ..base.clone()
-    });
+    let (n, _) = validations(TrainerConfig { val_check_interval: BatchLimit::Count(2), ..base.clone() });
     assert_eq!(n, 16, "every 2 of 8 batches");
-    let (n, _) = validations(TrainerConfig {
-        check_val_every_n_epoch: 2,
-        ..base.clone()
-    });
+    let (n, _) = validations(TrainerConfig { check_val_every_n_epoch: 2, ..base.clone() });
     assert_eq!(n, 2, "after epochs 1 and 3");
 }
 
@@ -81,20 +67,14 @@ fn batch_limits_sanity_steps_and_fast_dev_run() {
         ..config(fast.path())
     });
     assert_eq!((n, m.train_steps, m.val_steps), (1, 1, 1));
-    assert!(
-        std::fs::read_dir(fast.path()).expect("dir").next().is_none(),
-        "fast_dev_run writes nothing"
-    );
+    assert!(std::fs::read_dir(fast.path()).expect("dir").next().is_none(), "fast_dev_run writes nothing");
 }
 
 #[test]
 fn a_step_scheduler_changes_the_lr_and_the_monitor_logs_it() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut m = Scripted::new(vec![]);
-    m.scheduler = Some(SchedulerConfig::every_step(SchedulerSpec::StepLr {
-        step_size: 4,
-        gamma: 0.5,
-    }));
+    m.scheduler = Some(SchedulerConfig::every_step(SchedulerSpec::StepLr { step_size: 4, gamma: 0.5 }));
     let mut t = Trainer::new(TrainerConfig {
         max_steps: Some(12),
         log_every_n_steps: 1,
@@ -107,11 +87,8 @@ fn a_step_scheduler_changes_the_lr_and_the_monitor_logs_it() {
     let csv = std::fs::read_to_string(out.log_dir.expect("dir").join("metrics.csv")).expect("csv");
     let header: Vec<&str> = csv.lines().next().expect("header").split(',').collect();
     let col = header.iter().position(|h| *h == "lr-SGD").expect("lr-SGD column");
-    let lrs: Vec<f64> = csv
-        .lines()
-        .skip(1)
-        .filter_map(|l| l.split(',').nth(col).and_then(|v| v.parse().ok()))
-        .collect();
+    let lrs: Vec<f64> =
+        csv.lines().skip(1).filter_map(|l| l.split(',').nth(col).and_then(|v| v.parse().ok())).collect();
     let expected: Vec<f64> = (0..12).map(|i| 0.05 * 0.5f64.powi(i / 4)).collect();
     assert_eq!(lrs, expected, "the rate each step used");
 }
@@ -140,11 +117,7 @@ fn a_resumed_run_appends_to_its_version_folder_logs() {
     assert_eq!(second.steps_this_run, 16);
     let csv = std::fs::read_to_string(first.log_dir.expect("dir").join("metrics.csv")).expect("csv");
     assert_eq!(csv.matches("epoch,").count(), 1, "one header");
-    let epochs: Vec<&str> = csv
-        .lines()
-        .skip(1)
-        .map(|l| l.split(',').next().unwrap_or(""))
-        .collect();
+    let epochs: Vec<&str> = csv.lines().skip(1).map(|l| l.split(',').next().unwrap_or("")).collect();
     for e in ["0", "1", "2", "3"] {
         assert!(epochs.contains(&e), "epoch {e} rows in {csv}");
     }

@@ -18,9 +18,7 @@ fn problem(seed: i64) -> (nn::VarStore, Tensor, Tensor) {
 
 fn loss(vs: &nn::VarStore, x: &Tensor, y: &Tensor) -> Tensor {
     let v = vs.variables();
-    (x.matmul(&v["w"]) + &v["b"])
-        .tanh()
-        .mse_loss(y, tch::Reduction::Mean)
+    (x.matmul(&v["w"]) + &v["b"]).tanh().mse_loss(y, tch::Reduction::Mean)
 }
 
 fn compare(spec: OptimizerSpec, reference: impl nn::OptimizerConfig) {
@@ -43,89 +41,29 @@ fn compare(spec: OptimizerSpec, reference: impl nn::OptimizerConfig) {
 
 #[test]
 fn sgd_with_momentum_nesterov_and_decay_matches_libtorch() {
-    let spec = OptimizerSpec::Sgd {
-        lr: 0.1,
-        momentum: 0.9,
-        dampening: 0.0,
-        nesterov: true,
-        weight_decay: 1e-2,
-    };
-    compare(
-        spec,
-        nn::Sgd {
-            momentum: 0.9,
-            dampening: 0.0,
-            wd: 1e-2,
-            nesterov: true,
-        },
-    );
-    let spec = OptimizerSpec::Sgd {
-        lr: 0.1,
-        momentum: 0.5,
-        dampening: 0.1,
-        nesterov: false,
-        weight_decay: 0.0,
-    };
-    compare(
-        spec,
-        nn::Sgd {
-            momentum: 0.5,
-            dampening: 0.1,
-            wd: 0.0,
-            nesterov: false,
-        },
-    );
+    let spec =
+        OptimizerSpec::Sgd { lr: 0.1, momentum: 0.9, dampening: 0.0, nesterov: true, weight_decay: 1e-2 };
+    compare(spec, nn::Sgd { momentum: 0.9, dampening: 0.0, wd: 1e-2, nesterov: true });
+    let spec =
+        OptimizerSpec::Sgd { lr: 0.1, momentum: 0.5, dampening: 0.1, nesterov: false, weight_decay: 0.0 };
+    compare(spec, nn::Sgd { momentum: 0.5, dampening: 0.1, wd: 0.0, nesterov: false });
 }
 
 #[test]
 fn adam_and_adamw_match_libtorch() {
-    let adam = OptimizerSpec::Adam {
-        lr: 0.01,
-        betas: (0.8, 0.99),
-        eps: 1e-8,
-        weight_decay: 1e-3,
-    };
-    compare(
-        adam,
-        nn::Adam {
-            beta1: 0.8,
-            beta2: 0.99,
-            wd: 1e-3,
-            eps: 1e-8,
-            amsgrad: false,
-        },
-    );
-    let adamw = OptimizerSpec::AdamW {
-        lr: 0.01,
-        betas: (0.9, 0.999),
-        eps: 1e-8,
-        weight_decay: 0.1,
-    };
-    compare(
-        adamw,
-        nn::AdamW {
-            beta1: 0.9,
-            beta2: 0.999,
-            wd: 0.1,
-            eps: 1e-8,
-            amsgrad: false,
-        },
-    );
+    let adam = OptimizerSpec::Adam { lr: 0.01, betas: (0.8, 0.99), eps: 1e-8, weight_decay: 1e-3 };
+    compare(adam, nn::Adam { beta1: 0.8, beta2: 0.99, wd: 1e-3, eps: 1e-8, amsgrad: false });
+    let adamw = OptimizerSpec::AdamW { lr: 0.01, betas: (0.9, 0.999), eps: 1e-8, weight_decay: 0.1 };
+    compare(adamw, nn::AdamW { beta1: 0.9, beta2: 0.999, wd: 0.1, eps: 1e-8, amsgrad: false });
 }
 
 #[test]
 fn clipping_by_norm_and_by_value() {
     let g1 = Tensor::from_slice(&[3.0f32, 0.0]);
     let g2 = Tensor::from_slice(&[0.0f32, 4.0]);
-    let norm = clip_gradients(
-        &[g1.shallow_clone(), g2.shallow_clone()],
-        1.0,
-        ClipAlgorithm::Norm,
-    );
+    let norm = clip_gradients(&[g1.shallow_clone(), g2.shallow_clone()], 1.0, ClipAlgorithm::Norm);
     assert_eq!(norm, Some(5.0));
-    let total = (g1.square().sum(Kind::Float) + g2.square().sum(Kind::Float))
-        .sqrt()
-        .double_value(&[]);
+    let total = (g1.square().sum(Kind::Float) + g2.square().sum(Kind::Float)).sqrt().double_value(&[]);
     assert!((total - 1.0).abs() < 1e-5, "clipped norm {total}");
 
     let g = Tensor::from_slice(&[-2.0f32, 0.5, 3.0]);
@@ -134,10 +72,7 @@ fn clipping_by_norm_and_by_value() {
 
     let small = Tensor::from_slice(&[0.1f32]);
     clip_gradients(&[small.shallow_clone()], 1.0, ClipAlgorithm::Norm);
-    assert!(
-        (small.double_value(&[0]) - 0.1).abs() < 1e-6,
-        "below the threshold nothing changes"
-    );
+    assert!((small.double_value(&[0]) - 0.1).abs() < 1e-6, "below the threshold nothing changes");
 }
 
 #[test]
@@ -152,56 +87,28 @@ fn optimizer_state_round_trips() {
     let tensors: std::collections::HashMap<String, Tensor> = opt.state_tensors().into_iter().collect();
     let mut keys: Vec<&String> = tensors.keys().collect();
     keys.sort();
-    assert_eq!(
-        keys,
-        [
-            "b.exp_avg",
-            "b.exp_avg_sq",
-            "b.step",
-            "w.exp_avg",
-            "w.exp_avg_sq",
-            "w.step"
-        ]
-    );
+    assert_eq!(keys, ["b.exp_avg", "b.exp_avg_sq", "b.step", "w.exp_avg", "w.exp_avg_sq", "w.step"]);
     let mut restored = Optimizer::new(OptimizerSpec::adamw(0.01), &vs);
     restored.load_state(&opt.scalars(), &tensors).expect("fits");
     assert_eq!(restored.steps(), 3);
     let mut wrong = Optimizer::new(OptimizerSpec::sgd(0.01), &vs);
-    let problems = wrong
-        .load_state(&opt.scalars(), &tensors)
-        .expect_err("class mismatch");
-    assert!(
-        problems[0].contains("checkpoint has AdamW, this run uses SGD"),
-        "{problems:?}"
-    );
+    let problems = wrong.load_state(&opt.scalars(), &tensors).expect_err("class mismatch");
+    assert!(problems[0].contains("checkpoint has AdamW, this run uses SGD"), "{problems:?}");
 }
 
 #[test]
 fn a_parameter_that_gets_its_first_gradient_late_starts_its_momentum_then() {
     let (ours, x, y) = problem(9);
     let (theirs, _, _) = problem(9);
-    let spec = OptimizerSpec::Sgd {
-        lr: 0.1,
-        momentum: 0.9,
-        dampening: 0.0,
-        nesterov: false,
-        weight_decay: 0.0,
-    };
+    let spec =
+        OptimizerSpec::Sgd { lr: 0.1, momentum: 0.9, dampening: 0.0, nesterov: false, weight_decay: 0.0 };
     let mut opt = Optimizer::new(spec, &ours);
-    let mut ref_opt = nn::Sgd {
-        momentum: 0.9,
-        dampening: 0.0,
-        wd: 0.0,
-        nesterov: false,
-    }
-    .build(&theirs, 0.1)
-    .expect("reference optimizer");
+    let mut ref_opt = nn::Sgd { momentum: 0.9, dampening: 0.0, wd: 0.0, nesterov: false }
+        .build(&theirs, 0.1)
+        .expect("reference optimizer");
     // Only `w` is used for two steps; then `b` joins.
-    let w_only = |vs: &nn::VarStore| {
-        (x.matmul(&vs.variables()["w"]))
-            .tanh()
-            .mse_loss(&y, tch::Reduction::Mean)
-    };
+    let w_only =
+        |vs: &nn::VarStore| (x.matmul(&vs.variables()["w"])).tanh().mse_loss(&y, tch::Reduction::Mean);
     for step in 0..5 {
         let (l_ours, l_theirs) = if step < 2 {
             (w_only(&ours), w_only(&theirs))
@@ -213,10 +120,7 @@ fn a_parameter_that_gets_its_first_gradient_late_starts_its_momentum_then() {
         opt.step().expect("step");
         ref_opt.backward_step(&l_theirs);
         for name in ["w", "b"] {
-            let d = (&ours.variables()[name] - &theirs.variables()[name])
-                .abs()
-                .max()
-                .double_value(&[]);
+            let d = (&ours.variables()[name] - &theirs.variables()[name]).abs().max().double_value(&[]);
             assert!(d <= 1e-6, "step {step}: {name} differs by {d}");
         }
     }
@@ -228,14 +132,9 @@ fn adam_counts_steps_per_parameter() {
     let (theirs, _, _) = problem(4);
     let spec = OptimizerSpec::adam(0.05);
     let mut opt = Optimizer::new(spec, &ours);
-    let mut ref_opt = nn::Adam::default()
-        .build(&theirs, 0.05)
-        .expect("reference optimizer");
-    let w_only = |vs: &nn::VarStore| {
-        (x.matmul(&vs.variables()["w"]))
-            .tanh()
-            .mse_loss(&y, tch::Reduction::Mean)
-    };
+    let mut ref_opt = nn::Adam::default().build(&theirs, 0.05).expect("reference optimizer");
+    let w_only =
+        |vs: &nn::VarStore| (x.matmul(&vs.variables()["w"])).tanh().mse_loss(&y, tch::Reduction::Mean);
     for step in 0..4 {
         let (l_ours, l_theirs) = if step < 2 {
             (w_only(&ours), w_only(&theirs))
@@ -247,10 +146,7 @@ fn adam_counts_steps_per_parameter() {
         opt.step().expect("step");
         ref_opt.backward_step(&l_theirs);
         for name in ["w", "b"] {
-            let d = (&ours.variables()[name] - &theirs.variables()[name])
-                .abs()
-                .max()
-                .double_value(&[]);
+            let d = (&ours.variables()[name] - &theirs.variables()[name]).abs().max().double_value(&[]);
             assert!(d <= 1e-6, "step {step}: {name} differs by {d}");
         }
     }

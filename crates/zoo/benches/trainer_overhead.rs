@@ -16,11 +16,7 @@ use volt_zoo::{DigitsData, DigitsDataConfig, DigitsMlp, DigitsMlpConfig};
 const THREADS: i32 = 2;
 
 fn data() -> DigitsData {
-    DigitsData::new(DigitsDataConfig {
-        prefetch: 2,
-        ..DigitsDataConfig::default()
-    })
-    .expect("config")
+    DigitsData::new(DigitsDataConfig { prefetch: 2, ..DigitsDataConfig::default() }).expect("config")
 }
 
 /// Steps/s of a plain tch loop: same model and data order; the optimizer is tch's own
@@ -28,9 +24,7 @@ fn data() -> DigitsData {
 fn hand_loop(epochs: usize, fused: bool) -> f64 {
     volt_train::seed_everything(0);
     let m = DigitsMlp::new(DigitsMlpConfig::default(), Device::Cpu);
-    let mut tch_opt = nn::AdamW::default()
-        .build(m.var_store(), 1e-3)
-        .expect("optimizer");
+    let mut tch_opt = nn::AdamW::default().build(m.var_store(), 1e-3).expect("optimizer");
     let mut volt_opt = volt_train::Optimizer::new(volt_train::OptimizerSpec::adamw(1e-3), m.var_store());
     let loader = data().train_dataloader().expect("loader");
     let start = Instant::now();
@@ -62,11 +56,7 @@ fn trainer(epochs: usize, logging: bool, root: &std::path::Path) -> f64 {
         default_root_dir: root.to_owned(),
         num_sanity_val_steps: 0,
         limit_val_batches: volt_train::BatchLimit::Count(0),
-        seed: if std::env::var_os("NOSEED").is_some() {
-            None
-        } else {
-            Some(0)
-        },
+        seed: if std::env::var_os("NOSEED").is_some() { None } else { Some(0) },
         ..TrainerConfig::default()
     }
     .quiet();
@@ -100,15 +90,9 @@ fn first_step_child() {
     tch::set_num_threads(THREADS);
     volt_train::seed_everything(0);
     let mut m = DigitsMlp::new(DigitsMlpConfig::default(), Device::Cpu);
-    let mut t = Trainer::new(
-        TrainerConfig {
-            max_steps: Some(2),
-            ..TrainerConfig::default()
-        }
-        .quiet(),
-    )
-    .expect("trainer")
-    .with_callback(FirstStep);
+    let mut t = Trainer::new(TrainerConfig { max_steps: Some(2), ..TrainerConfig::default() }.quiet())
+        .expect("trainer")
+        .with_callback(FirstStep);
     t.fit(&mut m, &data(), None).expect("fit");
 }
 
@@ -138,9 +122,7 @@ fn median(v: &mut [f64]) -> f64 {
 
 fn arg(name: &str) -> Option<String> {
     let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1).cloned())
+    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1).cloned())
 }
 
 fn main() {
@@ -148,12 +130,8 @@ fn main() {
         return first_step_child();
     }
     let smoke = std::env::args().any(|a| a == "--smoke");
-    let rounds: usize = arg("--rounds")
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(if smoke { 1 } else { 5 });
-    let epochs: usize = arg("--epochs")
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(if smoke { 1 } else { 20 });
+    let rounds: usize = arg("--rounds").and_then(|v| v.parse().ok()).unwrap_or(if smoke { 1 } else { 5 });
+    let epochs: usize = arg("--epochs").and_then(|v| v.parse().ok()).unwrap_or(if smoke { 1 } else { 20 });
     tch::set_num_threads(THREADS);
     let root = tempfile::tempdir().expect("tempdir");
     let (mut tch_hand, mut hand, mut bare, mut logged) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
@@ -166,29 +144,16 @@ fn main() {
         bare.push(trainer(epochs, false, root.path()));
         logged.push(trainer(epochs, true, root.path()));
     }
-    let mut firsts: Vec<f64> = (0..rounds.max(3))
-        .map(|_| time_to_first_step().as_secs_f64() * 1e3)
-        .collect();
-    let (t, h, b, l) = (
-        median(&mut tch_hand),
-        median(&mut hand),
-        median(&mut bare),
-        median(&mut logged),
-    );
+    let mut firsts: Vec<f64> = (0..rounds.max(3)).map(|_| time_to_first_step().as_secs_f64() * 1e3).collect();
+    let (t, h, b, l) = (median(&mut tch_hand), median(&mut hand), median(&mut bare), median(&mut logged));
     let first = median(&mut firsts);
     println!(
         "digits-mlp, {epochs} epochs x 45 steps, {THREADS} threads, {rounds} interleaved rounds (median)"
     );
     println!("  hand loop, tch's AdamW       {t:8.1} steps/s");
     println!("  hand loop, volt's fused AdamW{h:8.1} steps/s  (the baseline below)");
-    println!(
-        "  Trainer, defaults off        {b:8.1} steps/s  ({:.3}x the loop)",
-        b / h
-    );
-    println!(
-        "  Trainer, CSV + ckpt/epoch    {l:8.1} steps/s  ({:.3}x the loop)",
-        l / h
-    );
+    println!("  Trainer, defaults off        {b:8.1} steps/s  ({:.3}x the loop)", b / h);
+    println!("  Trainer, CSV + ckpt/epoch    {l:8.1} steps/s  ({:.3}x the loop)", l / h);
     println!("  process start to first step  {first:8.1} ms");
     let json = serde_json::json!({
         "case": "train/digits-mlp-overhead",

@@ -11,10 +11,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut fabric = Fabric::new(&FabricConfig::default())?;
     Fabric::seed_everything(0);
     let model = DigitsMlp::new(DigitsMlpConfig::default(), fabric.device());
-    let mut optimizer = fabric.setup(
-        volt_train::VoltModule::var_store(&model),
-        OptimizerSpec::adamw(1e-3),
-    )?;
+    let mut optimizer =
+        fabric.setup(volt_train::VoltModule::var_store(&model), OptimizerSpec::adamw(1e-3))?;
     let data = DigitsData::new(DigitsDataConfig::default())?;
     let train = fabric.setup_dataloader(data.train_dataloader().ok_or("no train loader")?);
     let val = fabric.setup_dataloader(data.val_dataloader().ok_or("no val loader")?);
@@ -46,19 +44,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let path = std::env::temp_dir().join("volt-fabric-loop.safetensors");
     let ckpt = Checkpoint {
         tensors: model_tensors(volt_train::VoltModule::var_store(&model)),
-        state: TrainingState {
-            hparams: serde_json::to_value(model.config())?,
-            ..TrainingState::default()
-        },
+        state: TrainingState { hparams: serde_json::to_value(model.config())?, ..TrainingState::default() },
     };
     fabric.save(&path, &ckpt)?;
     let restored = DigitsMlp::new(DigitsMlpConfig::default(), fabric.device());
     fabric.load(&path, volt_train::VoltModule::var_store(&restored))?;
     let probe = Tensor::ones([1, 64], (tch::Kind::Float, fabric.device()));
     let same = model.forward(&probe).equal(&restored.forward(&probe));
-    println!(
-        "saved {} and loaded it back: identical outputs = {same}",
-        path.display()
-    );
+    println!("saved {} and loaded it back: identical outputs = {same}", path.display());
     Ok(())
 }

@@ -6,9 +6,7 @@ use volt_zoo::{DigitsData, DigitsDataConfig, DigitsMlp, DigitsMlpConfig};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let max_epochs = match std::env::args().nth(1) {
-        Some(n) => n
-            .parse()
-            .map_err(|_| format!("MAX_EPOCHS must be a whole number, got {n:?}"))?,
+        Some(n) => n.parse().map_err(|_| format!("MAX_EPOCHS must be a whole number, got {n:?}"))?,
         None => 30,
     };
     volt_train::seed_everything(0);
@@ -23,10 +21,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     .with_callback(ModelCheckpoint::top_k("val_acc", Mode::Max, 1));
     let out = trainer.fit(&mut model, &data, None)?;
     println!("stopped: {}", out.stop_reason);
-    println!(
-        "val_acc: {:.4}",
-        out.metrics.get("val_acc").copied().unwrap_or(f64::NAN)
-    );
+    println!("val_acc: {:.4}", out.metrics.get("val_acc").copied().unwrap_or(f64::NAN));
     if let Some(dir) = &out.log_dir {
         println!("logs: {}", dir.display());
     }

@@ -35,9 +35,7 @@ pub fn all() -> Arc<Vec<Digit>> {
 
 fn parse(gz: &[u8]) -> Result<Vec<Digit>, String> {
     let mut text = String::new();
-    flate2::read::GzDecoder::new(gz)
-        .read_to_string(&mut text)
-        .map_err(|e| format!("digits.csv.gz: {e}"))?;
+    flate2::read::GzDecoder::new(gz).read_to_string(&mut text).map_err(|e| format!("digits.csv.gz: {e}"))?;
     text.lines()
         .filter(|l| !l.trim().is_empty())
         .enumerate()
@@ -48,20 +46,13 @@ fn parse(gz: &[u8]) -> Result<Vec<Digit>, String> {
                 .collect::<Result<_, _>>()
                 .map_err(|e| format!("digits.csv.gz line {}: {e}", i + 1))?;
             if values.len() != PIXELS + 1 {
-                return Err(format!(
-                    "digits.csv.gz line {}: {} values, expected 65",
-                    i + 1,
-                    values.len()
-                ));
+                return Err(format!("digits.csv.gz line {}: {} values, expected 65", i + 1, values.len()));
             }
             let mut pixels = [0f32; PIXELS];
             for (p, v) in pixels.iter_mut().zip(&values) {
                 *p = v / MAX_PIXEL;
             }
-            Ok(Digit {
-                pixels,
-                label: values[PIXELS] as i64,
-            })
+            Ok(Digit { pixels, label: values[PIXELS] as i64 })
         })
         .collect()
 }
@@ -131,11 +122,7 @@ pub struct DigitsDataConfig {
 
 impl Default for DigitsDataConfig {
     fn default() -> Self {
-        DigitsDataConfig {
-            batch_size: 32,
-            seed: 0,
-            prefetch: 2,
-        }
+        DigitsDataConfig { batch_size: 32, seed: 0, prefetch: 2 }
     }
 }
 
@@ -150,9 +137,7 @@ impl DigitsData {
     /// The digits with `config`; refuses a zero batch size.
     pub fn new(config: DigitsDataConfig) -> volt_train::Result<Self> {
         if config.batch_size == 0 {
-            return Err(volt_train::Error::Config(
-                "data.batch_size must be at least 1".into(),
-            ));
+            return Err(volt_train::Error::Config("data.batch_size must be at least 1".into()));
         }
         Ok(DigitsData { config })
     }

@@ -18,11 +18,7 @@ pub struct DigitsMlpConfig {
 
 impl Default for DigitsMlpConfig {
     fn default() -> Self {
-        DigitsMlpConfig {
-            hidden: 256,
-            lr: 1e-3,
-            weight_decay: 0.01,
-        }
+        DigitsMlpConfig { hidden: 256, lr: 1e-3, weight_decay: 0.01 }
     }
 }
 
@@ -44,13 +40,7 @@ impl DigitsMlp {
         let fc1 = nn::linear(&root / "fc1", PIXELS as i64, h, Default::default());
         let fc2 = nn::linear(&root / "fc2", h, h, Default::default());
         let fc3 = nn::linear(&root / "fc3", h, CLASSES as i64, Default::default());
-        DigitsMlp {
-            vs,
-            fc1,
-            fc2,
-            fc3,
-            config,
-        }
+        DigitsMlp { vs, fc1, fc2, fc3, config }
     }
 
     /// Hyperparameters.

@@ -71,19 +71,12 @@ fn digits_mlp_reaches_97_percent_validation_accuracy_within_30_epochs() {
     let _serial = serial();
     let dir = tempfile::tempdir().expect("tempdir");
     let mut m = model(0);
-    let mut trainer = Trainer::new(TrainerConfig {
-        max_epochs: Some(30),
-        ..quiet(dir.path())
-    })
-    .expect("trainer");
+    let mut trainer =
+        Trainer::new(TrainerConfig { max_epochs: Some(30), ..quiet(dir.path()) }).expect("trainer");
     let out = trainer.fit(&mut m, &data(), None).expect("fit");
     let acc = out.metrics["val_acc"];
     assert_eq!(out.progress.epoch, 30);
-    assert_eq!(
-        out.progress.global_step,
-        30 * 45,
-        "1437 samples / 32 = 45 batches an epoch"
-    );
+    assert_eq!(out.progress.global_step, 30 * 45, "1437 samples / 32 = 45 batches an epoch");
     assert!(acc >= 0.97, "val_acc after 30 epochs = {acc}");
 }
 
@@ -97,27 +90,18 @@ fn trainer_matches_a_hand_written_tch_loop() {
     let mut by_trainer = model(3);
     let recorder = LossRecorder::default();
     let losses = recorder.0.clone();
-    let mut trainer = Trainer::new(TrainerConfig {
-        max_steps: Some(steps),
-        ..quiet(dir.path())
-    })
-    .expect("trainer")
-    .with_callback(recorder);
+    let mut trainer = Trainer::new(TrainerConfig { max_steps: Some(steps), ..quiet(dir.path()) })
+        .expect("trainer")
+        .with_callback(recorder);
     trainer.fit(&mut by_trainer, &data(), None).expect("fit");
     let trainer_losses = losses.lock().expect("not poisoned").clone();
 
     // By hand: tch's own AdamW (libtorch's torch::optim), the same data order.
     let by_hand = model(3);
-    let mut opt = nn::AdamW::default()
-        .build(by_hand.var_store(), 1e-3)
-        .expect("optimizer");
+    let mut opt = nn::AdamW::default().build(by_hand.var_store(), 1e-3).expect("optimizer");
     let (train_idx, _) = digits::split();
     let all = digits::all();
-    let sampler = Sampler {
-        shuffle: true,
-        seed: 0,
-        ..Sampler::default()
-    };
+    let sampler = Sampler { shuffle: true, seed: 0, ..Sampler::default() };
     let mut hand_losses = Vec::new();
     'outer: for epoch in 0.. {
         let order = sampler.indices(train_idx.len(), epoch);
@@ -167,19 +151,13 @@ fn resuming_mid_epoch_from_last_is_bitwise_exact() {
     assert_eq!(first.progress.epoch, 1);
     assert_eq!(first.progress.batch_in_epoch, 12);
     let b = run(interrupted.path(), total, Some(CkptPath::Last));
-    assert_eq!(
-        b.log_dir, first.log_dir,
-        "the resumed run continues in its version folder"
-    );
+    assert_eq!(b.log_dir, first.log_dir, "the resumed run continues in its version folder");
     assert_eq!(b.progress.global_step, total);
     assert_eq!(b.steps_this_run, total - 57);
 
     let ta = checkpoint_tensors(&a.last_checkpoint.expect("last"));
     let tb = checkpoint_tensors(&b.last_checkpoint.expect("last"));
-    assert!(
-        ta.iter().any(|(n, _)| n.ends_with("exp_avg_sq")),
-        "optimizer state is saved"
-    );
+    assert!(ta.iter().any(|(n, _)| n.ends_with("exp_avg_sq")), "optimizer state is saved");
     assert_eq!(ta.len(), tb.len());
     for ((na, a), (nb, b)) in ta.iter().zip(&tb) {
         assert_eq!(na, nb);
@@ -193,11 +171,8 @@ fn accumulating_k_batches_equals_one_batch_of_k_times_b() {
     let run = |batch_size: usize, accumulate: usize, steps: u64| {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut m = model(11);
-        let data = DigitsData::new(DigitsDataConfig {
-            batch_size,
-            ..DigitsDataConfig::default()
-        })
-        .expect("data");
+        let data =
+            DigitsData::new(DigitsDataConfig { batch_size, ..DigitsDataConfig::default() }).expect("data");
         let mut t = Trainer::new(TrainerConfig {
             max_steps: Some(steps),
             accumulate_grad_batches: accumulate,
@@ -212,10 +187,7 @@ fn accumulating_k_batches_equals_one_batch_of_k_times_b() {
     let diff = max_abs_diff(&accumulated, &big_batch);
     assert!(diff <= 1e-5, "accumulated vs big batch differ by {diff}");
     let untrained = params(&model(11));
-    assert!(
-        max_abs_diff(&accumulated, &untrained) > 1e-4,
-        "training moved the weights"
-    );
+    assert!(max_abs_diff(&accumulated, &untrained) > 1e-4, "training moved the weights");
 }
 
 #[test]
@@ -249,57 +221,27 @@ fn digits_loss(m: &mut DigitsMlp, batch: &(Tensor, Tensor)) -> Tensor {
 fn loading_a_checkpoint_of_another_model_lists_the_mismatches() {
     let _serial = serial();
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut small = DigitsMlp::new(
-        DigitsMlpConfig {
-            hidden: 32,
-            ..DigitsMlpConfig::default()
-        },
-        Device::Cpu,
-    );
-    let mut t = Trainer::new(TrainerConfig {
-        max_steps: Some(2),
-        enable_checkpointing: true,
-        ..quiet(dir.path())
-    })
-    .expect("trainer");
+    let mut small = DigitsMlp::new(DigitsMlpConfig { hidden: 32, ..DigitsMlpConfig::default() }, Device::Cpu);
+    let mut t =
+        Trainer::new(TrainerConfig { max_steps: Some(2), enable_checkpointing: true, ..quiet(dir.path()) })
+            .expect("trainer");
     let out = t.fit(&mut small, &data(), None).expect("fit");
     let last = out.last_checkpoint.expect("last");
     let before = std::fs::read(&last).expect("read");
 
     let mut big = model(0);
     let untouched = params(&big);
-    let mut t = Trainer::new(TrainerConfig {
-        max_steps: Some(4),
-        enable_checkpointing: true,
-        ..quiet(dir.path())
-    })
-    .expect("trainer");
-    let err = t
-        .fit(&mut big, &data(), Some(CkptPath::Path(last.clone())))
-        .expect_err("mismatch");
+    let mut t =
+        Trainer::new(TrainerConfig { max_steps: Some(4), enable_checkpointing: true, ..quiet(dir.path()) })
+            .expect("trainer");
+    let err = t.fit(&mut big, &data(), Some(CkptPath::Path(last.clone()))).expect_err("mismatch");
     let msg = err.to_string();
     assert!(msg.contains(&last.display().to_string()), "{msg}");
-    assert!(
-        msg.contains("fc1.weight: checkpoint [32, 64], model [256, 64]"),
-        "{msg}"
-    );
-    assert!(
-        msg.contains("fc3.weight: checkpoint [10, 32], model [10, 256]"),
-        "{msg}"
-    );
-    assert_eq!(
-        max_abs_diff(&params(&big), &untouched),
-        0.0,
-        "nothing was half-loaded"
-    );
-    assert_eq!(
-        std::fs::read(&last).expect("read"),
-        before,
-        "the checkpoint was not touched"
-    );
-    let versions: Vec<_> = std::fs::read_dir(dir.path().join("lightning_logs"))
-        .expect("dir")
-        .collect();
+    assert!(msg.contains("fc1.weight: checkpoint [32, 64], model [256, 64]"), "{msg}");
+    assert!(msg.contains("fc3.weight: checkpoint [10, 32], model [10, 256]"), "{msg}");
+    assert_eq!(max_abs_diff(&params(&big), &untouched), 0.0, "nothing was half-loaded");
+    assert_eq!(std::fs::read(&last).expect("read"), before, "the checkpoint was not touched");
+    let versions: Vec<_> = std::fs::read_dir(dir.path().join("lightning_logs")).expect("dir").collect();
     assert_eq!(versions.len(), 1, "the failed run made no version folder");
 }
 
@@ -334,28 +276,17 @@ fn metrics_csv_and_tensorboard_files_hold_the_logged_values() {
     assert_eq!((val_rows[1][0], val_rows[1][1]), ("1", "89"));
     let last_val_acc: f64 = val_rows[1][3].parse().expect("number");
     assert_eq!(last_val_acc, out.metrics["val_acc"]);
-    assert!(std::fs::read_to_string(log_dir.join("hparams.yaml"))
-        .expect("hparams")
-        .contains("hidden: 256"));
+    assert!(std::fs::read_to_string(log_dir.join("hparams.yaml")).expect("hparams").contains("hidden: 256"));
 
     let event_file = std::fs::read_dir(&log_dir)
         .expect("dir")
         .filter_map(|e| e.ok())
-        .find(|e| {
-            e.file_name()
-                .to_string_lossy()
-                .starts_with("events.out.tfevents.")
-        })
+        .find(|e| e.file_name().to_string_lossy().starts_with("events.out.tfevents."))
         .expect("an event file")
         .path();
     let scalars = volt_train::loggers::read_scalars(&event_file).expect("parse");
-    let of = |tag: &str| {
-        scalars
-            .iter()
-            .filter(|s| s.tag == tag)
-            .map(|s| (s.step, s.value))
-            .collect::<Vec<_>>()
-    };
+    let of =
+        |tag: &str| scalars.iter().filter(|s| s.tag == tag).map(|s| (s.step, s.value)).collect::<Vec<_>>();
     let tb_train = of("train_loss");
     assert_eq!(tb_train.len(), 9);
     for (row, (step, value)) in train_rows.iter().zip(&tb_train) {
@@ -363,15 +294,9 @@ fn metrics_csv_and_tensorboard_files_hold_the_logged_values() {
         let csv_value: f64 = row[2].parse().expect("number");
         assert!((csv_value as f32 - value).abs() < 1e-6);
     }
-    assert_eq!(
-        of("val_acc").iter().map(|s| s.0).collect::<Vec<_>>(),
-        vec![44, 89]
-    );
+    assert_eq!(of("val_acc").iter().map(|s| s.0).collect::<Vec<_>>(), vec![44, 89]);
     assert_eq!(of("val_loss").len(), 2);
-    assert!(
-        of("epoch").is_empty(),
-        "epoch is a CSV column, not a TensorBoard scalar"
-    );
+    assert!(of("epoch").is_empty(), "epoch is a CSV column, not a TensorBoard scalar");
 }
 
 #[test]
@@ -381,12 +306,9 @@ fn python_safetensors_opens_a_volt_checkpoint() {
     assert!(python.exists(), "{} is missing: run scripts/setup", python.display());
     let dir = tempfile::tempdir().expect("tempdir");
     let mut m = model(0);
-    let mut t = Trainer::new(TrainerConfig {
-        max_steps: Some(5),
-        enable_checkpointing: true,
-        ..quiet(dir.path())
-    })
-    .expect("trainer");
+    let mut t =
+        Trainer::new(TrainerConfig { max_steps: Some(5), enable_checkpointing: true, ..quiet(dir.path()) })
+            .expect("trainer");
     let last = t.fit(&mut m, &data(), None).expect("fit").last_checkpoint.expect("last");
     let script = r#"
 import json, sys
@@ -397,16 +319,14 @@ with safe_open(sys.argv[1], framework="pt") as f:
     print(json.dumps({"keys": sorted(f.keys()), "step": state["progress"]["global_step"],
                       "shape": list(w.shape), "sum": float(w.double().sum())}))
 "#;
-    let out = std::process::Command::new(&python)
-        .args(["-c", script])
-        .arg(&last)
-        .output()
-        .expect("run python");
+    let out =
+        std::process::Command::new(&python).args(["-c", script]).arg(&last).output().expect("run python");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let got: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     assert_eq!(got["step"], 5);
     assert_eq!(got["shape"], serde_json::json!([256, 64]));
-    let ours = m.var_store().variables()["fc1.weight"].to_kind(Kind::Double).sum(Kind::Double).double_value(&[]);
+    let ours =
+        m.var_store().variables()["fc1.weight"].to_kind(Kind::Double).sum(Kind::Double).double_value(&[]);
     assert!((got["sum"].as_f64().expect("sum") - ours).abs() < 1e-9);
     let keys: Vec<&str> = got["keys"].as_array().expect("keys").iter().filter_map(|k| k.as_str()).collect();
     assert!(keys.contains(&"optimizer.fc1.weight.exp_avg_sq"), "{keys:?}");

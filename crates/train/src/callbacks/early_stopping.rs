@@ -60,12 +60,7 @@ impl Default for EarlyStopping {
 impl EarlyStopping {
     /// Watches `monitor` with `patience` and the other defaults.
     pub fn new(monitor: &str, mode: Mode, patience: usize) -> Self {
-        EarlyStopping {
-            monitor: monitor.to_owned(),
-            mode,
-            patience,
-            ..Self::default()
-        }
+        EarlyStopping { monitor: monitor.to_owned(), mode, patience, ..Self::default() }
     }
 
     /// Applies one observation; returns why to stop, if it should.
@@ -73,22 +68,10 @@ impl EarlyStopping {
         let m = &self.monitor;
         let reason = if self.check_finite && !current.is_finite() {
             Some(format!("{m} = {current} is not finite"))
-        } else if self
-            .stopping_threshold
-            .is_some_and(|t| self.mode.better(current, t))
-        {
-            Some(format!(
-                "{m} = {current} reached the stopping threshold {:?}",
-                self.stopping_threshold
-            ))
-        } else if self
-            .divergence_threshold
-            .is_some_and(|t| self.mode.better(t, current))
-        {
-            Some(format!(
-                "{m} = {current} is past the divergence threshold {:?}",
-                self.divergence_threshold
-            ))
+        } else if self.stopping_threshold.is_some_and(|t| self.mode.better(current, t)) {
+            Some(format!("{m} = {current} reached the stopping threshold {:?}", self.stopping_threshold))
+        } else if self.divergence_threshold.is_some_and(|t| self.mode.better(t, current)) {
+            Some(format!("{m} = {current} is past the divergence threshold {:?}", self.divergence_threshold))
         } else {
             let delta = self.min_delta.abs();
             let improved = match (self.state.best_score, self.mode) {

@@ -83,9 +83,9 @@ impl ModelCheckpoint {
         match (&self.dirpath, ctx.log_dir) {
             (Some(d), _) => Ok(d.clone()),
             (None, Some(log_dir)) => Ok(log_dir.join("checkpoints")),
-            (None, None) => Err(Error::Config(
-                "ModelCheckpoint needs `dirpath` when the run has no log folder".into(),
-            )),
+            (None, None) => {
+                Err(Error::Config("ModelCheckpoint needs `dirpath` when the run has no log folder".into()))
+            }
         }
     }
 
@@ -159,11 +159,7 @@ impl ModelCheckpoint {
             // A NaN or infinite value never ranks among the best.
             return Ok(());
         }
-        let mode = if self.monitor.is_some() {
-            self.mode
-        } else {
-            Mode::Max
-        };
+        let mode = if self.monitor.is_some() { self.mode } else { Mode::Max };
         let k = self.save_top_k;
         let full = k > 0 && self.state.best_k_models.len() as i64 >= k;
         let worst = self
@@ -190,12 +186,8 @@ impl ModelCheckpoint {
             }
         }
         self.state.best_k_models.push((path, score));
-        let best = self
-            .state
-            .best_k_models
-            .iter()
-            .reduce(|a, b| if mode.better(b.1, a.1) { b } else { a })
-            .cloned();
+        let best =
+            self.state.best_k_models.iter().reduce(|a, b| if mode.better(b.1, a.1) { b } else { a }).cloned();
         if let Some((p, s)) = best {
             self.state.best_model_path = Some(p);
             self.state.best_model_score = self.monitor.as_ref().map(|_| s);

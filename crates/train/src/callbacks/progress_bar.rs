@@ -26,10 +26,7 @@ impl Default for ProgressBar {
 }
 
 fn format_metrics(m: &Metrics) -> String {
-    m.iter()
-        .map(|(k, v)| format!("{k}={v:.4}"))
-        .collect::<Vec<_>>()
-        .join(" ")
+    m.iter().map(|(k, v)| format!("{k}={v:.4}")).collect::<Vec<_>>().join(" ")
 }
 
 impl Callback for ProgressBar {

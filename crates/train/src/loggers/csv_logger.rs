@@ -25,11 +25,7 @@ impl CsvLogger {
             let header = reader.headers().map_err(|e| csv_error(&path, e))?;
             keys.extend(header.iter().map(str::to_owned));
         }
-        Ok(CsvLogger {
-            path,
-            keys,
-            pending: Vec::new(),
-        })
+        Ok(CsvLogger { path, keys, pending: Vec::new() })
     }
 
     /// The file it writes.
@@ -44,9 +40,7 @@ impl CsvLogger {
                 .iter()
                 .map(|k| row.get(k).map(|v| format_value(k, *v)).unwrap_or_default())
                 .collect();
-            writer
-                .write_record(&cells)
-                .map_err(|e| csv_error(&self.path, e))?;
+            writer.write_record(&cells).map_err(|e| csv_error(&self.path, e))?;
         }
         Ok(())
     }
@@ -55,12 +49,8 @@ impl CsvLogger {
         let mut old_rows = Vec::new();
         if self.path.exists() {
             let mut reader = csv::Reader::from_path(&self.path).map_err(|e| csv_error(&self.path, e))?;
-            let header: Vec<String> = reader
-                .headers()
-                .map_err(|e| csv_error(&self.path, e))?
-                .iter()
-                .map(str::to_owned)
-                .collect();
+            let header: Vec<String> =
+                reader.headers().map_err(|e| csv_error(&self.path, e))?.iter().map(str::to_owned).collect();
             for record in reader.records() {
                 let record = record.map_err(|e| csv_error(&self.path, e))?;
                 let row: Metrics = header
@@ -73,14 +63,10 @@ impl CsvLogger {
             }
         }
         let mut writer = csv::Writer::from_writer(Vec::new());
-        writer
-            .write_record(self.keys.iter())
-            .map_err(|e| csv_error(&self.path, e))?;
+        writer.write_record(self.keys.iter()).map_err(|e| csv_error(&self.path, e))?;
         self.write_rows(&mut writer, &old_rows)?;
         self.write_rows(&mut writer, new_rows)?;
-        let bytes = writer
-            .into_inner()
-            .map_err(|e| Error::User(format!("{}: {e}", self.path.display())))?;
+        let bytes = writer.into_inner().map_err(|e| Error::User(format!("{}: {e}", self.path.display())))?;
         write_atomic(&self.path, &bytes)
     }
 }

@@ -60,11 +60,7 @@ pub fn next_version_dir(experiment_dir: &Path) -> PathBuf {
 /// Writes `hparams.yaml` in `dir`, as Lightning's loggers do.
 pub fn save_hparams(dir: &Path, hparams: &Value) -> Result<()> {
     let path = dir.join("hparams.yaml");
-    let value = if hparams.is_null() {
-        Value::Object(Default::default())
-    } else {
-        hparams.clone()
-    };
+    let value = if hparams.is_null() { Value::Object(Default::default()) } else { hparams.clone() };
     let yaml = serde_norway::to_string(&value)
         .map_err(|e| Error::User(format!("cannot write {}: {e}", path.display())))?;
     write_atomic(&path, yaml.as_bytes())

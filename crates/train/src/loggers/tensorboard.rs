@@ -25,25 +25,17 @@ impl TensorBoardLogger {
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
             .map(|h| h.trim().to_owned())
             .unwrap_or_else(|_| "localhost".into());
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
         let mut n = 0;
         let path = loop {
-            let p = dir.join(format!(
-                "events.out.tfevents.{now}.{host}.{}.{n}",
-                std::process::id()
-            ));
+            let p = dir.join(format!("events.out.tfevents.{now}.{host}.{}.{n}", std::process::id()));
             if !p.exists() {
                 break p;
             }
             n += 1;
         };
         let file = File::create(&path).map_err(|e| Error::io(&path, e))?;
-        let mut logger = TensorBoardLogger {
-            path,
-            out: BufWriter::new(file),
-        };
+        let mut logger = TensorBoardLogger { path, out: BufWriter::new(file) };
         let mut event = Vec::new();
         put_double(&mut event, 1, wall_time());
         put_bytes(&mut event, 3, b"brain.Event:2");
@@ -98,9 +90,7 @@ impl Drop for TensorBoardLogger {
 }
 
 fn wall_time() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
 }
 
 fn masked_crc(data: &[u8]) -> u32 {
@@ -151,21 +141,15 @@ pub fn read_scalars(path: &Path) -> Result<Vec<Scalar>> {
     let mut out = Vec::new();
     let mut pos = 0;
     while pos < data.len() {
-        let header = data
-            .get(pos..pos + 12)
-            .ok_or_else(|| bad("truncated record header"))?;
+        let header = data.get(pos..pos + 12).ok_or_else(|| bad("truncated record header"))?;
         let len_bytes: [u8; 8] = header[..8].try_into().map_err(|_| bad("bad length"))?;
         if masked_crc(&len_bytes) != u32::from_le_bytes(header[8..12].try_into().map_err(|_| bad("bad crc"))?)
         {
             return Err(bad("length CRC mismatch"));
         }
         let len = u64::from_le_bytes(len_bytes) as usize;
-        let payload = data
-            .get(pos + 12..pos + 12 + len)
-            .ok_or_else(|| bad("truncated record"))?;
-        let crc = data
-            .get(pos + 12 + len..pos + 16 + len)
-            .ok_or_else(|| bad("truncated CRC"))?;
+        let payload = data.get(pos + 12..pos + 12 + len).ok_or_else(|| bad("truncated record"))?;
+        let crc = data.get(pos + 12 + len..pos + 16 + len).ok_or_else(|| bad("truncated CRC"))?;
         if masked_crc(payload) != u32::from_le_bytes(crc.try_into().map_err(|_| bad("bad crc"))?) {
             return Err(bad("payload CRC mismatch"));
         }

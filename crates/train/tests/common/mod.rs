@@ -26,10 +26,7 @@ impl Dataset for Points {
 fn collate(items: Vec<([f32; 4], f32)>) -> volt_train::Result<(Tensor, Tensor)> {
     let xs: Vec<f32> = items.iter().flat_map(|(x, _)| *x).collect();
     let ys: Vec<f32> = items.iter().map(|(_, y)| *y).collect();
-    Ok((
-        Tensor::from_slice(&xs).view([-1, 4]),
-        Tensor::from_slice(&ys).view([-1, 1]),
-    ))
+    Ok((Tensor::from_slice(&xs).view([-1, 4]), Tensor::from_slice(&ys).view([-1, 1])))
 }
 
 /// 64 points in batches of 8: 8 training batches an epoch, 8 validation batches.
@@ -40,18 +37,11 @@ pub struct PointsData {
 impl DataModule for PointsData {
     type Batch = (Tensor, Tensor);
     fn train_dataloader(&self) -> Option<DataLoader<Self::Batch>> {
-        let opts = LoaderOptions {
-            batch_size: self.batch_size,
-            shuffle: true,
-            ..LoaderOptions::default()
-        };
+        let opts = LoaderOptions { batch_size: self.batch_size, shuffle: true, ..LoaderOptions::default() };
         DataLoader::new(Points, collate, opts).ok()
     }
     fn val_dataloader(&self) -> Option<DataLoader<Self::Batch>> {
-        let opts = LoaderOptions {
-            batch_size: self.batch_size,
-            ..LoaderOptions::default()
-        };
+        let opts = LoaderOptions { batch_size: self.batch_size, ..LoaderOptions::default() };
         DataLoader::new(Points, collate, opts).ok()
     }
 }
@@ -114,10 +104,7 @@ impl VoltModule for Scripted {
         Ok(self.linear.forward(x))
     }
     fn configure_optimizers(&self) -> OptimizerConfig {
-        OptimizerConfig {
-            optimizer: OptimizerSpec::sgd(self.lr),
-            lr_scheduler: self.scheduler.clone(),
-        }
+        OptimizerConfig { optimizer: OptimizerSpec::sgd(self.lr), lr_scheduler: self.scheduler.clone() }
     }
 }
 
