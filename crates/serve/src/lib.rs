@@ -1,0 +1,23 @@
+//! volt-serve: a LitServe-class inference server framework.
+//!
+//! Implement [`InferenceApi`] (setup, decode_request, predict, encode_response); the
+//! [`Server`] gives dynamic batching on dedicated worker threads, streaming (SSE and
+//! NDJSON), deadlines, backpressure, payload limits, API keys, Prometheus metrics,
+//! health and info routes, graceful shutdown, and OpenAI-compatible specs.
+//! It knows nothing of tensors: the model is the user's.
+#![warn(missing_docs)]
+
+mod api;
+pub mod auth;
+pub mod client;
+mod config;
+mod error;
+pub mod metrics;
+pub mod openai;
+mod server;
+mod worker;
+
+pub use api::{Device, InferenceApi, StreamOutput};
+pub use config::{EndpointConfig, ServerConfig};
+pub use error::{ApiError, HttpError, ServeError};
+pub use server::{RunningServer, Server, BUILTIN_ROUTES};

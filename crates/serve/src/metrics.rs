@@ -1,0 +1,105 @@
+//! `/metrics` in Prometheus text format, through the `prometheus-client` crate.
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
+
+/// Labels: the route.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    /// URL path.
+    pub route: String,
+}
+
+/// Labels: route and HTTP status.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StatusLabels {
+    /// URL path.
+    pub route: String,
+    /// HTTP status code.
+    pub status: u16,
+}
+
+/// Labels: route and error type.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabels {
+    /// URL path.
+    pub route: String,
+    /// The `type` of the error body.
+    pub kind: String,
+}
+
+fn latency_histogram() -> Histogram {
+    // 100 µs .. ~54 s
+    Histogram::new(exponential_buckets(1e-4, 2.0, 20))
+}
+
+fn batch_histogram() -> Histogram {
+    Histogram::new([1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0])
+}
+
+/// Every metric the server exports.
+pub struct Metrics {
+    registry: Registry,
+    /// Requests by route and status.
+    pub requests: Family<StatusLabels, Counter>,
+    /// Request latency by route, seconds.
+    pub latency: Family<RouteLabels, Histogram, fn() -> Histogram>,
+    /// Requests waiting in each endpoint's queue.
+    pub queue_depth: Family<RouteLabels, Gauge>,
+    /// Size of each batch handed to predict.
+    pub batch_size: Family<RouteLabels, Histogram, fn() -> Histogram>,
+    /// Seconds workers spent in predict.
+    pub worker_busy: Family<RouteLabels, Counter<f64, AtomicU64>>,
+    /// Error responses by route and type.
+    pub errors: Family<ErrorLabels, Counter>,
+    /// Calls of the user's predict (or predict_stream) by route.
+    pub predict_calls: Family<RouteLabels, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Registers every metric under the `volt_` prefix.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("volt");
+        let requests = Family::<StatusLabels, Counter>::default();
+        let latency =
+            Family::<RouteLabels, Histogram, fn() -> Histogram>::new_with_constructor(latency_histogram);
+        let queue_depth = Family::<RouteLabels, Gauge>::default();
+        let batch_size =
+            Family::<RouteLabels, Histogram, fn() -> Histogram>::new_with_constructor(batch_histogram);
+        let worker_busy = Family::<RouteLabels, Counter<f64, AtomicU64>>::default();
+        let errors = Family::<ErrorLabels, Counter>::default();
+        let predict_calls = Family::<RouteLabels, Counter>::default();
+        registry.register("requests", "HTTP requests by route and status", requests.clone());
+        registry.register("request_duration_seconds", "Request latency by route", latency.clone());
+        registry.register("queue_depth", "Requests waiting for a worker", queue_depth.clone());
+        registry.register("batch_size", "Requests per predict call", batch_size.clone());
+        registry.register("worker_busy_seconds", "Time workers spent predicting", worker_busy.clone());
+        registry.register("errors", "Error responses by route and type", errors.clone());
+        registry.register("predict_calls", "Calls of predict by route", predict_calls.clone());
+        Metrics { registry, requests, latency, queue_depth, batch_size, worker_busy, errors, predict_calls }
+    }
+
+    /// The Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+
+    /// Labels for `route`.
+    pub fn route(route: &str) -> RouteLabels {
+        RouteLabels { route: route.to_owned() }
+    }
+}

@@ -1,0 +1,577 @@
+//! OpenAI-compatible specs as adapters over the same core: `/v1/chat/completions`
+//! (plain and streamed) and `/v1/embeddings`.
+//!
+//! The user implements [`ChatApi`] or [`EmbeddingsApi`]; the adapters parse OpenAI's
+//! request bodies, queue work on the endpoint's workers (batched across requests), and
+//! answer in OpenAI's response and chunk formats.
+use crate::api::{Device, InferenceApi, StreamOutput};
+use crate::config::EndpointConfig;
+use crate::error::{ApiError, HttpError, ServeError};
+use crate::server::{chunks_until, stream_response, Endpoint, Framing, Server};
+use axum::body::Body;
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::Json;
+use base64::Engine;
+use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// One chat message.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ChatMessage {
+    /// `system`, `user` or `assistant`.
+    pub role: String,
+    /// The text.
+    pub content: String,
+}
+
+/// A chat completion request, as the model sees it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ChatRequest {
+    /// The `model` field of the request.
+    pub model: String,
+    /// The conversation.
+    pub messages: Vec<ChatMessage>,
+    /// Most tokens to generate.
+    pub max_tokens: Option<usize>,
+    /// Sampling temperature.
+    pub temperature: Option<f64>,
+    /// Nucleus sampling mass.
+    pub top_p: Option<f64>,
+    /// Top-k sampling (an extension OpenAI does not have).
+    pub top_k: Option<usize>,
+    /// Seed of the sampler.
+    pub seed: Option<u64>,
+    /// Stop sequences (the adapter enforces them).
+    pub stop: Vec<String>,
+    /// Stream the answer as chunks.
+    pub stream: bool,
+    /// Send a final chunk with `usage` (`stream_options.include_usage`).
+    pub include_usage: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawChatRequest {
+    model: Option<String>,
+    messages: Vec<RawMessage>,
+    max_tokens: Option<usize>,
+    max_completion_tokens: Option<usize>,
+    temperature: Option<f64>,
+    top_p: Option<f64>,
+    top_k: Option<usize>,
+    seed: Option<u64>,
+    stop: Option<StopField>,
+    #[serde(default)]
+    stream: bool,
+    stream_options: Option<StreamOptions>,
+    // Accepted and ignored, as many OpenAI clients send them.
+    #[allow(dead_code)]
+    n: Option<u32>,
+    #[allow(dead_code)]
+    user: Option<String>,
+    #[allow(dead_code)]
+    presence_penalty: Option<f64>,
+    #[allow(dead_code)]
+    frequency_penalty: Option<f64>,
+}
+
+#[derive(Deserialize)]
+struct RawMessage {
+    role: String,
+    content: MessageContent,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum MessageContent {
+    Text(String),
+    Parts(Vec<ContentPart>),
+}
+
+#[derive(Deserialize)]
+struct ContentPart {
+    #[serde(default)]
+    text: String,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum StopField {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Deserialize)]
+struct StreamOptions {
+    #[serde(default)]
+    include_usage: bool,
+}
+
+impl ChatRequest {
+    /// Parses an OpenAI chat completions body; errors name the bad field.
+    pub fn from_json(body: &Value) -> Result<Self, ApiError> {
+        let raw: RawChatRequest = serde_json::from_value(body.clone())
+            .map_err(|e| ApiError::BadRequest(format!("invalid request: {e}")))?;
+        if raw.messages.is_empty() {
+            return Err(ApiError::field("messages", "must hold at least one message"));
+        }
+        if let Some(t) = raw.temperature {
+            if !(0.0..=2.0).contains(&t) {
+                return Err(ApiError::field("temperature", format!("{t} is not between 0 and 2")));
+            }
+        }
+        if let Some(p) = raw.top_p {
+            if !(p > 0.0 && p <= 1.0) {
+                return Err(ApiError::field("top_p", format!("{p} is not in (0, 1]")));
+            }
+        }
+        Ok(ChatRequest {
+            model: raw.model.unwrap_or_default(),
+            messages: raw
+                .messages
+                .into_iter()
+                .map(|m| ChatMessage {
+                    role: m.role,
+                    content: match m.content {
+                        MessageContent::Text(t) => t,
+                        MessageContent::Parts(parts) => parts.into_iter().map(|p| p.text).collect(),
+                    },
+                })
+                .collect(),
+            max_tokens: raw.max_completion_tokens.or(raw.max_tokens),
+            temperature: raw.temperature,
+            top_p: raw.top_p,
+            top_k: raw.top_k,
+            seed: raw.seed,
+            stop: match raw.stop {
+                None => vec![],
+                Some(StopField::One(s)) => vec![s],
+                Some(StopField::Many(v)) => v,
+            },
+            stream: raw.stream,
+            include_usage: raw.stream_options.is_some_and(|o| o.include_usage),
+        })
+    }
+}
+
+/// One piece of generated text.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ChatDelta {
+    /// New text (one token, typically).
+    pub text: String,
+    /// Tokens in the prompt.
+    pub prompt_tokens: usize,
+    /// Set on the last chunk: `stop` or `length`.
+    pub finish_reason: Option<String>,
+}
+
+/// A generative model behind `/v1/chat/completions`.
+pub trait ChatApi: Send + Sync + 'static {
+    /// A worker's model.
+    type Model: Send + 'static;
+    /// Loads the model on `device`.
+    fn setup(&self, device: Device) -> Result<Self::Model, ApiError>;
+    /// Generates for a batch of requests, sending each token as a [`ChatDelta`] through `out`
+    /// as soon as it exists; stops generating for a request whose `out.send` returns false.
+    fn generate(
+        &self,
+        model: &mut Self::Model,
+        requests: Vec<ChatRequest>,
+        out: &mut StreamOutput<ChatDelta>,
+    ) -> Result<(), ApiError>;
+    /// The model's name in responses.
+    fn model_name(&self) -> String;
+}
+
+/// The [`InferenceApi`] that puts a [`ChatApi`] behind the core.
+pub struct ChatAdapter<C>(pub C);
+
+impl<C: ChatApi> InferenceApi for ChatAdapter<C> {
+    type Model = C::Model;
+    type Input = ChatRequest;
+    type Output = ChatDelta;
+    fn setup(&self, device: Device) -> Result<C::Model, ApiError> {
+        self.0.setup(device)
+    }
+    fn decode_request(&self, body: &Value) -> Result<ChatRequest, ApiError> {
+        ChatRequest::from_json(body)
+    }
+    fn predict(&self, _: &mut C::Model, _: Vec<ChatRequest>) -> Result<Vec<ChatDelta>, ApiError> {
+        Err(ApiError::Internal("chat completions always stream internally".into()))
+    }
+    fn encode_response(&self, output: ChatDelta) -> Result<Value, ApiError> {
+        Ok(json!({"text": output.text}))
+    }
+    fn predict_stream(
+        &self,
+        model: &mut C::Model,
+        inputs: Vec<ChatRequest>,
+        out: &mut StreamOutput<ChatDelta>,
+    ) -> Result<(), ApiError> {
+        self.0.generate(model, inputs, out)
+    }
+    fn info(&self) -> Value {
+        json!({"spec": "openai.chat.completions", "model": self.0.model_name()})
+    }
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+fn completion_id() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    format!("chatcmpl-volt-{}-{}", now_secs(), NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
+/// Applies stop sequences to generated text: what may be emitted now, and whether to stop.
+struct StopFilter {
+    stops: Vec<String>,
+    text: String,
+    emitted: usize,
+}
+
+impl StopFilter {
+    fn push(&mut self, piece: &str) -> (String, bool) {
+        self.text.push_str(piece);
+        if let Some(at) =
+            self.stops.iter().filter(|s| !s.is_empty()).filter_map(|s| self.text.find(s.as_str())).min()
+        {
+            let out = self.text[self.emitted.min(at)..at].to_owned();
+            self.emitted = at;
+            return (out, true);
+        }
+        // Hold back a tail that could still become a stop sequence.
+        let hold = self.stops.iter().map(|s| s.len().saturating_sub(1)).max().unwrap_or(0);
+        let mut safe = self.text.len().saturating_sub(hold).max(self.emitted);
+        while !self.text.is_char_boundary(safe) {
+            safe -= 1;
+        }
+        let out = self.text[self.emitted..safe].to_owned();
+        self.emitted = safe;
+        (out, false)
+    }
+    fn rest(&mut self) -> String {
+        let out = self.text[self.emitted..].to_owned();
+        self.emitted = self.text.len();
+        out
+    }
+}
+
+async fn chat_route<C: ChatApi>(
+    ep: Arc<Endpoint<ChatAdapter<C>>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let deadline = ep.deadline();
+    let result = async {
+        let value = ep.read_json(body).await?;
+        let request = ep.decode(&value)?;
+        let model = if request.model.is_empty() { ep.api.0.model_name() } else { request.model.clone() };
+        let (stream, include_usage) = (request.stream, request.include_usage);
+        let stop = StopFilter { stops: request.stop.clone(), text: String::new(), emitted: 0 };
+        let rx = ep.call_stream(request, deadline)?;
+        let chunks = chunks_until(rx, deadline);
+        let id = completion_id();
+        let created = now_secs();
+        if stream {
+            Ok(stream_chat(chunks, stop, id, created, model, include_usage, Framing::from_headers(&headers)))
+        } else {
+            collect_chat(chunks, stop, id, created, model).await
+        }
+    };
+    match tokio::time::timeout_at(deadline.into(), result).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => e.into_response(),
+        Err(_) => HttpError::timeout("no answer within the request timeout").into_response(),
+    }
+}
+
+fn chunk_object(id: &str, created: u64, model: &str, delta: Value, finish: Option<&str>) -> Value {
+    json!({
+        "id": id, "object": "chat.completion.chunk", "created": created, "model": model,
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+    })
+}
+
+fn usage(prompt: usize, completion: usize) -> Value {
+    json!({"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion})
+}
+
+fn stream_chat(
+    chunks: impl futures_util::Stream<Item = Result<ChatDelta, HttpError>> + Send + 'static,
+    mut stop: StopFilter,
+    id: String,
+    created: u64,
+    model: String,
+    include_usage: bool,
+    framing: Framing,
+) -> Response {
+    let first = chunk_object(&id, created, &model, json!({"role": "assistant", "content": ""}), None);
+    let (mut prompt, mut completion, mut finished) = (0usize, 0usize, false);
+    let body = chunks.map(Some).chain(futures_util::stream::once(async { None })).flat_map(move |item| {
+        let mut out: Vec<Value> = Vec::new();
+        if finished {
+            return futures_util::stream::iter(out);
+        }
+        match item {
+            Some(Ok(delta)) => {
+                prompt = prompt.max(delta.prompt_tokens);
+                completion += usize::from(!delta.text.is_empty());
+                let (text, hit_stop) = stop.push(&delta.text);
+                if !text.is_empty() {
+                    out.push(chunk_object(&id, created, &model, json!({"content": text}), None));
+                }
+                let finish = if hit_stop { Some("stop".to_owned()) } else { delta.finish_reason };
+                if let Some(reason) = finish {
+                    let rest = if hit_stop { String::new() } else { stop.rest() };
+                    if !rest.is_empty() {
+                        out.push(chunk_object(&id, created, &model, json!({"content": rest}), None));
+                    }
+                    out.push(chunk_object(&id, created, &model, json!({}), Some(&reason)));
+                    if include_usage {
+                        let mut u = chunk_object(&id, created, &model, json!({}), None);
+                        u["choices"] = json!([]);
+                        u["usage"] = usage(prompt, completion);
+                        out.push(u);
+                    }
+                    finished = true;
+                }
+            }
+            Some(Err(e)) => {
+                out.push(e.body());
+                finished = true;
+            }
+            None => {
+                let rest = stop.rest();
+                if !rest.is_empty() {
+                    out.push(chunk_object(&id, created, &model, json!({"content": rest}), None));
+                }
+                out.push(chunk_object(&id, created, &model, json!({}), Some("stop")));
+                finished = true;
+            }
+        }
+        futures_util::stream::iter(out)
+    });
+    // Ending the body once finished drops the receiver, which stops generation.
+    stream_response(framing, futures_util::stream::once(async move { first }).chain(body))
+}
+
+async fn collect_chat(
+    chunks: impl futures_util::Stream<Item = Result<ChatDelta, HttpError>> + Send,
+    mut stop: StopFilter,
+    id: String,
+    created: u64,
+    model: String,
+) -> Result<Response, HttpError> {
+    let mut chunks = std::pin::pin!(chunks);
+    let (mut text, mut prompt, mut completion) = (String::new(), 0, 0);
+    let mut finish = "stop".to_owned();
+    while let Some(item) = chunks.next().await {
+        let delta = item?;
+        prompt = delta.prompt_tokens;
+        completion += usize::from(!delta.text.is_empty());
+        let (piece, hit_stop) = stop.push(&delta.text);
+        text.push_str(&piece);
+        if hit_stop {
+            break;
+        }
+        if let Some(reason) = delta.finish_reason {
+            text.push_str(&stop.rest());
+            finish = reason;
+            break;
+        }
+    }
+    Ok(Json(json!({
+        "id": id, "object": "chat.completion", "created": created, "model": model,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish}],
+        "usage": usage(prompt, completion),
+    }))
+    .into_response())
+}
+
+/// One embedding and the tokens its input took.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Embedding {
+    /// The vector.
+    pub vector: Vec<f32>,
+    /// Tokens of the input (after truncation).
+    pub tokens: usize,
+}
+
+/// An embedding model behind `/v1/embeddings`.
+pub trait EmbeddingsApi: Send + Sync + 'static {
+    /// A worker's model.
+    type Model: Send + 'static;
+    /// Loads the model on `device`.
+    fn setup(&self, device: Device) -> Result<Self::Model, ApiError>;
+    /// Embeds a batch of texts (gathered across requests), one vector per text, in order.
+    fn embed(&self, model: &mut Self::Model, texts: Vec<String>) -> Result<Vec<Embedding>, ApiError>;
+    /// The model's name in responses.
+    fn model_name(&self) -> String;
+}
+
+/// The [`InferenceApi`] that puts an [`EmbeddingsApi`] behind the core: one queue item per text.
+pub struct EmbeddingsAdapter<E>(pub E);
+
+impl<E: EmbeddingsApi> InferenceApi for EmbeddingsAdapter<E> {
+    type Model = E::Model;
+    type Input = String;
+    type Output = Embedding;
+    fn setup(&self, device: Device) -> Result<E::Model, ApiError> {
+        self.0.setup(device)
+    }
+    fn decode_request(&self, body: &Value) -> Result<String, ApiError> {
+        body.as_str().map(str::to_owned).ok_or_else(|| ApiError::field("input", "must be a string"))
+    }
+    fn predict(&self, model: &mut E::Model, inputs: Vec<String>) -> Result<Vec<Embedding>, ApiError> {
+        self.0.embed(model, inputs)
+    }
+    fn encode_response(&self, output: Embedding) -> Result<Value, ApiError> {
+        Ok(json!(output.vector))
+    }
+    fn info(&self) -> Value {
+        json!({"spec": "openai.embeddings", "model": self.0.model_name()})
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEmbeddingsRequest {
+    input: EmbeddingInput,
+    model: Option<String>,
+    #[serde(default)]
+    encoding_format: Option<String>,
+    #[allow(dead_code)]
+    user: Option<String>,
+    #[allow(dead_code)]
+    dimensions: Option<usize>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum EmbeddingInput {
+    One(String),
+    Many(Vec<String>),
+}
+
+async fn embeddings_route<E: EmbeddingsApi>(ep: Arc<Endpoint<EmbeddingsAdapter<E>>>, body: Body) -> Response {
+    let deadline = ep.deadline();
+    let result = async {
+        let value = ep.read_json(body).await?;
+        let raw: RawEmbeddingsRequest = serde_json::from_value(value)
+            .map_err(|e| HttpError::bad_request(format!("invalid request: {e}")))?;
+        let texts = match raw.input {
+            EmbeddingInput::One(s) => vec![s],
+            EmbeddingInput::Many(v) if v.is_empty() => {
+                return Err(HttpError::bad_request("`input`: must not be an empty list"))
+            }
+            EmbeddingInput::Many(v) => v,
+        };
+        let base64 = match raw.encoding_format.as_deref() {
+            None | Some("float") => false,
+            Some("base64") => true,
+            Some(other) => {
+                return Err(HttpError::bad_request(format!(
+                    "`encoding_format`: \"{other}\" is not \"float\" or \"base64\""
+                )))
+            }
+        };
+        // Each text is its own queue item, so the workers batch them across requests.
+        let calls = texts.into_iter().map(|t| ep.call(t, deadline));
+        let embeddings = futures_util::future::try_join_all(calls).await?;
+        let prompt_tokens: usize = embeddings.iter().map(|e| e.tokens).sum();
+        let data: Vec<Value> = embeddings
+            .into_iter()
+            .enumerate()
+            .map(|(i, e)| {
+                let embedding = if base64 {
+                    let bytes: Vec<u8> = e.vector.iter().flat_map(|x| x.to_le_bytes()).collect();
+                    json!(base64::engine::general_purpose::STANDARD.encode(bytes))
+                } else {
+                    json!(e.vector)
+                };
+                json!({"object": "embedding", "index": i, "embedding": embedding})
+            })
+            .collect();
+        Ok(Json(json!({
+            "object": "list", "data": data,
+            "model": raw.model.unwrap_or_else(|| ep.api.0.model_name()),
+            "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens},
+        }))
+        .into_response())
+    };
+    match tokio::time::timeout_at(deadline.into(), result).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => e.into_response(),
+        Err(_) => HttpError::timeout("no answer within the request timeout").into_response(),
+    }
+}
+
+impl Server {
+    /// Serves `api` at `/v1/chat/completions` (or `config.path`), streamed or not.
+    pub fn openai_chat<C: ChatApi>(self, mut config: EndpointConfig, api: C) -> Result<Self, ServeError> {
+        config.stream = true;
+        self.add(config, ChatAdapter(api), |ep| {
+            post(move |headers: HeaderMap, body: Body| chat_route(ep, headers, body))
+        })
+    }
+
+    /// Serves `api` at `/v1/embeddings` (or `config.path`).
+    pub fn openai_embeddings<E: EmbeddingsApi>(
+        self,
+        mut config: EndpointConfig,
+        api: E,
+    ) -> Result<Self, ServeError> {
+        config.stream = false;
+        self.add(config, EmbeddingsAdapter(api), |ep| post(move |body: Body| embeddings_route(ep, body)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stop_sequences_cut_the_text_even_across_chunks() {
+        let mut f = StopFilter { stops: vec!["END".into()], text: String::new(), emitted: 0 };
+        let mut out = String::new();
+        let mut stopped = false;
+        for piece in ["hel", "lo E", "N", "D more"] {
+            let (t, s) = f.push(piece);
+            out.push_str(&t);
+            if s {
+                stopped = true;
+                break;
+            }
+        }
+        assert!(stopped);
+        assert_eq!(out, "hello ");
+    }
+
+    #[test]
+    fn chat_requests_name_their_bad_fields() {
+        let e = ChatRequest::from_json(&json!({"messages": []})).unwrap_err();
+        assert!(e.to_string().contains("`messages`"), "{e}");
+        let e = ChatRequest::from_json(
+            &json!({"messages": [{"role": "user", "content": "hi"}], "temperature": 7}),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("`temperature`"), "{e}");
+        let e = ChatRequest::from_json(
+            &json!({"messages": [{"role": "user", "content": "hi"}], "max_tokens": "x"}),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("invalid type"), "{e}");
+        let r =
+            ChatRequest::from_json(&json!({"messages": [{"role": "user", "content": "hi"}], "stop": "\n"}))
+                .expect("valid");
+        assert_eq!(r.stop, vec!["\n"]);
+    }
+}

@@ -1,0 +1,493 @@
+//! The server: endpoints, built-in routes, layers, and graceful shutdown.
+//!
+//! A request's path, top to bottom ([`predict_route`]): the auth and metrics layers →
+//! read the body (413 past `max_payload_bytes`) → parse JSON (400) → `decode_request`
+//! (400 naming the field) → the endpoint's bounded queue (503 with Retry-After when full)
+//! → a worker batches it with others and runs `predict` on its own thread → the reply
+//! comes back → `encode_response` → JSON, or an SSE / NDJSON stream of chunks. The
+//! whole path runs under the request's deadline (504).
+use crate::api::InferenceApi;
+use crate::auth::{self, ApiKeys};
+use crate::config::{EndpointConfig, ServerConfig};
+use crate::error::{panic_message, ApiError, HttpError, ServeError};
+use crate::metrics::{ErrorLabels, Metrics, StatusLabels};
+use crate::worker::{self, Job, Queue, Readiness, Rejected, Reply};
+use axum::body::{Body, Bytes};
+use axum::extract::{MatchedPath, Request};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::sse::{Event, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, MethodRouter};
+use axum::{Json, Router};
+use futures_util::{Stream, StreamExt};
+use serde_json::{json, Value};
+use std::convert::Infallible;
+use std::future::{Future, IntoFuture};
+use std::net::SocketAddr;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::sync::{mpsc, oneshot};
+
+/// Routes the server answers itself.
+pub const BUILTIN_ROUTES: [&str; 3] = ["/health", "/info", "/metrics"];
+
+/// What every request handler of the server shares.
+pub(crate) struct Shared {
+    pub config: ServerConfig,
+    pub metrics: Arc<Metrics>,
+}
+
+/// One endpoint: its API, its queue, its options.
+pub struct Endpoint<A: InferenceApi> {
+    pub(crate) api: Arc<A>,
+    pub(crate) queue: Queue<A::Input, A::Output>,
+    pub(crate) config: EndpointConfig,
+    pub(crate) shared: Arc<Shared>,
+}
+
+/// A request's failure on its way through an endpoint.
+impl<A: InferenceApi> Endpoint<A> {
+    /// The deadline of a request that starts now.
+    pub(crate) fn deadline(&self) -> Instant {
+        Instant::now() + self.shared.config.timeout
+    }
+
+    /// Runs user code that must not take the server down with a panic.
+    pub(crate) fn guard<T>(
+        &self,
+        what: &str,
+        f: impl FnOnce() -> Result<T, ApiError>,
+    ) -> Result<T, HttpError> {
+        match catch_unwind(AssertUnwindSafe(f)) {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(e.into()),
+            Err(p) => Err(HttpError::internal(format!("{what} panicked: {}", panic_message(&*p)))),
+        }
+    }
+
+    pub(crate) fn decode(&self, body: &Value) -> Result<A::Input, HttpError> {
+        self.guard("decode_request", || self.api.decode_request(body))
+    }
+
+    pub(crate) fn encode(&self, output: A::Output) -> Result<Value, HttpError> {
+        self.guard("encode_response", || self.api.encode_response(output))
+    }
+
+    fn enqueue(&self, input: A::Input, reply: Reply<A::Output>, deadline: Instant) -> Result<(), HttpError> {
+        match self.queue.submit(Job { input, reply, deadline }) {
+            Ok(()) => Ok(()),
+            Err(Rejected::Full) => Err(HttpError::overloaded(
+                format!(
+                    "{} is at capacity ({} requests queued); retry shortly",
+                    self.config.path, self.config.max_queue
+                ),
+                1,
+            )),
+            Err(Rejected::Closed) => Err(HttpError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable_error",
+                "the server is shutting down",
+            )),
+        }
+    }
+
+    /// Queues one input and waits for its output.
+    pub(crate) async fn call(&self, input: A::Input, deadline: Instant) -> Result<A::Output, HttpError> {
+        let (tx, rx) = oneshot::channel();
+        self.enqueue(input, Reply::Once(tx), deadline)?;
+        match rx.await {
+            Ok(result) => result.map_err(HttpError::from),
+            Err(_) => Err(HttpError::internal("the worker dropped the request")),
+        }
+    }
+
+    /// Queues one input for streaming; chunks arrive on the returned receiver.
+    pub(crate) fn call_stream(
+        &self,
+        input: A::Input,
+        deadline: Instant,
+    ) -> Result<mpsc::UnboundedReceiver<Result<A::Output, ApiError>>, HttpError> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.enqueue(input, Reply::Stream(tx), deadline)?;
+        Ok(rx)
+    }
+
+    /// Reads and parses a JSON body within the payload limit.
+    pub(crate) async fn read_json(&self, body: Body) -> Result<Value, HttpError> {
+        let bytes = read_body(body, self.shared.config.max_payload_bytes).await?;
+        parse_json(&bytes)
+    }
+}
+
+/// The body's bytes, or 413 when it is larger than `limit`.
+pub(crate) async fn read_body(body: Body, limit: usize) -> Result<Bytes, HttpError> {
+    axum::body::to_bytes(body, limit).await.map_err(|e| {
+        let too_large = std::error::Error::source(&e)
+            .is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
+            || e.to_string().contains("length limit");
+        if too_large {
+            HttpError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "invalid_request_error",
+                format!("request body is larger than max_payload_bytes = {limit}"),
+            )
+        } else {
+            HttpError::bad_request(format!("cannot read request body: {e}"))
+        }
+    })
+}
+
+/// Parses JSON, with serde's message (line, column, what was expected) on failure.
+pub(crate) fn parse_json(bytes: &[u8]) -> Result<Value, HttpError> {
+    serde_json::from_slice(bytes).map_err(|e| HttpError::bad_request(format!("malformed JSON body: {e}")))
+}
+
+/// Which framing a streaming client asked for.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Framing {
+    Sse,
+    NdJson,
+}
+
+impl Framing {
+    pub(crate) fn from_headers(headers: &HeaderMap) -> Self {
+        let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("");
+        if accept.contains("application/x-ndjson") || accept.contains("application/jsonl") {
+            Framing::NdJson
+        } else {
+            Framing::Sse
+        }
+    }
+}
+
+/// A stream of JSON values as SSE events (ending with `data: [DONE]`) or NDJSON lines.
+pub(crate) fn stream_response<S>(framing: Framing, values: S) -> Response
+where
+    S: Stream<Item = Value> + Send + 'static,
+{
+    match framing {
+        Framing::Sse => {
+            let events = values
+                .map(|v| Ok::<_, Infallible>(Event::default().data(v.to_string())))
+                .chain(futures_util::stream::once(async { Ok(Event::default().data("[DONE]")) }));
+            Sse::new(events).into_response()
+        }
+        Framing::NdJson => {
+            let lines = values.map(|v| Ok::<_, Infallible>(Bytes::from(format!("{v}\n"))));
+            let mut response = Response::new(Body::from_stream(lines));
+            response
+                .headers_mut()
+                .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/x-ndjson"));
+            response
+        }
+    }
+}
+
+/// Chunks of a stream until it ends, fails or reaches the deadline; an error becomes a
+/// final `{"error": ...}` value.
+pub(crate) fn chunks_until<O: Send + 'static>(
+    rx: mpsc::UnboundedReceiver<Result<O, ApiError>>,
+    deadline: Instant,
+) -> impl Stream<Item = Result<O, HttpError>> + Send + 'static {
+    let timeout = Box::pin(tokio::time::sleep_until(deadline.into()));
+    futures_util::stream::unfold((rx, timeout, false), |(mut rx, mut timeout, done)| async move {
+        if done {
+            return None;
+        }
+        tokio::select! {
+            item = rx.recv() => match item {
+                Some(Ok(o)) => Some((Ok(o), (rx, timeout, false))),
+                Some(Err(e)) => Some((Err(HttpError::from(e)), (rx, timeout, true))),
+                None => None,
+            },
+            _ = &mut timeout => Some((Err(HttpError::timeout("the request's deadline passed while streaming")), (rx, timeout, true))),
+        }
+    })
+}
+
+/// The handler of a plain or streaming endpoint.
+async fn predict_route<A: InferenceApi>(ep: Arc<Endpoint<A>>, headers: HeaderMap, body: Body) -> Response {
+    let deadline = ep.deadline();
+    let work = async {
+        let value = ep.read_json(body).await?;
+        let input = ep.decode(&value)?;
+        if ep.config.stream {
+            let rx = ep.call_stream(input, deadline)?;
+            let ep2 = Arc::clone(&ep);
+            let values =
+                chunks_until(rx, deadline).map(move |chunk| match chunk.and_then(|o| ep2.encode(o)) {
+                    Ok(v) => v,
+                    Err(e) => e.body(),
+                });
+            return Ok::<Response, HttpError>(stream_response(Framing::from_headers(&headers), values));
+        }
+        let output = ep.call(input, deadline).await?;
+        Ok(Json(ep.encode(output)?).into_response())
+    };
+    match tokio::time::timeout_at(deadline.into(), work).await {
+        Ok(Ok(response)) => response,
+        Ok(Err(e)) => e.into_response(),
+        Err(_) => HttpError::timeout(format!(
+            "no answer within the request timeout of {} ms",
+            ep.shared.config.timeout.as_millis()
+        ))
+        .into_response(),
+    }
+}
+
+/// Builds an inference server: add endpoints, then `bind` or `serve`.
+pub struct Server {
+    shared: Arc<Shared>,
+    readiness: Arc<Readiness>,
+    endpoints: Router,
+    paths: Vec<String>,
+    info: Vec<Value>,
+    workers: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Server {
+    /// A server with `config` and no endpoints yet.
+    pub fn new(config: ServerConfig) -> Self {
+        Server {
+            shared: Arc::new(Shared { config, metrics: Arc::new(Metrics::new()) }),
+            readiness: Arc::new(Readiness::default()),
+            endpoints: Router::new(),
+            paths: Vec::new(),
+            info: Vec::new(),
+            workers: Vec::new(),
+        }
+    }
+
+    /// The server's metrics.
+    pub fn metrics(&self) -> Arc<Metrics> {
+        Arc::clone(&self.shared.metrics)
+    }
+
+    /// Adds an endpoint serving `api` at `config.path` (its workers start now).
+    pub fn endpoint<A: InferenceApi>(self, config: EndpointConfig, api: A) -> Result<Self, ServeError> {
+        self.add(config, api, |ep| {
+            post(move |headers: HeaderMap, body: Body| predict_route(ep, headers, body))
+        })
+    }
+
+    /// Adds an endpoint whose route handler is built by `route` (the OpenAI specs use this).
+    pub(crate) fn add<A: InferenceApi>(
+        mut self,
+        config: EndpointConfig,
+        api: A,
+        route: impl FnOnce(Arc<Endpoint<A>>) -> MethodRouter,
+    ) -> Result<Self, ServeError> {
+        config.validate()?;
+        if BUILTIN_ROUTES.contains(&config.path.as_str()) {
+            return Err(ServeError::Config(format!(
+                "endpoint path {} collides with a built-in route",
+                config.path
+            )));
+        }
+        if self.paths.contains(&config.path) {
+            return Err(ServeError::Config(format!("two endpoints share the path {}", config.path)));
+        }
+        let api = Arc::new(api);
+        let (queue, handles) = worker::start(
+            Arc::clone(&api),
+            &config,
+            Arc::clone(&self.shared.metrics),
+            Arc::clone(&self.readiness),
+        )?;
+        self.workers.extend(handles);
+        self.info.push(json!({"path": config.path, "config": config, "model": api.info()}));
+        self.paths.push(config.path.clone());
+        let path = config.path.clone();
+        let ep = Arc::new(Endpoint { api, queue, config, shared: Arc::clone(&self.shared) });
+        self.endpoints = self.endpoints.route(&path, route(ep));
+        Ok(self)
+    }
+
+    fn router(&mut self) -> Router {
+        let keys = ApiKeys::from_config_and_env(&self.shared.config.api_keys);
+        let info = json!({
+            "volt_version": env!("CARGO_PKG_VERSION"),
+            "server": self.shared.config,
+            "authentication": {"enabled": keys.enabled(), "protected_routes": "every route but /health",
+                               "headers": ["Authorization: Bearer <key>", "X-API-Key: <key>"]},
+            "endpoints": self.info,
+        });
+        let metrics = Arc::clone(&self.shared.metrics);
+        let readiness = Arc::clone(&self.readiness);
+        let protected = std::mem::take(&mut self.endpoints)
+            .route("/info", get(move || async move { Json(info.clone()) }))
+            .route(
+                "/metrics",
+                get(move || async move {
+                    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], metrics.encode())
+                }),
+            )
+            .route_layer(axum::middleware::from_fn_with_state(keys, auth::require_key));
+        let health = Router::new().route(
+            "/health",
+            get(move || async move {
+                if readiness.all_ready() {
+                    (StatusCode::OK, Json(json!({"status": "ok"})))
+                } else {
+                    (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "starting"})))
+                }
+            }),
+        );
+        let metrics = Arc::clone(&self.shared.metrics);
+        protected
+            .merge(health)
+            .fallback(|| async { HttpError::new(StatusCode::NOT_FOUND, "not_found_error", "no such route") })
+            .method_not_allowed_fallback(|| async {
+                HttpError::new(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "invalid_request_error",
+                    "method not allowed on this route",
+                )
+            })
+            .layer(axum::middleware::from_fn_with_state(metrics, record_metrics))
+    }
+
+    /// Binds the listener and serves in the background until [`RunningServer::shutdown`].
+    pub async fn bind(mut self) -> Result<RunningServer, ServeError> {
+        let listener = self.listener().await?;
+        let addr = listener.local_addr()?;
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            self.serve_on(listener, async {
+                let _ = rx.await;
+            })
+            .await
+        });
+        Ok(RunningServer { addr, shutdown: Some(tx), task })
+    }
+
+    /// Serves until SIGTERM or SIGINT, then stops accepting, lets in-flight requests finish
+    /// within the grace period, stops the workers and returns.
+    pub async fn serve(mut self) -> Result<(), ServeError> {
+        let listener = self.listener().await?;
+        tracing::info!("listening on http://{}", listener.local_addr()?);
+        self.serve_on(listener, shutdown_signal()).await
+    }
+
+    async fn listener(&self) -> Result<tokio::net::TcpListener, ServeError> {
+        let c = &self.shared.config;
+        tokio::net::TcpListener::bind((c.host.as_str(), c.port)).await.map_err(|e| {
+            ServeError::Io(std::io::Error::new(
+                e.kind(),
+                format!("cannot listen on {}:{}: {e}", c.host, c.port),
+            ))
+        })
+    }
+
+    async fn serve_on(
+        &mut self,
+        listener: tokio::net::TcpListener,
+        signal: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), ServeError> {
+        let router = self.router();
+        let grace = self.shared.config.shutdown_grace;
+        let (stopped_tx, stopped_rx) = oneshot::channel::<()>();
+        let signal = async move {
+            signal.await;
+            let _ = stopped_tx.send(());
+        };
+        let mut server = Box::pin(axum::serve(listener, router).with_graceful_shutdown(signal).into_future());
+        // Until the signal, serve; after it, give in-flight requests `grace` to finish.
+        let result = tokio::select! {
+            r = &mut server => r,
+            _ = async {
+                let _ = stopped_rx.await;
+                tokio::time::sleep(grace).await;
+            } => {
+                tracing::warn!("shutdown grace period of {grace:?} passed; dropping remaining requests");
+                Ok(())
+            }
+        };
+        // Dropping the router (inside `server`) closes the queues; workers finish and exit.
+        drop(server);
+        self.readiness.shutting_down.store(true, Ordering::SeqCst);
+        let workers = std::mem::take(&mut self.workers);
+        let _ = tokio::task::spawn_blocking(move || {
+            for w in workers {
+                let _ = w.join();
+            }
+        })
+        .await;
+        result.map_err(ServeError::Io)
+    }
+}
+
+/// A server serving in the background.
+pub struct RunningServer {
+    addr: SocketAddr,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<Result<(), ServeError>>,
+}
+
+impl RunningServer {
+    /// The address it listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+    /// `http://host:port`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+    /// Stops gracefully and waits until the workers have exited.
+    pub async fn shutdown(mut self) -> Result<(), ServeError> {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        match self.task.await {
+            Ok(r) => r,
+            Err(e) => Err(ServeError::Io(std::io::Error::other(e.to_string()))),
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutdown signal received; finishing in-flight requests");
+}
+
+/// Counts every response by route and status, times it, and counts error types.
+async fn record_metrics(
+    axum::extract::State(metrics): axum::extract::State<Arc<Metrics>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".into());
+    let start = Instant::now();
+    let response = next.run(request).await;
+    let status = response.status().as_u16();
+    metrics.requests.get_or_create(&StatusLabels { route: route.clone(), status }).inc();
+    metrics.latency.get_or_create(&Metrics::route(&route)).observe(start.elapsed().as_secs_f64());
+    if let Some(kind) = response.extensions().get::<crate::error::ErrorKind>() {
+        metrics.errors.get_or_create(&ErrorLabels { route, kind: kind.0.to_owned() }).inc();
+    }
+    response
+}

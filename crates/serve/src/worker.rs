@@ -1,0 +1,279 @@
+//! Worker threads: each owns a model, takes batches from its endpoint's bounded queue,
+//! and answers every request of the batch. Model code never runs on the async runtime.
+use crate::api::{Device, InferenceApi, StreamOutput};
+use crate::config::EndpointConfig;
+use crate::error::{panic_message, ApiError};
+use crate::metrics::Metrics;
+use crossbeam_channel::{Receiver, Sender, TryRecvError, TrySendError};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot};
+
+/// Where a job's answer goes.
+pub(crate) enum Reply<O> {
+    /// One output.
+    Once(oneshot::Sender<Result<O, ApiError>>),
+    /// A stream of chunks; closed when the stream ends.
+    Stream(mpsc::UnboundedSender<Result<O, ApiError>>),
+}
+
+/// One request waiting for a worker.
+pub(crate) struct Job<I, O> {
+    pub input: I,
+    pub reply: Reply<O>,
+    pub deadline: Instant,
+}
+
+impl<I, O> Job<I, O> {
+    /// The client has gone or the deadline has passed: predicting it would be wasted work.
+    fn abandoned(&self, now: Instant) -> bool {
+        now >= self.deadline
+            || match &self.reply {
+                Reply::Once(s) => s.is_closed(),
+                Reply::Stream(s) => s.is_closed(),
+            }
+    }
+
+    fn fail(self, e: ApiError) {
+        match self.reply {
+            Reply::Once(s) => {
+                let _ = s.send(Err(e));
+            }
+            Reply::Stream(s) => {
+                let _ = s.send(Err(e));
+            }
+        }
+    }
+}
+
+/// How many workers have finished `setup`.
+#[derive(Debug, Default)]
+pub(crate) struct Readiness {
+    pub expected: AtomicUsize,
+    pub ready: AtomicUsize,
+    pub shutting_down: std::sync::atomic::AtomicBool,
+}
+
+impl Readiness {
+    pub fn all_ready(&self) -> bool {
+        self.ready.load(Ordering::SeqCst) >= self.expected.load(Ordering::SeqCst)
+    }
+}
+
+/// The sending side of an endpoint's queue.
+pub(crate) struct Queue<I, O> {
+    tx: Sender<Job<I, O>>,
+    route: String,
+    metrics: Arc<Metrics>,
+}
+
+/// Why a job was not queued.
+pub(crate) enum Rejected {
+    Full,
+    Closed,
+}
+
+impl<I, O> Queue<I, O> {
+    pub fn submit(&self, job: Job<I, O>) -> Result<(), Rejected> {
+        match self.tx.try_send(job) {
+            Ok(()) => {
+                self.metrics.queue_depth.get_or_create(&Metrics::route(&self.route)).inc();
+                Ok(())
+            }
+            Err(TrySendError::Full(_)) => Err(Rejected::Full),
+            Err(TrySendError::Disconnected(_)) => Err(Rejected::Closed),
+        }
+    }
+}
+
+/// An endpoint's queue and its worker threads.
+pub(crate) type Started<A> =
+    (Queue<<A as InferenceApi>::Input, <A as InferenceApi>::Output>, Vec<std::thread::JoinHandle<()>>);
+
+/// Starts the workers of one endpoint; returns its queue and the worker threads.
+pub(crate) fn start<A: InferenceApi>(
+    api: Arc<A>,
+    config: &EndpointConfig,
+    metrics: Arc<Metrics>,
+    readiness: Arc<Readiness>,
+) -> std::io::Result<Started<A>> {
+    let (tx, rx) = crossbeam_channel::bounded(config.max_queue);
+    let mut handles = Vec::new();
+    for device in &config.devices {
+        for n in 0..config.workers_per_device {
+            readiness.expected.fetch_add(1, Ordering::SeqCst);
+            let worker = Worker {
+                api: Arc::clone(&api),
+                device: *device,
+                rx: rx.clone(),
+                max_batch_size: config.max_batch_size,
+                batch_timeout: config.batch_timeout,
+                stream: config.stream,
+                route: config.path.clone(),
+                metrics: Arc::clone(&metrics),
+                readiness: Arc::clone(&readiness),
+            };
+            let name = format!("volt-worker{}-{device}-{n}", config.path.replace('/', "-"));
+            handles.push(std::thread::Builder::new().name(name).spawn(move || worker.run())?);
+        }
+    }
+    Ok((Queue { tx, route: config.path.clone(), metrics }, handles))
+}
+
+struct Worker<A: InferenceApi> {
+    api: Arc<A>,
+    device: Device,
+    rx: Receiver<Job<A::Input, A::Output>>,
+    max_batch_size: usize,
+    batch_timeout: Duration,
+    stream: bool,
+    route: String,
+    metrics: Arc<Metrics>,
+    readiness: Arc<Readiness>,
+}
+
+impl<A: InferenceApi> Worker<A> {
+    fn setup(&self) -> Option<A::Model> {
+        let mut delay = Duration::from_millis(100);
+        loop {
+            match catch_unwind(AssertUnwindSafe(|| self.api.setup(self.device))) {
+                Ok(Ok(model)) => return Some(model),
+                Ok(Err(e)) => {
+                    tracing::error!(route = %self.route, device = %self.device, "setup failed: {e}")
+                }
+                Err(p) => tracing::error!(route = %self.route, "setup panicked: {}", panic_message(&*p)),
+            }
+            // Retry with backoff; give up when the server is shutting down.
+            std::thread::sleep(delay);
+            if self.readiness.shutting_down.load(Ordering::SeqCst) {
+                return None;
+            }
+            delay = (delay * 2).min(Duration::from_secs(10));
+        }
+    }
+
+    fn take(&self) -> Option<Job<A::Input, A::Output>> {
+        let job = self.rx.recv().ok()?;
+        self.metrics.queue_depth.get_or_create(&Metrics::route(&self.route)).dec();
+        Some(job)
+    }
+
+    fn gather(&self, first: Job<A::Input, A::Output>) -> Vec<Job<A::Input, A::Output>> {
+        let mut batch = vec![first];
+        let deadline = Instant::now() + self.batch_timeout;
+        while batch.len() < self.max_batch_size {
+            let next = match self.rx.try_recv() {
+                Ok(job) => Some(job),
+                Err(TryRecvError::Disconnected) => None,
+                Err(TryRecvError::Empty) => {
+                    let now = Instant::now();
+                    if now >= deadline {
+                        None
+                    } else {
+                        self.rx.recv_timeout(deadline - now).ok()
+                    }
+                }
+            };
+            let Some(job) = next else { break };
+            self.metrics.queue_depth.get_or_create(&Metrics::route(&self.route)).dec();
+            batch.push(job);
+        }
+        batch
+    }
+
+    fn run(self) {
+        let Some(mut model) = self.setup() else { return };
+        self.readiness.ready.fetch_add(1, Ordering::SeqCst);
+        let labels = Metrics::route(&self.route);
+        while let Some(first) = self.take() {
+            let now = Instant::now();
+            let batch: Vec<_> = self.gather(first).into_iter().filter(|j| !j.abandoned(now)).collect();
+            if batch.is_empty() {
+                continue;
+            }
+            self.metrics.batch_size.get_or_create(&labels).observe(batch.len() as f64);
+            self.metrics.predict_calls.get_or_create(&labels).inc();
+            let started = Instant::now();
+            let panicked = if self.stream {
+                self.predict_stream(&mut model, batch)
+            } else {
+                self.predict(&mut model, batch)
+            };
+            self.metrics.worker_busy.get_or_create(&labels).inc_by(started.elapsed().as_secs_f64());
+            if panicked {
+                // The model may be left half-updated: build a fresh one before the next batch.
+                self.readiness.ready.fetch_sub(1, Ordering::SeqCst);
+                drop(model);
+                let Some(fresh) = self.setup() else { return };
+                model = fresh;
+                self.readiness.ready.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+    }
+
+    /// Returns whether user code panicked.
+    fn predict(&self, model: &mut A::Model, batch: Vec<Job<A::Input, A::Output>>) -> bool {
+        let n = batch.len();
+        let (inputs, replies): (Vec<A::Input>, Vec<Reply<A::Output>>) =
+            batch.into_iter().map(|j| (j.input, j.reply)).unzip();
+        let result = catch_unwind(AssertUnwindSafe(|| self.api.predict(model, inputs)));
+        let (outcome, panicked) = match result {
+            Ok(Ok(outputs)) if outputs.len() == n => (Ok(outputs), false),
+            Ok(Ok(outputs)) => (
+                Err(ApiError::Internal(format!("predict returned {} outputs for {n} inputs", outputs.len()))),
+                false,
+            ),
+            Ok(Err(e)) => (Err(e), false),
+            Err(p) => (Err(ApiError::Internal(format!("predict panicked: {}", panic_message(&*p)))), true),
+        };
+        match outcome {
+            Ok(outputs) => {
+                for (reply, output) in replies.into_iter().zip(outputs) {
+                    if let Reply::Once(s) = reply {
+                        let _ = s.send(Ok(output));
+                    }
+                }
+            }
+            Err(e) => {
+                for reply in replies {
+                    Job { input: (), reply, deadline: Instant::now() }.fail(e.clone());
+                }
+            }
+        }
+        panicked
+    }
+
+    /// Returns whether user code panicked.
+    fn predict_stream(&self, model: &mut A::Model, batch: Vec<Job<A::Input, A::Output>>) -> bool {
+        let mut inputs = Vec::with_capacity(batch.len());
+        let mut senders = Vec::with_capacity(batch.len());
+        for job in batch {
+            match job.reply {
+                Reply::Stream(s) => {
+                    inputs.push(job.input);
+                    senders.push(s);
+                }
+                Reply::Once(s) => {
+                    let _ = s.send(Err(ApiError::Internal("streaming endpoint got a plain request".into())));
+                }
+            }
+        }
+        let mut out = StreamOutput { senders };
+        let result = catch_unwind(AssertUnwindSafe(|| self.api.predict_stream(model, inputs, &mut out)));
+        let (error, panicked) = match result {
+            Ok(Ok(())) => (None, false),
+            Ok(Err(e)) => (Some(e), false),
+            Err(p) => {
+                (Some(ApiError::Internal(format!("predict_stream panicked: {}", panic_message(&*p)))), true)
+            }
+        };
+        if let Some(e) = error {
+            for s in &out.senders {
+                let _ = s.send(Err(e.clone()));
+            }
+        }
+        panicked
+    }
+}

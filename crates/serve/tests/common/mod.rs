@@ -1,0 +1,112 @@
+//! Test APIs with observable behaviour: they count calls, record what they predicted,
+//! sleep, panic or stream on request.
+#![allow(dead_code)]
+use serde_json::{json, Value};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use volt_serve::{ApiError, Device, InferenceApi, StreamOutput};
+
+/// `{"x": n}` → `{"y": 2n}`. `x = -1` panics inside predict.
+#[derive(Clone, Default)]
+pub struct Doubler {
+    pub delay: Duration,
+    pub setup_delay: Duration,
+    pub setups: Arc<AtomicUsize>,
+    pub predicted: Arc<Mutex<Vec<i64>>>,
+}
+
+impl InferenceApi for Doubler {
+    type Model = ();
+    type Input = i64;
+    type Output = i64;
+    fn setup(&self, _device: Device) -> Result<(), ApiError> {
+        std::thread::sleep(self.setup_delay);
+        self.setups.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+    fn decode_request(&self, body: &Value) -> Result<i64, ApiError> {
+        match body.get("x") {
+            None => Err(ApiError::field("x", "is missing")),
+            Some(v) => {
+                v.as_i64().ok_or_else(|| ApiError::field("x", format!("expected an integer, got {v}")))
+            }
+        }
+    }
+    fn predict(&self, _: &mut (), inputs: Vec<i64>) -> Result<Vec<i64>, ApiError> {
+        self.predicted.lock().expect("lock").extend(&inputs);
+        std::thread::sleep(self.delay);
+        if inputs.contains(&-1) {
+            panic!("the model cannot take -1");
+        }
+        Ok(inputs.iter().map(|x| x * 2).collect())
+    }
+    fn encode_response(&self, y: i64) -> Result<Value, ApiError> {
+        Ok(json!({"y": y}))
+    }
+}
+
+/// `{"n": k}` → k chunks `{"i": 0}`, `{"i": 1}`, ... one every `delay`.
+#[derive(Clone, Default)]
+pub struct Counter {
+    pub delay: Duration,
+    pub produced: Arc<AtomicUsize>,
+}
+
+impl InferenceApi for Counter {
+    type Model = ();
+    type Input = usize;
+    type Output = usize;
+    fn setup(&self, _device: Device) -> Result<(), ApiError> {
+        Ok(())
+    }
+    fn decode_request(&self, body: &Value) -> Result<usize, ApiError> {
+        body.get("n")
+            .and_then(Value::as_u64)
+            .map(|n| n as usize)
+            .ok_or_else(|| ApiError::field("n", "expected a count"))
+    }
+    fn predict(&self, _: &mut (), _: Vec<usize>) -> Result<Vec<usize>, ApiError> {
+        Err(ApiError::Internal("streaming only".into()))
+    }
+    fn predict_stream(
+        &self,
+        _: &mut (),
+        inputs: Vec<usize>,
+        out: &mut StreamOutput<usize>,
+    ) -> Result<(), ApiError> {
+        let longest = inputs.iter().copied().max().unwrap_or(0);
+        for i in 0..longest {
+            if out.all_cancelled() {
+                break;
+            }
+            for (k, &n) in inputs.iter().enumerate() {
+                if i < n && out.send(k, i) {
+                    self.produced.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+            std::thread::sleep(self.delay);
+        }
+        Ok(())
+    }
+    fn encode_response(&self, i: usize) -> Result<Value, ApiError> {
+        Ok(json!({"i": i}))
+    }
+}
+
+/// Parses Prometheus text: `name{labels}` → value, for every sample line.
+pub fn parse_prometheus(text: &str) -> Vec<(String, f64)> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .map(|l| {
+            let (name, value) = l.rsplit_once(' ').unwrap_or_else(|| panic!("not a sample line: {l:?}"));
+            let value: f64 = value.parse().unwrap_or_else(|_| panic!("bad value in {l:?}"));
+            (name.to_owned(), value)
+        })
+        .collect()
+}
+
+/// The value of the sample named exactly `name` (with its labels), or 0.
+pub fn sample(samples: &[(String, f64)], name: &str) -> f64 {
+    samples.iter().find(|(n, _)| n == name).map_or(0.0, |(_, v)| *v)
+}
