@@ -364,14 +364,6 @@ impl Server {
         Ok(RunningServer { addr, shutdown: Some(tx), task })
     }
 
-    /// Serves until SIGTERM or SIGINT, then stops accepting, lets in-flight requests finish
-    /// within the grace period, stops the workers and returns.
-    pub async fn serve(mut self) -> Result<(), ServeError> {
-        let listener = self.listener().await?;
-        tracing::info!("listening on http://{}", listener.local_addr()?);
-        self.serve_on(listener, shutdown_signal()).await
-    }
-
     async fn listener(&self) -> Result<tokio::net::TcpListener, ServeError> {
         let c = &self.shared.config;
         tokio::net::TcpListener::bind((c.host.as_str(), c.port)).await.map_err(|e| {
@@ -436,6 +428,13 @@ impl RunningServer {
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
     }
+    /// Serves until SIGTERM or SIGINT, then shuts down gracefully: stops accepting, lets
+    /// in-flight requests finish within `shutdown_grace`, stops the workers.
+    pub async fn until_signal(self) -> Result<(), ServeError> {
+        shutdown_signal().await;
+        self.shutdown().await
+    }
+
     /// Stops gracefully and waits until the workers have exited.
     pub async fn shutdown(mut self) -> Result<(), ServeError> {
         if let Some(tx) = self.shutdown.take() {

@@ -48,6 +48,11 @@ impl DigitsMlp {
         &self.config
     }
 
+    /// The device the weights live on.
+    pub fn device(&self) -> tch::Device {
+        self.vs.device()
+    }
+
     /// Logits `[B, 10]` for pixels `[B, 64]` in [0, 1].
     pub fn forward(&self, x: &Tensor) -> Tensor {
         let x = self.fc1.forward(x).relu();

@@ -2,9 +2,11 @@
 #![warn(missing_docs)]
 
 pub mod digits;
+pub mod digits_api;
 pub mod digits_mlp;
 
 pub use digits::{DigitsData, DigitsDataConfig};
+pub use digits_api::DigitsApi;
 pub use digits_mlp::{DigitsMlp, DigitsMlpConfig};
 
 /// One line about a zoo model, for `volt models`.

@@ -59,17 +59,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             .endpoint(EndpointConfig::at("/predict"), Echo { delay })?;
         let running = server.bind().await?;
         println!("listening on {}", running.url());
-        // Serve until SIGTERM/SIGINT, then drain gracefully.
-        wait_for_signal().await;
-        running.shutdown().await?;
+        running.until_signal().await?;
         Ok::<(), Box<dyn std::error::Error>>(())
     })
-}
-
-async fn wait_for_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
-    }
 }

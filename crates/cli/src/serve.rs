@@ -1,0 +1,84 @@
+//! `volt serve`: a checkpoint behind volt-serve.
+use crate::{known_model, Failure};
+use clap::Args;
+use std::path::PathBuf;
+use std::time::Duration;
+use volt_serve::{Device, EndpointConfig, Server, ServerConfig};
+use volt_zoo::DigitsApi;
+
+/// Options of `volt serve`.
+#[derive(Args)]
+pub struct ServeArgs {
+    /// Zoo model to serve.
+    #[arg(long)]
+    model: String,
+    /// Checkpoint file written by `volt fit`.
+    #[arg(long)]
+    checkpoint: PathBuf,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    /// Port (0 picks a free one).
+    #[arg(long, default_value_t = 8000)]
+    port: u16,
+    /// Worker threads, each with its own model.
+    #[arg(long, default_value_t = 1)]
+    workers_per_device: usize,
+    /// Largest batch per predict call.
+    #[arg(long, default_value_t = 32)]
+    max_batch_size: usize,
+    /// Wait this long to fill a batch.
+    #[arg(long, default_value_t = 5)]
+    batch_timeout_ms: u64,
+    /// Deadline of a whole request.
+    #[arg(long, default_value_t = 30_000)]
+    timeout_ms: u64,
+    /// Requests queued before 503.
+    #[arg(long, default_value_t = 1024)]
+    max_queue: usize,
+    /// Largest request body.
+    #[arg(long, default_value_t = 1 << 20)]
+    max_payload_bytes: usize,
+    /// API key (also read from VOLT_API_KEY).
+    #[arg(long)]
+    api_key: Option<String>,
+    /// libtorch threads (shared by the workers).
+    #[arg(long)]
+    num_threads: Option<usize>,
+    /// Serve on this GPU instead of the CPU.
+    #[arg(long)]
+    cuda: Option<usize>,
+}
+
+/// Serves until SIGTERM/SIGINT.
+pub fn run(args: ServeArgs) -> Result<(), Failure> {
+    known_model(&args.model)?;
+    if let Some(n) = args.num_threads {
+        tch::set_num_threads(n as i32);
+    }
+    let api = DigitsApi::new(args.checkpoint.clone()).map_err(|e| Failure::Usage(e.into()))?;
+    let server_config = ServerConfig {
+        host: args.host,
+        port: args.port,
+        max_payload_bytes: args.max_payload_bytes,
+        timeout: Duration::from_millis(args.timeout_ms),
+        api_keys: args.api_key.into_iter().collect(),
+        ..ServerConfig::default()
+    };
+    let endpoint = EndpointConfig {
+        devices: vec![args.cuda.map_or(Device::Cpu, Device::Cuda)],
+        workers_per_device: args.workers_per_device,
+        max_batch_size: args.max_batch_size,
+        batch_timeout: Duration::from_millis(args.batch_timeout_ms),
+        max_queue: args.max_queue,
+        ..EndpointConfig::at("/predict")
+    };
+    let server = Server::new(server_config).endpoint(endpoint, api).map_err(|e| Failure::Usage(e.into()))?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async move {
+        let running = server.bind().await?;
+        println!("listening on {}", running.url());
+        running.until_signal().await
+    })?;
+    Ok(())
+}

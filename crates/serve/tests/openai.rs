@@ -1,0 +1,215 @@
+//! The OpenAI-compatible specs, read by the official `openai` Python client.
+use serde_json::{json, Value};
+use std::path::Path;
+use std::time::Duration;
+use volt_serve::client::Client;
+use volt_serve::openai::{ChatApi, ChatDelta, ChatRequest, Embedding, EmbeddingsApi};
+use volt_serve::{ApiError, Device, EndpointConfig, Server, ServerConfig, StreamOutput};
+
+/// Answers with the last user message reversed, one character per token.
+struct Reverser;
+
+impl ChatApi for Reverser {
+    type Model = ();
+    fn setup(&self, _: Device) -> Result<(), ApiError> {
+        Ok(())
+    }
+    fn generate(
+        &self,
+        _: &mut (),
+        requests: Vec<ChatRequest>,
+        out: &mut StreamOutput<ChatDelta>,
+    ) -> Result<(), ApiError> {
+        for (i, r) in requests.iter().enumerate() {
+            let prompt = r.messages.last().map(|m| m.content.clone()).unwrap_or_default();
+            let answer: Vec<char> = prompt.chars().rev().collect();
+            let limit = r.max_tokens.unwrap_or(usize::MAX);
+            for (n, c) in answer.iter().enumerate() {
+                let last = n + 1 == answer.len() || n + 1 == limit;
+                let finish =
+                    last.then(|| if n + 1 == limit && n + 1 < answer.len() { "length" } else { "stop" });
+                let delta = ChatDelta {
+                    text: c.to_string(),
+                    prompt_tokens: prompt.chars().count(),
+                    finish_reason: finish.map(str::to_owned),
+                };
+                if !out.send(i, delta) || last {
+                    break;
+                }
+            }
+        }
+        Ok(())
+    }
+    fn model_name(&self) -> String {
+        "reverser".into()
+    }
+}
+
+/// A 3-number "embedding": length, vowels, spaces; tokens = words.
+struct Bag;
+
+impl EmbeddingsApi for Bag {
+    type Model = ();
+    fn setup(&self, _: Device) -> Result<(), ApiError> {
+        Ok(())
+    }
+    fn embed(&self, _: &mut (), texts: Vec<String>) -> Result<Vec<Embedding>, ApiError> {
+        Ok(texts
+            .iter()
+            .map(|t| Embedding {
+                vector: vec![
+                    t.len() as f32,
+                    t.chars().filter(|c| "aeiou".contains(*c)).count() as f32,
+                    t.matches(' ').count() as f32,
+                ],
+                tokens: t.split_whitespace().count(),
+            })
+            .collect())
+    }
+    fn model_name(&self) -> String {
+        "bag".into()
+    }
+}
+
+async fn server() -> volt_serve::RunningServer {
+    let batching = EndpointConfig {
+        max_batch_size: 8,
+        batch_timeout: Duration::from_millis(2),
+        ..EndpointConfig::default()
+    };
+    Server::new(ServerConfig { port: 0, ..ServerConfig::default() })
+        .openai_chat(EndpointConfig { path: "/v1/chat/completions".into(), ..batching.clone() }, Reverser)
+        .and_then(|s| s.openai_embeddings(EndpointConfig { path: "/v1/embeddings".into(), ..batching }, Bag))
+        .expect("endpoints")
+        .bind()
+        .await
+        .expect("bind")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chat_completions_plain_streamed_and_stopped() {
+    let server = server().await;
+    let client = Client::new(server.url());
+    let body = json!({"model": "reverser", "messages": [{"role": "user", "content": "hello"}]});
+    let r = client.post("/v1/chat/completions", &body).await.expect("request");
+    assert_eq!(r.status, 200, "{}", r.text);
+    let v = r.json();
+    assert_eq!(v["object"], "chat.completion");
+    assert_eq!(v["choices"][0]["message"]["content"], "olleh");
+    assert_eq!(v["choices"][0]["finish_reason"], "stop");
+    assert_eq!(v["usage"], json!({"prompt_tokens": 5, "completion_tokens": 5, "total_tokens": 10}));
+
+    let limited = json!({"messages": [{"role": "user", "content": "abcdef"}], "max_tokens": 3});
+    let v = client.post("/v1/chat/completions", &limited).await.expect("request").json();
+    assert_eq!(
+        (v["choices"][0]["message"]["content"].clone(), v["choices"][0]["finish_reason"].clone()),
+        (json!("fed"), json!("length"))
+    );
+
+    let stopped = json!({"messages": [{"role": "user", "content": "xx-END-yy"}], "stop": ["DN"]});
+    let v = client.post("/v1/chat/completions", &stopped).await.expect("request").json();
+    assert_eq!(v["choices"][0]["message"]["content"], "yy-");
+
+    let streamed = json!({"messages": [{"role": "user", "content": "abc"}], "stream": true});
+    let raw = reqwest::Client::new()
+        .post(format!("{}/v1/chat/completions", server.url()))
+        .json(&streamed)
+        .send()
+        .await
+        .expect("request")
+        .text()
+        .await
+        .expect("body");
+    let events: Vec<&str> = raw.split("\n\n").filter(|e| !e.is_empty()).collect();
+    assert!(events.iter().all(|e| e.starts_with("data: ")), "{raw}");
+    assert_eq!(*events.last().expect("events"), "data: [DONE]");
+    let chunks: Vec<Value> = events[..events.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str(&e["data: ".len()..]).expect("json chunk"))
+        .collect();
+    assert!(chunks.iter().all(|c| c["object"] == "chat.completion.chunk"));
+    assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
+    let text: String = chunks.iter().filter_map(|c| c["choices"][0]["delta"]["content"].as_str()).collect();
+    assert_eq!(text, "cba");
+    assert_eq!(chunks.last().expect("chunk")["choices"][0]["finish_reason"], "stop");
+
+    let r = client.post("/v1/chat/completions", &json!({"messages": []})).await.expect("request");
+    assert_eq!(r.status, 400);
+    assert!(r.text.contains("`messages`"), "{}", r.text);
+    server.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embeddings_take_a_string_or_a_list_and_keep_the_order() {
+    let server = server().await;
+    let client = Client::new(server.url());
+    let v = client
+        .post("/v1/embeddings", &json!({"input": "a b", "model": "bag"}))
+        .await
+        .expect("request")
+        .json();
+    assert_eq!(v["data"][0]["embedding"], json!([3.0, 1.0, 1.0]));
+    assert_eq!(v["usage"]["prompt_tokens"], 2);
+    let texts: Vec<String> = (0..20).map(|i| "o".repeat(i + 1)).collect();
+    let v = client.post("/v1/embeddings", &json!({"input": texts})).await.expect("request").json();
+    for i in 0..20 {
+        assert_eq!(v["data"][i]["index"], i);
+        assert_eq!(v["data"][i]["embedding"][0], (i + 1) as f64);
+    }
+    let r = client.post("/v1/embeddings", &json!({"input": []})).await.expect("request");
+    assert_eq!(r.status, 400);
+    assert!(r.text.contains("`input`"), "{}", r.text);
+    let r = client
+        .post("/v1/embeddings", &json!({"input": "x", "encoding_format": "hex"}))
+        .await
+        .expect("request");
+    assert_eq!(r.status, 400);
+    server.shutdown().await.expect("shutdown");
+}
+
+const CLIENT_SCRIPT: &str = r#"
+import json, sys
+from openai import OpenAI
+client = OpenAI(base_url=sys.argv[1] + "/v1", api_key="unused", max_retries=0)
+out = {}
+r = client.chat.completions.create(model="reverser", messages=[{"role": "user", "content": "volt"}])
+out["plain"] = [r.choices[0].message.content, r.choices[0].finish_reason, r.usage.total_tokens]
+stream = client.chat.completions.create(model="reverser", messages=[{"role": "user", "content": "serve"}],
+                                        stream=True, stream_options={"include_usage": True})
+pieces, usage = [], None
+for chunk in stream:
+    if chunk.choices and chunk.choices[0].delta.content:
+        pieces.append(chunk.choices[0].delta.content)
+    if chunk.usage:
+        usage = chunk.usage.total_tokens
+out["stream"] = [pieces, usage]
+e = client.embeddings.create(model="bag", input=["hi there", "aeiou"])
+out["embeddings"] = [list(d.embedding) for d in e.data]
+f = client.embeddings.create(model="bag", input="abc", encoding_format="float")
+out["float"] = list(f.data[0].embedding)
+print(json.dumps(out))
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_official_openai_python_client_reads_both_specs() {
+    let python = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.python");
+    assert!(python.exists(), "{} is missing: run scripts/setup", python.display());
+    let server = server().await;
+    let url = server.url();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(python).args(["-c", CLIENT_SCRIPT, &url]).output().expect("run python")
+    })
+    .await
+    .expect("join");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(v["plain"], json!(["tlov", "stop", 8]));
+    assert_eq!(v["stream"], json!([["e", "v", "r", "e", "s"], 10]));
+    assert_eq!(
+        v["embeddings"],
+        json!([[8.0, 3.0, 1.0], [5.0, 5.0, 0.0]]),
+        "the client's default base64 decodes"
+    );
+    assert_eq!(v["float"], json!([3.0, 1.0, 0.0]));
+    server.shutdown().await.expect("shutdown");
+}
