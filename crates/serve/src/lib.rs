@@ -21,3 +21,8 @@ pub use api::{Device, InferenceApi, StreamOutput};
 pub use config::{EndpointConfig, ServerConfig};
 pub use error::{ApiError, HttpError, ServeError};
 pub use server::{RunningServer, Server, BUILTIN_ROUTES};
+
+/// The serving guide's code blocks, compiled by `cargo test` so they cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../../../docs/serving.md")]
+struct ServingGuide;

@@ -102,4 +102,54 @@ impl Metrics {
     pub fn route(route: &str) -> RouteLabels {
         RouteLabels { route: route.to_owned() }
     }
+
+    /// Handles of one route's metrics, resolved once so that the hot path does no lookups.
+    pub fn for_route(&self, route: &str) -> RouteMetrics {
+        let labels = Self::route(route);
+        RouteMetrics {
+            route: route.to_owned(),
+            latency: self.latency.get_or_create(&labels).clone(),
+            queue_depth: self.queue_depth.get_or_create(&labels).clone(),
+            batch_size: self.batch_size.get_or_create(&labels).clone(),
+            worker_busy: self.worker_busy.get_or_create(&labels).clone(),
+            predict_calls: self.predict_calls.get_or_create(&labels).clone(),
+            statuses: Default::default(),
+        }
+    }
+}
+
+/// One route's metrics (clones share the underlying values).
+#[derive(Clone, Debug)]
+pub struct RouteMetrics {
+    route: String,
+    /// Request latency, seconds.
+    pub latency: Histogram,
+    /// Requests waiting for a worker.
+    pub queue_depth: Gauge,
+    /// Requests per predict call.
+    pub batch_size: Histogram,
+    /// Seconds workers spent predicting.
+    pub worker_busy: Counter<f64, AtomicU64>,
+    /// Calls of predict.
+    pub predict_calls: Counter,
+    statuses: std::sync::Arc<std::sync::RwLock<Vec<(u16, Counter)>>>,
+}
+
+impl RouteMetrics {
+    /// The route's path.
+    pub fn name(&self) -> &str {
+        &self.route
+    }
+
+    /// The request counter of `status` on this route.
+    pub fn status(&self, metrics: &Metrics, status: u16) -> Counter {
+        let known = self.statuses.read().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, c)) = known.iter().find(|(s, _)| *s == status) {
+            return c.clone();
+        }
+        drop(known);
+        let c = metrics.requests.get_or_create(&StatusLabels { route: self.route.clone(), status }).clone();
+        self.statuses.write().unwrap_or_else(|p| p.into_inner()).push((status, c.clone()));
+        c
+    }
 }

@@ -10,18 +10,18 @@ use crate::api::InferenceApi;
 use crate::auth::{self, ApiKeys};
 use crate::config::{EndpointConfig, ServerConfig};
 use crate::error::{panic_message, ApiError, HttpError, ServeError};
-use crate::metrics::{ErrorLabels, Metrics, StatusLabels};
+use crate::metrics::{ErrorLabels, Metrics, RouteMetrics};
 use crate::worker::{self, Job, Queue, Readiness, Rejected, Reply};
 use axum::body::{Body, Bytes};
 use axum::extract::{MatchedPath, Request};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
-use axum::middleware::Next;
 use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, MethodRouter};
 use axum::{Json, Router};
 use futures_util::{Stream, StreamExt};
 use serde_json::{json, Value};
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::{Future, IntoFuture};
 use std::net::SocketAddr;
@@ -246,6 +246,7 @@ pub struct Server {
     paths: Vec<String>,
     info: Vec<Value>,
     workers: Vec<std::thread::JoinHandle<()>>,
+    route_metrics: HashMap<String, RouteMetrics>,
 }
 
 impl Server {
@@ -258,6 +259,7 @@ impl Server {
             paths: Vec::new(),
             info: Vec::new(),
             workers: Vec::new(),
+            route_metrics: HashMap::new(),
         }
     }
 
@@ -291,12 +293,10 @@ impl Server {
             return Err(ServeError::Config(format!("two endpoints share the path {}", config.path)));
         }
         let api = Arc::new(api);
-        let (queue, handles) = worker::start(
-            Arc::clone(&api),
-            &config,
-            Arc::clone(&self.shared.metrics),
-            Arc::clone(&self.readiness),
-        )?;
+        let route_metrics = self.shared.metrics.for_route(&config.path);
+        self.route_metrics.insert(config.path.clone(), route_metrics.clone());
+        let (queue, handles) =
+            worker::start(Arc::clone(&api), &config, route_metrics, Arc::clone(&self.readiness))?;
         self.workers.extend(handles);
         self.info.push(json!({"path": config.path, "config": config, "model": api.info()}));
         self.paths.push(config.path.clone());
@@ -317,15 +317,18 @@ impl Server {
         });
         let metrics = Arc::clone(&self.shared.metrics);
         let readiness = Arc::clone(&self.readiness);
-        let protected = std::mem::take(&mut self.endpoints)
+        let mut protected = std::mem::take(&mut self.endpoints)
             .route("/info", get(move || async move { Json(info.clone()) }))
             .route(
                 "/metrics",
                 get(move || async move {
                     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], metrics.encode())
                 }),
-            )
-            .route_layer(axum::middleware::from_fn_with_state(keys, auth::require_key));
+            );
+        // Without keys the layer would only pass requests through: leave it out.
+        if keys.enabled() {
+            protected = protected.route_layer(axum::middleware::from_fn_with_state(keys, auth::require_key));
+        }
         let health = Router::new().route(
             "/health",
             get(move || async move {
@@ -336,7 +339,12 @@ impl Server {
                 }
             }),
         );
-        let metrics = Arc::clone(&self.shared.metrics);
+        let mut routes: HashMap<String, Arc<RouteMetrics>> =
+            std::mem::take(&mut self.route_metrics).into_iter().map(|(k, v)| (k, Arc::new(v))).collect();
+        for route in BUILTIN_ROUTES.iter().chain(["unmatched"].iter()) {
+            routes.insert((*route).to_owned(), Arc::new(self.shared.metrics.for_route(route)));
+        }
+        let recorder = Arc::new(Recorder { metrics: Arc::clone(&self.shared.metrics), routes });
         protected
             .merge(health)
             .fallback(|| async { HttpError::new(StatusCode::NOT_FOUND, "not_found_error", "no such route") })
@@ -347,7 +355,7 @@ impl Server {
                     "method not allowed on this route",
                 )
             })
-            .layer(axum::middleware::from_fn_with_state(metrics, record_metrics))
+            .layer(RecordMetrics(recorder))
     }
 
     /// Binds the listener and serves in the background until [`RunningServer::shutdown`].
@@ -469,24 +477,90 @@ async fn shutdown_signal() {
     tracing::info!("shutdown signal received; finishing in-flight requests");
 }
 
-/// Counts every response by route and status, times it, and counts error types.
-async fn record_metrics(
-    axum::extract::State(metrics): axum::extract::State<Arc<Metrics>>,
-    request: Request,
-    next: Next,
-) -> Response {
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_owned())
-        .unwrap_or_else(|| "unmatched".into());
-    let start = Instant::now();
-    let response = next.run(request).await;
-    let status = response.status().as_u16();
-    metrics.requests.get_or_create(&StatusLabels { route: route.clone(), status }).inc();
-    metrics.latency.get_or_create(&Metrics::route(&route)).observe(start.elapsed().as_secs_f64());
-    if let Some(kind) = response.extensions().get::<crate::error::ErrorKind>() {
-        metrics.errors.get_or_create(&ErrorLabels { route, kind: kind.0.to_owned() }).inc();
+/// Each route's metric handles, for the metrics layer.
+struct Recorder {
+    metrics: Arc<Metrics>,
+    routes: HashMap<String, Arc<RouteMetrics>>,
+}
+
+/// A tower layer that counts every response by route and status, times it, and counts
+/// error types. Hand-written rather than `middleware::from_fn`, which boxes a future per
+/// request: this sits on every request's path.
+#[derive(Clone)]
+struct RecordMetrics(Arc<Recorder>);
+
+impl<S> tower::Layer<S> for RecordMetrics {
+    type Service = RecordMetricsService<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        RecordMetricsService { inner, recorder: Arc::clone(&self.0) }
     }
-    response
+}
+
+#[derive(Clone)]
+struct RecordMetricsService<S> {
+    inner: S,
+    recorder: Arc<Recorder>,
+}
+
+impl<S> tower::Service<Request> for RecordMetricsService<S>
+where
+    S: tower::Service<Request, Response = Response>,
+{
+    type Response = Response;
+    type Error = S::Error;
+    type Future = RecordMetricsFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        let routes = &self.recorder.routes;
+        let route = request
+            .extensions()
+            .get::<MatchedPath>()
+            .and_then(|p| routes.get(p.as_str()))
+            .or_else(|| routes.get("unmatched"))
+            .cloned();
+        RecordMetricsFuture {
+            inner: self.inner.call(request),
+            route,
+            recorder: Arc::clone(&self.recorder),
+            start: Instant::now(),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    struct RecordMetricsFuture<F> {
+        #[pin]
+        inner: F,
+        route: Option<Arc<RouteMetrics>>,
+        recorder: Arc<Recorder>,
+        start: Instant,
+    }
+}
+
+impl<F, E> Future for RecordMetricsFuture<F>
+where
+    F: Future<Output = Result<Response, E>>,
+{
+    type Output = Result<Response, E>;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let this = self.project();
+        let result = std::task::ready!(this.inner.poll(cx));
+        if let (Ok(response), Some(route)) = (&result, this.route.as_ref()) {
+            route.status(&this.recorder.metrics, response.status().as_u16()).inc();
+            route.latency.observe(this.start.elapsed().as_secs_f64());
+            if let Some(kind) = response.extensions().get::<crate::error::ErrorKind>() {
+                let labels = ErrorLabels { route: route.name().to_owned(), kind: kind.0.to_owned() };
+                this.recorder.metrics.errors.get_or_create(&labels).inc();
+            }
+        }
+        std::task::Poll::Ready(result)
+    }
 }

@@ -3,7 +3,7 @@
 use crate::api::{Device, InferenceApi, StreamOutput};
 use crate::config::EndpointConfig;
 use crate::error::{panic_message, ApiError};
-use crate::metrics::Metrics;
+use crate::metrics::RouteMetrics;
 use crossbeam_channel::{Receiver, Sender, TryRecvError, TrySendError};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -65,8 +65,7 @@ impl Readiness {
 /// The sending side of an endpoint's queue.
 pub(crate) struct Queue<I, O> {
     tx: Sender<Job<I, O>>,
-    route: String,
-    metrics: Arc<Metrics>,
+    metrics: RouteMetrics,
 }
 
 /// Why a job was not queued.
@@ -79,7 +78,7 @@ impl<I, O> Queue<I, O> {
     pub fn submit(&self, job: Job<I, O>) -> Result<(), Rejected> {
         match self.tx.try_send(job) {
             Ok(()) => {
-                self.metrics.queue_depth.get_or_create(&Metrics::route(&self.route)).inc();
+                self.metrics.queue_depth.inc();
                 Ok(())
             }
             Err(TrySendError::Full(_)) => Err(Rejected::Full),
@@ -96,7 +95,7 @@ pub(crate) type Started<A> =
 pub(crate) fn start<A: InferenceApi>(
     api: Arc<A>,
     config: &EndpointConfig,
-    metrics: Arc<Metrics>,
+    metrics: RouteMetrics,
     readiness: Arc<Readiness>,
 ) -> std::io::Result<Started<A>> {
     let (tx, rx) = crossbeam_channel::bounded(config.max_queue);
@@ -112,14 +111,14 @@ pub(crate) fn start<A: InferenceApi>(
                 batch_timeout: config.batch_timeout,
                 stream: config.stream,
                 route: config.path.clone(),
-                metrics: Arc::clone(&metrics),
+                metrics: metrics.clone(),
                 readiness: Arc::clone(&readiness),
             };
             let name = format!("volt-worker{}-{device}-{n}", config.path.replace('/', "-"));
             handles.push(std::thread::Builder::new().name(name).spawn(move || worker.run())?);
         }
     }
-    Ok((Queue { tx, route: config.path.clone(), metrics }, handles))
+    Ok((Queue { tx, metrics }, handles))
 }
 
 struct Worker<A: InferenceApi> {
@@ -130,7 +129,7 @@ struct Worker<A: InferenceApi> {
     batch_timeout: Duration,
     stream: bool,
     route: String,
-    metrics: Arc<Metrics>,
+    metrics: RouteMetrics,
     readiness: Arc<Readiness>,
 }
 
@@ -156,7 +155,7 @@ impl<A: InferenceApi> Worker<A> {
 
     fn take(&self) -> Option<Job<A::Input, A::Output>> {
         let job = self.rx.recv().ok()?;
-        self.metrics.queue_depth.get_or_create(&Metrics::route(&self.route)).dec();
+        self.metrics.queue_depth.dec();
         Some(job)
     }
 
@@ -177,7 +176,7 @@ impl<A: InferenceApi> Worker<A> {
                 }
             };
             let Some(job) = next else { break };
-            self.metrics.queue_depth.get_or_create(&Metrics::route(&self.route)).dec();
+            self.metrics.queue_depth.dec();
             batch.push(job);
         }
         batch
@@ -186,22 +185,21 @@ impl<A: InferenceApi> Worker<A> {
     fn run(self) {
         let Some(mut model) = self.setup() else { return };
         self.readiness.ready.fetch_add(1, Ordering::SeqCst);
-        let labels = Metrics::route(&self.route);
         while let Some(first) = self.take() {
             let now = Instant::now();
             let batch: Vec<_> = self.gather(first).into_iter().filter(|j| !j.abandoned(now)).collect();
             if batch.is_empty() {
                 continue;
             }
-            self.metrics.batch_size.get_or_create(&labels).observe(batch.len() as f64);
-            self.metrics.predict_calls.get_or_create(&labels).inc();
+            self.metrics.batch_size.observe(batch.len() as f64);
+            self.metrics.predict_calls.inc();
             let started = Instant::now();
             let panicked = if self.stream {
                 self.predict_stream(&mut model, batch)
             } else {
                 self.predict(&mut model, batch)
             };
-            self.metrics.worker_busy.get_or_create(&labels).inc_by(started.elapsed().as_secs_f64());
+            self.metrics.worker_busy.inc_by(started.elapsed().as_secs_f64());
             if panicked {
                 // The model may be left half-updated: build a fresh one before the next batch.
                 self.readiness.ready.fetch_sub(1, Ordering::SeqCst);

@@ -1,5 +1,4 @@
 //! volt's optimizers against libtorch's own (through tch's `nn::Optimizer`), and clipping.
-use tch::nn::OptimizerConfig as _;
 use tch::{nn, Device, Kind, Tensor};
 use volt_train::{optim::clip_gradients, ClipAlgorithm, Optimizer, OptimizerSpec};
 
@@ -96,20 +95,15 @@ fn optimizer_state_round_trips() {
     assert!(problems[0].contains("checkpoint has AdamW, this run uses SGD"), "{problems:?}");
 }
 
-#[test]
-fn a_parameter_that_gets_its_first_gradient_late_starts_its_momentum_then() {
+/// `b` gets no gradient for two steps, then joins: ours must still match libtorch's.
+fn compare_with_a_late_parameter(spec: OptimizerSpec, reference: impl nn::OptimizerConfig, steps: usize) {
     let (ours, x, y) = problem(9);
     let (theirs, _, _) = problem(9);
-    let spec =
-        OptimizerSpec::Sgd { lr: 0.1, momentum: 0.9, dampening: 0.0, nesterov: false, weight_decay: 0.0 };
-    let mut opt = Optimizer::new(spec, &ours);
-    let mut ref_opt = nn::Sgd { momentum: 0.9, dampening: 0.0, wd: 0.0, nesterov: false }
-        .build(&theirs, 0.1)
-        .expect("reference optimizer");
-    // Only `w` is used for two steps; then `b` joins.
+    let mut opt = Optimizer::new(spec.clone(), &ours);
+    let mut ref_opt = reference.build(&theirs, spec.lr()).expect("reference optimizer");
     let w_only =
         |vs: &nn::VarStore| (x.matmul(&vs.variables()["w"])).tanh().mse_loss(&y, tch::Reduction::Mean);
-    for step in 0..5 {
+    for step in 0..steps {
         let (l_ours, l_theirs) = if step < 2 {
             (w_only(&ours), w_only(&theirs))
         } else {
@@ -121,33 +115,23 @@ fn a_parameter_that_gets_its_first_gradient_late_starts_its_momentum_then() {
         ref_opt.backward_step(&l_theirs);
         for name in ["w", "b"] {
             let d = (&ours.variables()[name] - &theirs.variables()[name]).abs().max().double_value(&[]);
-            assert!(d <= 1e-6, "step {step}: {name} differs by {d}");
+            assert!(d <= 1e-6, "{spec:?} step {step}: {name} differs by {d}");
         }
     }
 }
 
 #[test]
+fn a_parameter_that_gets_its_first_gradient_late_starts_its_momentum_then() {
+    let spec =
+        OptimizerSpec::Sgd { lr: 0.1, momentum: 0.9, dampening: 0.0, nesterov: false, weight_decay: 0.0 };
+    compare_with_a_late_parameter(
+        spec,
+        nn::Sgd { momentum: 0.9, dampening: 0.0, wd: 0.0, nesterov: false },
+        5,
+    );
+}
+
+#[test]
 fn adam_counts_steps_per_parameter() {
-    let (ours, x, y) = problem(4);
-    let (theirs, _, _) = problem(4);
-    let spec = OptimizerSpec::adam(0.05);
-    let mut opt = Optimizer::new(spec, &ours);
-    let mut ref_opt = nn::Adam::default().build(&theirs, 0.05).expect("reference optimizer");
-    let w_only =
-        |vs: &nn::VarStore| (x.matmul(&vs.variables()["w"])).tanh().mse_loss(&y, tch::Reduction::Mean);
-    for step in 0..4 {
-        let (l_ours, l_theirs) = if step < 2 {
-            (w_only(&ours), w_only(&theirs))
-        } else {
-            (loss(&ours, &x, &y), loss(&theirs, &x, &y))
-        };
-        opt.zero_grad();
-        l_ours.backward();
-        opt.step().expect("step");
-        ref_opt.backward_step(&l_theirs);
-        for name in ["w", "b"] {
-            let d = (&ours.variables()[name] - &theirs.variables()[name]).abs().max().double_value(&[]);
-            assert!(d <= 1e-6, "step {step}: {name} differs by {d}");
-        }
-    }
+    compare_with_a_late_parameter(OptimizerSpec::adam(0.05), nn::Adam::default(), 4);
 }

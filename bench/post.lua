@@ -1,0 +1,4 @@
+-- wrk script: POST the echo request body.
+wrk.method = "POST"
+wrk.body = '{"input": "hello"}'
+wrk.headers["Content-Type"] = "application/json"
