@@ -1,11 +1,11 @@
 //! `volt`: train, evaluate and serve the zoo's models from the command line.
 //!
 //! Exit codes: 0 success, 2 usage or configuration error, 1 failure during the run.
-mod fit;
 mod serve;
 
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand as ClapSubcommand};
 use std::process::ExitCode;
+use volt::{parse_args, run_zoo_model, CliError, Subcommand};
 
 #[derive(Parser)]
 #[command(name = "volt", version, about = "Train and serve neural networks on libtorch, Lightning-style")]
@@ -14,28 +14,40 @@ struct Cli {
     command: Command,
 }
 
-#[derive(Subcommand)]
+/// Arguments of the training subcommands, parsed by volt's config loader (see `volt fit --help`).
+#[derive(clap::Args)]
+#[command(disable_help_flag = true)]
+struct LoopArgs {
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, num_args = 0..)]
+    args: Vec<String>,
+}
+
+#[derive(ClapSubcommand)]
 enum Command {
-    /// Train a zoo model.
-    Fit(fit::FitArgs),
+    /// Train a zoo model: --model NAME [--config FILE]... [--SECTION.KEY VALUE]... [--ckpt_path X]
+    Fit(LoopArgs),
+    /// Run the validation loop of a checkpoint.
+    Validate(LoopArgs),
+    /// Run the test loop of a checkpoint.
+    Test(LoopArgs),
+    /// Run predict_step of a checkpoint over the predict data.
+    Predict(LoopArgs),
     /// Serve a trained checkpoint over HTTP.
     Serve(serve::ServeArgs),
     /// List the zoo's models.
     Models,
 }
 
-/// An error with the exit code it deserves.
-pub enum Failure {
-    /// Bad usage or configuration (exit 2).
-    Usage(anyhow::Error),
-    /// Failure while running (exit 1).
-    Run(anyhow::Error),
-}
-
-impl<E: Into<anyhow::Error>> From<E> for Failure {
-    fn from(e: E) -> Self {
-        Failure::Run(e.into())
+fn run_loop(command: Subcommand, args: &[String]) -> Result<(), CliError> {
+    let inv = parse_args(args).map_err(CliError::from)?;
+    if inv.help {
+        println!("{}", volt::USAGE);
+        return Ok(());
     }
+    let name = inv.model.ok_or_else(|| {
+        CliError::Usage(format!("--model is required (`volt models` lists them)\n{}", volt::USAGE))
+    })?;
+    run_zoo_model(&name, command, args)
 }
 
 fn main() -> ExitCode {
@@ -46,7 +58,10 @@ fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let result = match cli.command {
-        Command::Fit(args) => fit::run(args),
+        Command::Fit(a) => run_loop(Subcommand::Fit, &a.args),
+        Command::Validate(a) => run_loop(Subcommand::Validate, &a.args),
+        Command::Test(a) => run_loop(Subcommand::Test, &a.args),
+        Command::Predict(a) => run_loop(Subcommand::Predict, &a.args),
         Command::Serve(args) => serve::run(args),
         Command::Models => {
             for m in volt_zoo::MODELS {
@@ -57,22 +72,9 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(Failure::Usage(e)) => {
-            eprintln!("error: {e:#}");
-            ExitCode::from(2)
-        }
-        Err(Failure::Run(e)) => {
-            eprintln!("error: {e:#}");
-            ExitCode::from(1)
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(e.exit_code())
         }
     }
-}
-
-/// Refuses a model name the zoo does not have, listing those it has.
-pub fn known_model(name: &str) -> Result<(), Failure> {
-    if volt_zoo::MODELS.iter().any(|m| m.name == name) {
-        return Ok(());
-    }
-    let names: Vec<&str> = volt_zoo::MODELS.iter().map(|m| m.name).collect();
-    Err(Failure::Usage(anyhow::anyhow!("unknown model \"{name}\"; the zoo has: {}", names.join(", "))))
 }

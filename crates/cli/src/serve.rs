@@ -1,8 +1,8 @@
 //! `volt serve`: a checkpoint behind volt-serve.
-use crate::{known_model, Failure};
 use clap::Args;
 use std::path::PathBuf;
 use std::time::Duration;
+use volt::CliError;
 use volt_serve::{Device, EndpointConfig, Server, ServerConfig};
 use volt_zoo::DigitsApi;
 
@@ -51,12 +51,14 @@ pub struct ServeArgs {
 }
 
 /// Serves until SIGTERM/SIGINT.
-pub fn run(args: ServeArgs) -> Result<(), Failure> {
-    known_model(&args.model)?;
+pub fn run(args: ServeArgs) -> Result<(), CliError> {
+    if args.model != "digits-mlp" {
+        return Err(CliError::Usage(format!("volt serve knows digits-mlp only, not \"{}\"", args.model)));
+    }
     if let Some(n) = args.num_threads {
         tch::set_num_threads(n as i32);
     }
-    let api = DigitsApi::new(args.checkpoint.clone()).map_err(|e| Failure::Usage(e.into()))?;
+    let api = DigitsApi::new(args.checkpoint.clone()).map_err(|e| CliError::Usage(e.to_string()))?;
     let server_config = ServerConfig {
         host: args.host,
         port: args.port,
@@ -73,12 +75,17 @@ pub fn run(args: ServeArgs) -> Result<(), Failure> {
         max_queue: args.max_queue,
         ..EndpointConfig::at("/predict")
     };
-    let server = Server::new(server_config).endpoint(endpoint, api).map_err(|e| Failure::Usage(e.into()))?;
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    runtime.block_on(async move {
-        let running = server.bind().await?;
-        println!("listening on {}", running.url());
-        running.until_signal().await
-    })?;
-    Ok(())
+    let server =
+        Server::new(server_config).endpoint(endpoint, api).map_err(|e| CliError::Usage(e.to_string()))?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::Run(e.to_string()))?;
+    runtime
+        .block_on(async move {
+            let running = server.bind().await?;
+            println!("listening on {}", running.url());
+            running.until_signal().await
+        })
+        .map_err(|e| CliError::Run(e.to_string()))
 }

@@ -14,7 +14,7 @@ use crate::fabric::Fabric;
 use crate::loggers::{next_version_dir, save_hparams, Logger};
 use crate::metrics::{EpochAccumulator, Metrics, Record, Stage};
 use crate::module::{StepContext, VoltModule};
-use crate::optim::Optimizer;
+use crate::optim::{Optimizer, OptimizerConfig};
 use crate::progress::Progress;
 use crate::schedule::{Interval, LrScheduler};
 use crate::signals::StopOnSignal;
@@ -53,6 +53,7 @@ pub struct Trainer {
     fabric: Fabric,
     callbacks: Vec<Box<dyn Callback>>,
     extra_loggers: Vec<Box<dyn Logger>>,
+    optimizer_config: Option<OptimizerConfig>,
 }
 
 /// The mutable state of one `fit` call that callbacks get to see.
@@ -86,12 +87,25 @@ impl Trainer {
     pub fn new(config: TrainerConfig) -> Result<Self> {
         config.validate()?;
         let fabric = Fabric::new(&config.fabric())?;
-        Ok(Trainer { config, fabric, callbacks: Vec::new(), extra_loggers: Vec::new() })
+        Ok(Trainer {
+            config,
+            fabric,
+            callbacks: Vec::new(),
+            extra_loggers: Vec::new(),
+            optimizer_config: None,
+        })
     }
 
     /// Adds a callback (builder style).
     pub fn with_callback(mut self, callback: impl Callback + 'static) -> Self {
         self.callbacks.push(Box::new(callback));
+        self
+    }
+
+    /// Uses `config` instead of what the module's `configure_optimizers` returns
+    /// (the command line's `[optimizer]` and `[lr_scheduler]` sections).
+    pub fn with_optimizer_config(mut self, config: OptimizerConfig) -> Self {
+        self.optimizer_config = Some(config);
         self
     }
 
@@ -205,7 +219,7 @@ impl Trainer {
             Fabric::seed_everything(seed);
         }
         self.fabric.setup_module(module.var_store())?;
-        let opt_config = module.configure_optimizers();
+        let opt_config = self.optimizer_config.clone().unwrap_or_else(|| module.configure_optimizers());
         let mut optimizer = Optimizer::new(opt_config.optimizer.clone(), module.var_store());
         let mut scheduler =
             opt_config.lr_scheduler.clone().map(|c| LrScheduler::new(c, opt_config.optimizer.lr()));

@@ -1,0 +1,13 @@
+//! The volt command line as a library: LightningCLI-style `fit | validate | test |
+//! predict` for the zoo's models, and [`run`] for a user's own model and data types.
+#![warn(missing_docs)]
+
+pub mod config;
+mod run;
+mod zoo;
+
+pub use run::{
+    apply_optimizer, parse_args, resolve_config, run, run_subcommand, CliData, CliError, CliModel,
+    Invocation, Subcommand, USAGE,
+};
+pub use zoo::run_zoo_model;

@@ -1,0 +1,407 @@
+//! LightningCLI for volt: `fit | validate | test | predict` with config files, dotted
+//! overrides and `--print_config`, for the zoo's models and for a user's own types.
+use crate::config::{self, CallbacksConfig, ConfigError, OptimizerOverrides, RunConfig};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use std::path::PathBuf;
+use std::time::Instant;
+use volt_train::{
+    Callback, CallbackContext, CkptPath, DataModule, OptimizerConfig, OptimizerSpec, Trainer, VoltModule,
+};
+
+/// A model the command line can build from its `[model]` section.
+pub trait CliModel: VoltModule + Sized {
+    /// The `[model]` section.
+    type Config: Serialize + DeserializeOwned + Default + Clone;
+    /// A fresh model on `device` (called after seeding).
+    fn build(config: &Self::Config, device: tch::Device) -> volt_train::Result<Self>;
+
+    /// Changes to Lightning's defaults that suit this model (its usual schedule, the
+    /// checkpoints worth keeping); files and overrides still win.
+    fn configure_defaults(_trainer: &mut volt_train::TrainerConfig, _callbacks: &mut CallbacksConfig) {}
+}
+
+/// Data the command line can build from its `[data]` section.
+pub trait CliData: DataModule + Sized {
+    /// The `[data]` section.
+    type Config: Serialize + DeserializeOwned + Default + Clone;
+    /// The data module.
+    fn build(config: &Self::Config) -> volt_train::Result<Self>;
+}
+
+/// Which loop to run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Subcommand {
+    /// Train.
+    Fit,
+    /// Run the validation loop once.
+    Validate,
+    /// Run the test loop once.
+    Test,
+    /// Run predict_step over the predict loader.
+    Predict,
+}
+
+impl Subcommand {
+    /// `fit`, `validate`, `test` or `predict`.
+    pub fn parse(name: &str) -> Option<Self> {
+        Some(match name {
+            "fit" => Subcommand::Fit,
+            "validate" => Subcommand::Validate,
+            "test" => Subcommand::Test,
+            "predict" => Subcommand::Predict,
+            _ => return None,
+        })
+    }
+}
+
+/// What went wrong, with its exit code: 2 for usage and configuration, 1 for the run.
+#[derive(Debug)]
+pub enum CliError {
+    /// Bad usage or configuration (exit 2); nothing was written.
+    Usage(String),
+    /// Failure while running (exit 1).
+    Run(String),
+}
+
+impl CliError {
+    /// The process exit code.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            CliError::Usage(_) => 2,
+            CliError::Run(_) => 1,
+        }
+    }
+}
+
+impl std::fmt::Display for CliError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CliError::Usage(m) | CliError::Run(m) => f.write_str(m),
+        }
+    }
+}
+
+impl From<ConfigError> for CliError {
+    fn from(e: ConfigError) -> Self {
+        CliError::Usage(e.to_string())
+    }
+}
+
+/// The parsed arguments of one subcommand.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Invocation {
+    /// `--config` files, in order.
+    pub configs: Vec<PathBuf>,
+    /// `--a.b value` overrides, in order.
+    pub overrides: Vec<(String, String)>,
+    /// `--print_config`.
+    pub print_config: bool,
+    /// `--ckpt_path`.
+    pub ckpt_path: Option<String>,
+    /// `--model`.
+    pub model: Option<String>,
+    /// `--help`.
+    pub help: bool,
+}
+
+/// Usage of the training subcommands.
+pub const USAGE: &str = "\
+usage: volt <fit|validate|test|predict> [--model NAME] [--config FILE]... [--SECTION.KEY VALUE]...
+                  [--seed N] [--ckpt_path last|best|PATH] [--print_config]
+
+  --config FILE        TOML or YAML; repeatable, merged in order (later files win)
+  --SECTION.KEY VALUE  override one key after the files, e.g. --trainer.max_epochs 20,
+                       --model.hidden 512, --data.batch_size 64, --optimizer.lr 3e-4
+  --seed N             seed of initialisation, shuffling and dropout
+  --ckpt_path X        resume (fit) or load (validate, test, predict): last, best or a file
+  --print_config       print the resolved configuration as TOML and exit
+sections: seed, trainer, model, data, optimizer, lr_scheduler,
+          callbacks.model_checkpoint, callbacks.early_stopping, callbacks.lr_monitor";
+
+/// Parses the arguments after the subcommand.
+pub fn parse_args(args: &[String]) -> Result<Invocation, ConfigError> {
+    let mut inv = Invocation::default();
+    let mut i = 0;
+    while i < args.len() {
+        let arg = &args[i];
+        let Some(flag) = arg.strip_prefix("--") else {
+            return Err(ConfigError::Invalid(format!("unexpected argument `{arg}`\n{USAGE}")));
+        };
+        let (name, inline) = match flag.split_once('=') {
+            Some((n, v)) => (n, Some(v.to_owned())),
+            None => (flag, None),
+        };
+        let mut value = |inline: Option<String>| -> Result<String, ConfigError> {
+            if let Some(v) = inline {
+                return Ok(v);
+            }
+            i += 1;
+            args.get(i).cloned().ok_or_else(|| ConfigError::Invalid(format!("`--{name}` needs a value")))
+        };
+        match name {
+            "help" | "h" => inv.help = true,
+            "print_config" | "print-config" => inv.print_config = true,
+            "config" => inv.configs.push(PathBuf::from(value(inline)?)),
+            "ckpt_path" | "ckpt-path" => inv.ckpt_path = Some(value(inline)?),
+            "model" => inv.model = Some(value(inline)?),
+            "seed" => {
+                let v = value(inline)?;
+                inv.overrides.push(("seed".into(), v));
+            }
+            key if key.contains('.') => {
+                let v = value(inline)?;
+                inv.overrides.push((key.to_owned(), v));
+            }
+            other => {
+                return Err(ConfigError::Invalid(format!(
+                    "unknown option `--{other}`; overrides take a section, as in `--trainer.{other}`\n{USAGE}"
+                )))
+            }
+        }
+        i += 1;
+    }
+    Ok(inv)
+}
+
+/// Files, then overrides, resolved against the typed sections.
+pub fn resolve_config<M: CliModel, D: CliData>(
+    inv: &Invocation,
+) -> Result<RunConfig<M::Config, D::Config>, ConfigError> {
+    let mut defaults = RunConfig::<M::Config, D::Config>::default();
+    M::configure_defaults(&mut defaults.trainer, &mut defaults.callbacks);
+    let mut tree = serde_json::to_value(defaults).map_err(|e| ConfigError::Invalid(e.to_string()))?;
+    for path in &inv.configs {
+        config::merge(&mut tree, config::read_file(path)?);
+    }
+    for (key, raw) in &inv.overrides {
+        config::set(&mut tree, key, config::parse_value(raw))?;
+    }
+    strip_nulls(&mut tree);
+    config::resolve(tree)
+}
+
+/// JSON nulls (unset options in the defaults) mean "absent".
+fn strip_nulls(v: &mut serde_json::Value) {
+    if let serde_json::Value::Object(m) = v {
+        m.retain(|_, x| !x.is_null());
+        m.values_mut().for_each(strip_nulls);
+    }
+}
+
+/// The optimizer the model chose, with the configured changes.
+pub fn apply_optimizer(
+    mut chosen: OptimizerConfig,
+    o: &OptimizerOverrides,
+    scheduler: &Option<volt_train::SchedulerConfig>,
+) -> Result<OptimizerConfig, ConfigError> {
+    if let Some(name) = &o.name {
+        let lr = chosen.optimizer.lr();
+        chosen.optimizer = match name.as_str() {
+            "sgd" => OptimizerSpec::sgd(lr),
+            "adam" => OptimizerSpec::adam(lr),
+            "adamw" => OptimizerSpec::adamw(lr),
+            other => {
+                return Err(ConfigError::WrongType {
+                    key: "optimizer.name".into(),
+                    value: format!("{other:?}"),
+                    expected: "one of \"sgd\", \"adam\", \"adamw\"".into(),
+                })
+            }
+        };
+    }
+    let class = chosen.optimizer.class_name();
+    let only = |key: &str, which: &str| {
+        ConfigError::Invalid(format!("`optimizer.{key}` applies to {which} only; this run uses {class}"))
+    };
+    let sgd_only = [
+        ("momentum", o.momentum.is_some()),
+        ("dampening", o.dampening.is_some()),
+        ("nesterov", o.nesterov.is_some()),
+    ];
+    let adam_only = [("betas", o.betas.is_some()), ("eps", o.eps.is_some())];
+    match &mut chosen.optimizer {
+        OptimizerSpec::Sgd { lr, momentum, dampening, nesterov, weight_decay } => {
+            if let Some((key, _)) = adam_only.iter().find(|(_, set)| *set) {
+                return Err(only(key, "adam and adamw"));
+            }
+            set_if(lr, o.lr);
+            set_if(momentum, o.momentum);
+            set_if(dampening, o.dampening);
+            set_if(nesterov, o.nesterov);
+            set_if(weight_decay, o.weight_decay);
+        }
+        OptimizerSpec::Adam { lr, betas, eps, weight_decay }
+        | OptimizerSpec::AdamW { lr, betas, eps, weight_decay } => {
+            if let Some((key, _)) = sgd_only.iter().find(|(_, set)| *set) {
+                return Err(only(key, "sgd"));
+            }
+            set_if(lr, o.lr);
+            set_if(betas, o.betas);
+            set_if(eps, o.eps);
+            set_if(weight_decay, o.weight_decay);
+        }
+    }
+    if scheduler.is_some() {
+        chosen.lr_scheduler = scheduler.clone();
+    }
+    Ok(chosen)
+}
+
+fn set_if<T: Copy>(slot: &mut T, value: Option<T>) {
+    if let Some(v) = value {
+        *slot = v;
+    }
+}
+
+/// Writes the resolved configuration to `<version_N>/config.toml` when fit starts.
+struct SaveConfig {
+    toml: String,
+}
+
+impl Callback for SaveConfig {
+    fn name(&self) -> String {
+        "SaveConfig".into()
+    }
+    fn on_fit_start(&mut self, ctx: &mut CallbackContext) -> volt_train::Result<()> {
+        if let (Some(dir), true) = (ctx.log_dir, ctx.is_global_zero) {
+            volt_train::checkpoint::write_atomic(&dir.join("config.toml"), self.toml.as_bytes())?;
+        }
+        Ok(())
+    }
+}
+
+fn add_callbacks(mut trainer: Trainer, callbacks: &CallbacksConfig) -> Trainer {
+    if let Some(c) = &callbacks.model_checkpoint {
+        trainer = trainer.with_callback(c.clone());
+    }
+    if let Some(c) = &callbacks.early_stopping {
+        trainer = trainer.with_callback(c.clone());
+    }
+    if let Some(c) = &callbacks.lr_monitor {
+        trainer = trainer.with_callback(c.clone());
+    }
+    trainer
+}
+
+fn run_error(e: volt_train::Error) -> CliError {
+    match e {
+        volt_train::Error::Config(_)
+        | volt_train::Error::Checkpoint { .. }
+        | volt_train::Error::CheckpointMismatch { .. } => CliError::Usage(e.to_string()),
+        other => CliError::Run(other.to_string()),
+    }
+}
+
+/// Runs one subcommand for model `M` and data `D`; prints what a user needs to see.
+pub fn run_subcommand<M, D>(command: Subcommand, args: &[String]) -> Result<(), CliError>
+where
+    M: CliModel,
+    D: CliData<Batch = M::Batch>,
+{
+    let inv = parse_args(args)?;
+    if inv.help {
+        println!("{USAGE}");
+        return Ok(());
+    }
+    let started = Instant::now();
+    let mut config = resolve_config::<M, D>(&inv)?;
+    let toml = config::to_toml(&config)?;
+    if inv.print_config {
+        print!("{toml}");
+        return Ok(());
+    }
+    let seed = config.seed.or(config.trainer.seed);
+    config.trainer.seed = seed;
+    if let Some(s) = seed {
+        volt_train::seed_everything(s);
+    }
+    let trainer = Trainer::new(config.trainer.clone()).map_err(run_error)?;
+    let model = M::build(&config.model, trainer.fabric().device()).map_err(run_error)?;
+    let optimizer = apply_optimizer(model.configure_optimizers(), &config.optimizer, &config.lr_scheduler)?;
+    let mut trainer = add_callbacks(trainer.with_optimizer_config(optimizer), &config.callbacks);
+    let data = D::build(&config.data).map_err(run_error)?;
+    let mut model = model;
+    // Resolve the checkpoint before anything runs, so a bad path writes nothing.
+    let ckpt = inv.ckpt_path.as_deref().map(CkptPath::from);
+    if let Some(c) = &ckpt {
+        match trainer.resolve_ckpt_path(c).map_err(run_error)? {
+            None if command != Subcommand::Fit => {
+                return Err(CliError::Usage(format!(
+                    "--ckpt_path {}: no checkpoint under {}",
+                    inv.ckpt_path.as_deref().unwrap_or_default(),
+                    config.trainer.default_root_dir.join(&config.trainer.name).display()
+                )))
+            }
+            _ => {}
+        }
+    }
+    match command {
+        Subcommand::Fit => {
+            trainer = trainer.with_callback(SaveConfig { toml });
+            let out = trainer.fit(&mut model, &data, ckpt).map_err(run_error)?;
+            let wall = started.elapsed().as_secs_f64();
+            println!("fit finished: {}", out.stop_reason);
+            if let Some(best) = &out.best_checkpoint {
+                println!("  best checkpoint: {}", best.display());
+            }
+            if let Some(last) = &out.last_checkpoint {
+                println!("  last checkpoint: {}", last.display());
+            }
+            let monitor = config.callbacks.model_checkpoint.as_ref().and_then(|c| c.monitor.clone());
+            let best =
+                trainer.callbacks().iter().find_map(|c| c.state_dict().get("best_model_score")?.as_f64());
+            if let (Some(m), Some(b)) = (monitor, best) {
+                println!("  best {m}: {b:.4}");
+            }
+            for (k, v) in &out.metrics {
+                if !k.ends_with("_step") {
+                    println!("  {k}: {v:.4}");
+                }
+            }
+            let rate = out.steps_this_run as f64 / out.train_time.as_secs_f64().max(1e-9);
+            println!("  {} steps at {rate:.1} steps/s; wall time {wall:.1} s", out.steps_this_run);
+            if let Some(dir) = &out.log_dir {
+                println!("  logs: {}", dir.display());
+            }
+        }
+        Subcommand::Validate | Subcommand::Test => {
+            let metrics = if command == Subcommand::Validate {
+                trainer.validate(&mut model, &data, ckpt)
+            } else {
+                trainer.test(&mut model, &data, ckpt)
+            }
+            .map_err(run_error)?;
+            for (k, v) in &metrics {
+                println!("{k}: {v:.4}");
+            }
+        }
+        Subcommand::Predict => {
+            let predictions = trainer.predict(&mut model, &data, ckpt).map_err(run_error)?;
+            println!("predicted {} batches", predictions.len());
+        }
+    }
+    Ok(())
+}
+
+/// The entry point for a user's crate: `volt::run::<MyModel, MyData>()` gives it the
+/// `fit | validate | test | predict` command line, config files and overrides.
+/// Returns the process exit code.
+pub fn run<M, D>() -> std::process::ExitCode
+where
+    M: CliModel,
+    D: CliData<Batch = M::Batch>,
+{
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().and_then(|a| Subcommand::parse(a)) {
+        Some(command) => run_subcommand::<M, D>(command, &args[1..]),
+        None => Err(CliError::Usage(USAGE.into())),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::ExitCode::from(e.exit_code())
+        }
+    }
+}
