@@ -286,11 +286,7 @@ async fn chat_route<C: ChatApi>(
             collect_chat(chunks, stop, id, created, model).await
         }
     };
-    match tokio::time::timeout_at(deadline.into(), result).await {
-        Ok(Ok(r)) => r,
-        Ok(Err(e)) => e.into_response(),
-        Err(_) => HttpError::timeout("no answer within the request timeout").into_response(),
-    }
+    ep.answer_by(deadline, result).await
 }
 
 fn chunk_object(id: &str, created: u64, model: &str, delta: Value, finish: Option<&str>) -> Value {
@@ -507,11 +503,7 @@ async fn embeddings_route<E: EmbeddingsApi>(ep: Arc<Endpoint<EmbeddingsAdapter<E
         }))
         .into_response())
     };
-    match tokio::time::timeout_at(deadline.into(), result).await {
-        Ok(Ok(r)) => r,
-        Ok(Err(e)) => e.into_response(),
-        Err(_) => HttpError::timeout("no answer within the request timeout").into_response(),
-    }
+    ep.answer_by(deadline, result).await
 }
 
 impl Server {

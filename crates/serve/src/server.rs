@@ -94,6 +94,23 @@ impl<A: InferenceApi> Endpoint<A> {
         }
     }
 
+    /// The response of `work`, or 504 when `deadline` passes first.
+    pub(crate) async fn answer_by(
+        &self,
+        deadline: Instant,
+        work: impl Future<Output = Result<Response, HttpError>>,
+    ) -> Response {
+        match tokio::time::timeout_at(deadline.into(), work).await {
+            Ok(Ok(response)) => response,
+            Ok(Err(e)) => e.into_response(),
+            Err(_) => HttpError::timeout(format!(
+                "no answer within the request timeout of {} ms",
+                self.shared.config.timeout.as_millis()
+            ))
+            .into_response(),
+        }
+    }
+
     /// Queues one input and waits for its output.
     pub(crate) async fn call(&self, input: A::Input, deadline: Instant) -> Result<A::Output, HttpError> {
         let (tx, rx) = oneshot::channel();
@@ -227,15 +244,7 @@ async fn predict_route<A: InferenceApi>(ep: Arc<Endpoint<A>>, headers: HeaderMap
         let output = ep.call(input, deadline).await?;
         Ok(Json(ep.encode(output)?).into_response())
     };
-    match tokio::time::timeout_at(deadline.into(), work).await {
-        Ok(Ok(response)) => response,
-        Ok(Err(e)) => e.into_response(),
-        Err(_) => HttpError::timeout(format!(
-            "no answer within the request timeout of {} ms",
-            ep.shared.config.timeout.as_millis()
-        ))
-        .into_response(),
-    }
+    ep.answer_by(deadline, work).await
 }
 
 /// Builds an inference server: add endpoints, then `bind` or `serve`.
