@@ -1,0 +1,77 @@
+"""train/digits-mlp: volt's Trainer against PyTorch Lightning, and the two hand-written
+loops (tch, plain PyTorch) as each side's floor. Each run is its own process, launched
+in turn (A B C D A B C D ...); reports medians (min-max) of steps/s, peak RSS and time
+from process launch to the first optimizer step, and the volt/peer ratios.
+
+Usage: train_digits.py VOLT_BIN PYTHON ROUNDS EPOCHS OUT_JSON [--smoke]"""
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+
+def run(cmd):
+    env = dict(os.environ, BENCH_T0=repr(time.time()))
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, text=True)
+    out = proc.stdout.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    if status != 0:
+        sys.exit(f"bench: {' '.join(cmd)} failed with status {status}")
+    result = json.loads(out.strip().splitlines()[-1])
+    return {
+        "steps_per_s": (result["steps"] - 1) / result["train_seconds"],
+        "peak_rss_mb": usage.ru_maxrss / 1024,
+        "first_step_s": result["first_step_s"],
+    }
+
+
+def main():
+    volt_bin, python, rounds, epochs, out_json = sys.argv[1:6]
+    smoke = "--smoke" in sys.argv
+    here = os.path.dirname(os.path.abspath(__file__))
+    peer = os.path.join(here, "peers", "lightning_digits.py")
+    tmp = tempfile.mkdtemp()
+    cases = {
+        "volt Trainer": [volt_bin, "trainer", epochs, os.path.join(tmp, "volt")],
+        "volt tch loop": [volt_bin, "loop", epochs, tmp],
+    }
+    if not smoke:
+        cases["Lightning Trainer"] = [python, peer, "--mode", "lightning", "--epochs", epochs, "--out", os.path.join(tmp, "pl")]
+        cases["PyTorch loop"] = [python, peer, "--mode", "torch", "--epochs", epochs]
+    runs = {name: [] for name in cases}
+    for r in range(int(rounds)):
+        for name, cmd in cases.items():
+            print(f"bench: train/digits-mlp {name} round {r + 1}", file=sys.stderr)
+            runs[name].append(run(cmd))
+    rows = {}
+    for name, rs in runs.items():
+        rows[name] = {k: statistics.median(x[k] for x in rs) for k in rs[0]}
+        rows[name].update({f"{k}_min": min(x[k] for x in rs) for k in rs[0]})
+        rows[name].update({f"{k}_max": max(x[k] for x in rs) for k in rs[0]})
+    ratios = {}
+    for ours, theirs in (("volt Trainer", "Lightning Trainer"), ("volt tch loop", "PyTorch loop")):
+        if theirs in rows:
+            a, b = rows[ours], rows[theirs]
+            ratios[f"{ours} / {theirs}"] = {
+                "steps_per_s": a["steps_per_s"] / b["steps_per_s"],
+                "peak_rss": a["peak_rss_mb"] / b["peak_rss_mb"],
+                "first_step_speedup": b["first_step_s"] / a["first_step_s"],
+            }
+    json.dump({"case": "train/digits-mlp", "epochs": int(epochs), "rounds": int(rounds), "rows": rows, "ratios": ratios},
+              open(out_json, "w"), indent=2)
+    print(f"train/digits-mlp, {epochs} epochs x 45 steps, 2 threads, {rounds} interleaved rounds (median, min-max)")
+    print("| run | steps/s | peak RSS MB | launch to first step s |")
+    print("|---|---|---|---|")
+    for name, r in rows.items():
+        print(f"| {name} | {r['steps_per_s']:.0f} ({r['steps_per_s_min']:.0f}-{r['steps_per_s_max']:.0f}) | "
+              f"{r['peak_rss_mb']:.0f} | {r['first_step_s']:.2f} ({r['first_step_s_min']:.2f}-{r['first_step_s_max']:.2f}) |")
+    for name, q in ratios.items():
+        print(f"{name}: {q['steps_per_s']:.2f}x steps/s, {q['peak_rss']:.2f}x peak RSS, "
+              f"{q['first_step_speedup']:.1f}x faster to the first step")
+
+
+if __name__ == "__main__":
+    main()
