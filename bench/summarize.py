@@ -6,6 +6,7 @@ import platform
 import re
 import statistics
 import sys
+import time
 
 UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
 
@@ -36,6 +37,13 @@ def main():
             "rps": med("rps"), "rps_min": min(r["rps"] for r in rs), "rps_max": max(r["rps"] for r in rs),
             "p50_ms": med("p50_ms"), "p99_ms": med("p99_ms"), "non_2xx": sum(r["non_2xx"] for r in rs),
         })
+    extra = {}
+    for name in os.listdir(run_dir):
+        if name.endswith((".start.json", ".rss.json")):
+            d = json.load(open(os.path.join(run_dir, name)))
+            extra.setdefault(d.pop("server"), {}).update(d)
+    for r in rows:
+        r.update(extra.get(r["server"], {}))
     by = {(r["server"], r["connections"]): r for r in rows}
     for r in rows:
         for peer in ("litserve", "axum-bare"):
@@ -45,17 +53,19 @@ def main():
                 r[f"p99_vs_{peer}"] = r["p99_ms"] / p["p99_ms"]
     result = {
         "case": case,
+        "date": time.strftime("%Y-%m-%d"),
         "machine": {"cores": os.cpu_count(), "cpu": cpu_name(), "python": platform.python_version()},
         "rows": rows,
     }
     json.dump(result, open(out_json, "w"), indent=2)
-    print(f"| server | conns | req/s median (min-max) | p50 ms | p99 ms | non-2xx | volt/peer req/s | volt/peer p99 |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| server | conns | req/s median (min-max) | p50 ms | p99 ms | non-2xx | peak RSS MB | launch to first answer s | volt/peer req/s | volt/peer p99 |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         ratios = " ".join(f"{k[7:]}: {v:.2f}x" for k, v in r.items() if k.startswith("rps_vs_"))
         p99r = " ".join(f"{k[7:]}: {v:.3f}x" for k, v in r.items() if k.startswith("p99_vs_"))
         print(f"| {r['server']} | {r['connections']} | {r['rps']:.0f} ({r['rps_min']:.0f}-{r['rps_max']:.0f}) | "
-              f"{r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['non_2xx']} | {ratios} | {p99r} |")
+              f"{r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['non_2xx']} | {r.get('peak_rss_mb', '')} | "
+              f"{r.get('first_served_s', '')} | {ratios} | {p99r} |")
 
 
 def cpu_name():
