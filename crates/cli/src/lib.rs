@@ -10,4 +10,4 @@ pub use run::{
     apply_optimizer, parse_args, resolve_config, run, run_subcommand, CliData, CliError, CliModel,
     Invocation, Subcommand, USAGE,
 };
-pub use zoo::run_zoo_model;
+pub use zoo::{run_zoo_model, unknown_model};

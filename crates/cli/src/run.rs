@@ -322,20 +322,23 @@ where
     let mut trainer = add_callbacks(trainer.with_optimizer_config(optimizer), &config.callbacks);
     let data = D::build(&config.data).map_err(run_error)?;
     let mut model = model;
-    // Resolve the checkpoint before anything runs, so a bad path writes nothing.
-    let ckpt = inv.ckpt_path.as_deref().map(CkptPath::from);
-    if let Some(c) = &ckpt {
-        match trainer.resolve_ckpt_path(c).map_err(run_error)? {
-            None if command != Subcommand::Fit => {
+    // Resolve the checkpoint before anything runs, so a bad path writes nothing; the loop
+    // then gets the file itself (`last` with nothing found stays `last`: fit warns and
+    // starts fresh, the evaluation loops refuse).
+    let ckpt = match inv.ckpt_path.as_deref().map(CkptPath::from) {
+        Some(c) => match trainer.resolve_ckpt_path(&c).map_err(run_error)? {
+            Some(path) => Some(CkptPath::Path(path)),
+            None if command == Subcommand::Fit => Some(c),
+            None => {
                 return Err(CliError::Usage(format!(
                     "--ckpt_path {}: no checkpoint under {}",
                     inv.ckpt_path.as_deref().unwrap_or_default(),
                     config.trainer.default_root_dir.join(&config.trainer.name).display()
                 )))
             }
-            _ => {}
-        }
-    }
+        },
+        None => None,
+    };
     match command {
         Subcommand::Fit => {
             trainer = trainer.with_callback(SaveConfig { toml });

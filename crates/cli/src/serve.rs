@@ -53,7 +53,7 @@ pub struct ServeArgs {
 /// Serves until SIGTERM/SIGINT.
 pub fn run(args: ServeArgs) -> Result<(), CliError> {
     if args.model != "digits-mlp" {
-        return Err(CliError::Usage(format!("volt serve knows digits-mlp only, not \"{}\"", args.model)));
+        return Err(volt::unknown_model(&args.model));
     }
     if let Some(n) = args.num_threads {
         tch::set_num_threads(n as i32);

@@ -32,9 +32,12 @@ impl CliData for DigitsData {
 pub fn run_zoo_model(name: &str, command: Subcommand, args: &[String]) -> Result<(), CliError> {
     match name {
         "digits-mlp" => run_subcommand::<DigitsMlp, DigitsData>(command, args),
-        other => {
-            let names: Vec<&str> = volt_zoo::MODELS.iter().map(|m| m.name).collect();
-            Err(CliError::Usage(format!("unknown model \"{other}\"; the zoo has: {}", names.join(", "))))
-        }
+        other => Err(unknown_model(other)),
     }
+}
+
+/// The error for a model name the zoo does not have, listing those it has.
+pub fn unknown_model(name: &str) -> CliError {
+    let names: Vec<&str> = volt_zoo::MODELS.iter().map(|m| m.name).collect();
+    CliError::Usage(format!("unknown model \"{name}\"; the zoo has: {}", names.join(", ")))
 }

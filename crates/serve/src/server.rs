@@ -48,7 +48,6 @@ pub struct Endpoint<A: InferenceApi> {
     pub(crate) shared: Arc<Shared>,
 }
 
-/// A request's failure on its way through an endpoint.
 impl<A: InferenceApi> Endpoint<A> {
     /// The deadline of a request that starts now.
     pub(crate) fn deadline(&self) -> Instant {

@@ -19,6 +19,16 @@ pub(crate) enum Reply<O> {
     Stream(mpsc::UnboundedSender<Result<O, ApiError>>),
 }
 
+impl<O> Reply<O> {
+    /// Answers with an error (a stream gets it as its last item).
+    fn fail(self, e: ApiError) {
+        let _ = match self {
+            Reply::Once(s) => s.send(Err(e)).is_ok(),
+            Reply::Stream(s) => s.send(Err(e)).is_ok(),
+        };
+    }
+}
+
 /// One request waiting for a worker.
 pub(crate) struct Job<I, O> {
     pub input: I,
@@ -34,17 +44,6 @@ impl<I, O> Job<I, O> {
                 Reply::Once(s) => s.is_closed(),
                 Reply::Stream(s) => s.is_closed(),
             }
-    }
-
-    fn fail(self, e: ApiError) {
-        match self.reply {
-            Reply::Once(s) => {
-                let _ = s.send(Err(e));
-            }
-            Reply::Stream(s) => {
-                let _ = s.send(Err(e));
-            }
-        }
     }
 }
 
@@ -236,7 +235,7 @@ impl<A: InferenceApi> Worker<A> {
             }
             Err(e) => {
                 for reply in replies {
-                    Job { input: (), reply, deadline: Instant::now() }.fail(e.clone());
+                    reply.fail(e.clone());
                 }
             }
         }
@@ -253,8 +252,8 @@ impl<A: InferenceApi> Worker<A> {
                     inputs.push(job.input);
                     senders.push(s);
                 }
-                Reply::Once(s) => {
-                    let _ = s.send(Err(ApiError::Internal("streaming endpoint got a plain request".into())));
+                once @ Reply::Once(_) => {
+                    once.fail(ApiError::Internal("streaming endpoint got a plain request".into()))
                 }
             }
         }

@@ -116,23 +116,13 @@ impl Checkpoint {
 
     /// Reads a checkpoint, with errors that name the file.
     pub fn load(path: &Path) -> Result<Self> {
-        let buffer = std::fs::read(path).map_err(|e| {
-            let what = if e.kind() == std::io::ErrorKind::NotFound {
-                "file not found".to_owned()
-            } else {
-                format!("cannot read: {e}")
-            };
-            Error::checkpoint(path, what)
-        })?;
-        let (_, header) = SafeTensors::read_metadata(&buffer)
-            .map_err(|e| Error::checkpoint(path, format!("not a readable safetensors file ({e:?})")))?;
-        let st = SafeTensors::deserialize(&buffer)
-            .map_err(|e| Error::checkpoint(path, format!("not a readable safetensors file ({e:?})")))?;
-        let json = header.metadata().as_ref().and_then(|m| m.get(METADATA_KEY)).ok_or_else(|| {
-            Error::checkpoint(path, "not a volt checkpoint (no `volt` entry in its metadata)")
-        })?;
-        let state: TrainingState = serde_json::from_str(json)
-            .map_err(|e| Error::checkpoint(path, format!("unreadable trainer state: {e}")))?;
+        let buffer = std::fs::read(path).map_err(|e| read_error(path, e))?;
+        let (_, header) = SafeTensors::read_metadata(&buffer).map_err(|e| unreadable(path, e))?;
+        let state = parse_state(
+            path,
+            header.metadata().as_ref().and_then(|m| m.get(METADATA_KEY)).map(String::as_str),
+        )?;
+        let st = SafeTensors::deserialize(&buffer).map_err(|e| unreadable(path, e))?;
         let mut tensors = Vec::new();
         for (name, view) in st.tensors() {
             let kind = Kind::try_from(view.dtype())
@@ -145,6 +135,27 @@ impl Checkpoint {
         Ok(Checkpoint { tensors, state })
     }
 
+    /// Reads only a checkpoint's trainer state: the file's header, not its tensors.
+    pub fn read_state(path: &Path) -> Result<TrainingState> {
+        use std::io::Read;
+        let mut file = std::fs::File::open(path).map_err(|e| read_error(path, e))?;
+        let mut len = [0u8; 8];
+        file.read_exact(&mut len).map_err(|e| read_error(path, e))?;
+        let len = u64::from_le_bytes(len);
+        // safetensors caps headers at 100 MB; a larger length means a corrupt file.
+        if len > 100_000_000 {
+            return Err(Error::checkpoint(path, "not a readable safetensors file (header too large)"));
+        }
+        let mut header = vec![0u8; len as usize];
+        file.read_exact(&mut header).map_err(|e| read_error(path, e))?;
+        let header: serde_json::Value = serde_json::from_slice(&header)
+            .map_err(|e| Error::checkpoint(path, format!("not a readable safetensors file ({e})")))?;
+        parse_state(
+            path,
+            header.get("__metadata__").and_then(|m| m.get(METADATA_KEY)).and_then(|v| v.as_str()),
+        )
+    }
+
     /// The tensors under `prefix`, with the prefix removed.
     pub fn section(&self, prefix: &str) -> HashMap<String, Tensor> {
         self.tensors
@@ -152,6 +163,26 @@ impl Checkpoint {
             .filter_map(|(n, t)| n.strip_prefix(prefix).map(|k| (k.to_owned(), t.shallow_clone())))
             .collect()
     }
+}
+
+fn read_error(path: &Path, e: std::io::Error) -> Error {
+    let what = if e.kind() == std::io::ErrorKind::NotFound {
+        "file not found".to_owned()
+    } else {
+        format!("cannot read: {e}")
+    };
+    Error::checkpoint(path, what)
+}
+
+fn unreadable(path: &Path, e: safetensors::SafeTensorError) -> Error {
+    Error::checkpoint(path, format!("not a readable safetensors file ({e:?})"))
+}
+
+/// The trainer state stored under the `volt` metadata key.
+fn parse_state(path: &Path, json: Option<&str>) -> Result<TrainingState> {
+    let json = json
+        .ok_or_else(|| Error::checkpoint(path, "not a volt checkpoint (no `volt` entry in its metadata)"))?;
+    serde_json::from_str(json).map_err(|e| Error::checkpoint(path, format!("unreadable trainer state: {e}")))
 }
 
 /// Model tensors of `vs`, named for a checkpoint.

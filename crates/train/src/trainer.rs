@@ -43,8 +43,6 @@ pub struct FitOutcome {
     pub steps_this_run: u64,
     /// Wall time of the training loop in this call.
     pub train_time: Duration,
-    /// Time from `fit` being called to the first optimizer step finishing.
-    pub time_to_first_step: Option<Duration>,
 }
 
 /// Runs the loops; configured by [`TrainerConfig`] plus callbacks and loggers.
@@ -80,6 +78,29 @@ struct Run {
     loggers: Vec<Box<dyn Logger>>,
     writer: CheckpointWriter,
     seed: Option<u64>,
+}
+
+impl Run {
+    /// Steps the scheduler when its interval is `interval` and `count` (steps or epochs
+    /// done) is a multiple of its frequency; a monitored metric must have been logged.
+    fn step_scheduler(&mut self, interval: Interval, count: u64) -> Result<()> {
+        let Some(s) = self.scheduler.as_mut() else { return Ok(()) };
+        let c = s.config();
+        if c.interval != interval || count % c.frequency.max(1) != 0 {
+            return Ok(());
+        }
+        let metric = match &c.monitor {
+            Some(m) => Some(self.state.metrics.get(m).copied().ok_or_else(|| {
+                Error::Config(format!(
+                    "lr_scheduler.monitor = \"{m}\" was never logged; logged metrics: [{}]",
+                    self.state.metrics.keys().cloned().collect::<Vec<_>>().join(", ")
+                ))
+            })?),
+            None => None,
+        };
+        self.optimizer.set_lr(s.step(metric));
+        Ok(())
+    }
 }
 
 impl Trainer {
@@ -157,9 +178,7 @@ impl Trainer {
                 let last = checkpoint::find_last(&experiment).ok_or_else(|| {
                     Error::checkpoint(&experiment, "ckpt_path=\"best\": no checkpoint under this folder")
                 })?;
-                let ckpt = Checkpoint::load(&last)?;
-                let best = ckpt
-                    .state
+                let best = Checkpoint::read_state(&last)?
                     .callbacks
                     .iter()
                     .filter(|(name, _)| name.starts_with("ModelCheckpoint"))
@@ -185,7 +204,6 @@ impl Trainer {
         M: VoltModule,
         D: DataModule<Batch = M::Batch>,
     {
-        let started = Instant::now();
         let fast_dev = self.fast_dev_batches();
         let train_loader =
             data.train_dataloader().ok_or_else(|| Error::Data("fit needs a train_dataloader".into()))?;
@@ -198,11 +216,7 @@ impl Trainer {
                 let found = self.resolve_ckpt_path(c)?;
                 if found.is_none() {
                     tracing::warn!(
-                        "ckpt_path=\"last\": no checkpoint under {}; starting from scratch",
-                        self.experiment_dir().display()
-                    );
-                    eprintln!(
-                        "warning: ckpt_path=\"last\" found no checkpoint under {}; starting from scratch",
+                        "ckpt_path=\"last\" found no checkpoint under {}; starting from scratch",
                         self.experiment_dir().display()
                     );
                 }
@@ -304,10 +318,10 @@ impl Trainer {
         };
 
         let signals = StopOnSignal::install();
-        let result = self.fit_loop(module, &train_loader, val_loader.as_ref(), &mut run, &signals, started);
+        let result = self.fit_loop(module, &train_loader, val_loader.as_ref(), &mut run, &signals);
         drop(signals);
         match result {
-            Ok((steps, train_time, first_step)) => self.finish(module, run, steps, train_time, first_step),
+            Ok((steps, train_time)) => self.finish(module, run, steps, train_time),
             Err(e) => {
                 // Keep what was logged and what was saved before the failure; write no
                 // checkpoint of the failed state.
@@ -351,8 +365,7 @@ impl Trainer {
         val: Option<&DataLoader<M::Batch>>,
         run: &mut Run,
         signals: &StopOnSignal,
-        started: Instant,
-    ) -> Result<(u64, Duration, Option<Duration>)> {
+    ) -> Result<(u64, Duration)> {
         module.on_fit_start()?;
         let req = hook(&mut self.callbacks, &run.state, |cb, ctx| cb.on_fit_start(ctx))?;
         self.apply(req, module, run)?;
@@ -365,7 +378,6 @@ impl Trainer {
 
         let first_step_global = run.state.progress.global_step;
         let loop_start = Instant::now();
-        let mut first_step = None;
         while run.state.stop_reason.is_none() {
             let p = &run.state.progress;
             if let Some(reason) = limit_reached(p, run.state.max_epochs, run.state.max_steps) {
@@ -376,10 +388,10 @@ impl Trainer {
                 run.state.stop_reason = Some("no training batches".into());
                 break;
             }
-            self.train_epoch(module, train, val, run, signals, started, &mut first_step)?;
+            self.train_epoch(module, train, val, run, signals)?;
         }
         let steps = run.state.progress.global_step - first_step_global;
-        Ok((steps, loop_start.elapsed(), first_step))
+        Ok((steps, loop_start.elapsed()))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -390,8 +402,6 @@ impl Trainer {
         val: Option<&DataLoader<M::Batch>>,
         run: &mut Run,
         signals: &StopOnSignal,
-        started: Instant,
-        first_step: &mut Option<Duration>,
     ) -> Result<()> {
         let epoch = run.state.progress.epoch;
         let epoch_len = run.state.epoch_len;
@@ -467,17 +477,8 @@ impl Trainer {
             run.optimizer.zero_grad();
             run.state.progress.global_step += 1;
             run.state.progress.batch_in_epoch = batch_idx;
-            if first_step.is_none() {
-                *first_step = Some(started.elapsed());
-            }
             let global_step = run.state.progress.global_step;
-            if let Some(s) = run.scheduler.as_mut() {
-                let c = s.config();
-                if c.interval == Interval::Step && global_step % c.frequency.max(1) == 0 {
-                    let metric = c.monitor.as_ref().and_then(|m| run.state.metrics.get(m).copied());
-                    run.optimizer.set_lr(s.step(metric));
-                }
-            }
+            run.step_scheduler(Interval::Step, global_step)?;
             run.state.lr = lr_used;
 
             // Step-level metrics: the last value logged in the window.
@@ -533,21 +534,7 @@ impl Trainer {
                 run.state.progress.global_step.saturating_sub(1),
             )?;
         }
-        if let Some(s) = run.scheduler.as_mut() {
-            let c = s.config();
-            if c.interval == Interval::Epoch && (epoch as u64 + 1) % c.frequency.max(1) == 0 {
-                let metric = match &c.monitor {
-                    Some(m) => Some(run.state.metrics.get(m).copied().ok_or_else(|| {
-                        Error::Config(format!(
-                            "lr_scheduler.monitor = \"{m}\" was never logged; logged metrics: [{}]",
-                            run.state.metrics.keys().cloned().collect::<Vec<_>>().join(", ")
-                        ))
-                    })?),
-                    None => None,
-                };
-                run.optimizer.set_lr(s.step(metric));
-            }
-        }
+        run.step_scheduler(Interval::Epoch, epoch as u64 + 1)?;
         module.on_train_epoch_end(epoch)?;
         let req = hook(&mut self.callbacks, &run.state, |cb, ctx| cb.on_train_epoch_end(ctx))?;
         self.apply(req, module, run)?;
@@ -706,7 +693,6 @@ impl Trainer {
         mut run: Run,
         steps: u64,
         train_time: Duration,
-        first_step: Option<Duration>,
     ) -> Result<FitOutcome> {
         let req = hook(&mut self.callbacks, &run.state, |cb, ctx| cb.on_fit_end(ctx))?;
         self.apply(req, module, &mut run)?;
@@ -734,7 +720,6 @@ impl Trainer {
             best_checkpoint: self.callbacks.iter().find_map(|c| c.best_model_path()),
             steps_this_run: steps,
             train_time,
-            time_to_first_step: first_step,
         })
     }
 

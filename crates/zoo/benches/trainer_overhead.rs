@@ -56,7 +56,7 @@ fn trainer(epochs: usize, logging: bool, root: &std::path::Path) -> f64 {
         default_root_dir: root.to_owned(),
         num_sanity_val_steps: 0,
         limit_val_batches: volt_train::BatchLimit::Count(0),
-        seed: if std::env::var_os("NOSEED").is_some() { None } else { Some(0) },
+        seed: Some(0),
         ..TrainerConfig::default()
     }
     .quiet();

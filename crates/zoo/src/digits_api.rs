@@ -42,12 +42,13 @@ impl DigitsApi {
                 volt_train::Error::checkpoint(&checkpoint, format!("not a digits-mlp checkpoint: {e}"))
             })?
         };
-        let api = DigitsApi { checkpoint, config };
-        // Load once here as well: a checkpoint of another model fails now, not in a worker.
-        api.load(tch::Device::Cpu)?;
-        Ok(api)
+        // Restore once here as well: a checkpoint of another model fails now, not in a worker.
+        let probe = DigitsMlp::new(config.clone(), tch::Device::Cpu);
+        restore_model(volt_train::VoltModule::var_store(&probe), &ckpt, &checkpoint)?;
+        Ok(DigitsApi { checkpoint, config })
     }
 
+    /// A model on `device` with the checkpoint's weights (each worker reads the file).
     fn load(&self, device: tch::Device) -> volt_train::Result<DigitsMlp> {
         let model = DigitsMlp::new(self.config.clone(), device);
         let ckpt = Checkpoint::load(&self.checkpoint)?;
