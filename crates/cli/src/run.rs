@@ -343,6 +343,9 @@ where
         Subcommand::Fit => {
             trainer = trainer.with_callback(SaveConfig { toml });
             let out = trainer.fit(&mut model, &data, ckpt).map_err(run_error)?;
+            if !trainer.fabric().is_global_zero() {
+                return Ok(());
+            }
             let wall = started.elapsed().as_secs_f64();
             println!("fit finished: {}", out.stop_reason);
             if let Some(best) = &out.best_checkpoint {
@@ -367,6 +370,15 @@ where
             if let Some(dir) = &out.log_dir {
                 println!("  logs: {}", dir.display());
             }
+            let comm = trainer.fabric().comm_stats();
+            if trainer.fabric().world_size() > 1 && out.train_time.as_secs_f64() > 0.0 {
+                println!(
+                    "  ddp: {} ranks; {} collectives took {:.1}% of training time on rank 0",
+                    trainer.fabric().world_size(),
+                    comm.calls,
+                    100.0 * comm.time.as_secs_f64() / out.train_time.as_secs_f64()
+                );
+            }
         }
         Subcommand::Validate | Subcommand::Test => {
             let metrics = if command == Subcommand::Validate {
@@ -375,13 +387,15 @@ where
                 trainer.test(&mut model, &data, ckpt)
             }
             .map_err(run_error)?;
-            for (k, v) in &metrics {
-                println!("{k}: {v:.4}");
+            if trainer.fabric().is_global_zero() {
+                for (k, v) in &metrics {
+                    println!("{k}: {v:.4}");
+                }
             }
         }
         Subcommand::Predict => {
             let predictions = trainer.predict(&mut model, &data, ckpt).map_err(run_error)?;
-            println!("predicted {} batches", predictions.len());
+            println!("rank {}: predicted {} batches", trainer.fabric().rank(), predictions.len());
         }
     }
     Ok(())

@@ -111,8 +111,12 @@ pub struct TrainerConfig {
     pub accelerator: Accelerator,
     /// Devices per process.
     pub devices: usize,
-    /// How devices cooperate.
+    /// Nodes of a `ddp` job.
+    pub num_nodes: usize,
+    /// How devices cooperate (`auto`, `single_device`, `ddp`).
     pub strategy: StrategyKind,
+    /// Seconds a `ddp` rendezvous or collective may wait for the other ranks.
+    pub ddp_timeout_s: u64,
     /// Numeric precision.
     pub precision: Precision,
     /// libtorch intra-op threads.
@@ -146,7 +150,9 @@ impl Default for TrainerConfig {
             loggers: vec![LoggerKind::Csv, LoggerKind::TensorBoard],
             accelerator: Accelerator::Auto,
             devices: 1,
+            num_nodes: 1,
             strategy: StrategyKind::Auto,
+            ddp_timeout_s: crate::fabric::DEFAULT_DDP_TIMEOUT_S,
             precision: Precision::F32,
             num_threads: None,
         }
@@ -168,7 +174,9 @@ impl TrainerConfig {
         FabricConfig {
             accelerator: self.accelerator,
             devices: self.devices,
+            num_nodes: self.num_nodes,
             strategy: self.strategy,
+            ddp_timeout_s: self.ddp_timeout_s,
             precision: self.precision,
             num_threads: self.num_threads,
         }
@@ -193,6 +201,15 @@ impl TrainerConfig {
         }
         if self.gradient_clip_val.is_some_and(|v| !(v > 0.0 && v.is_finite())) {
             return bad("gradient_clip_val", "must be a positive number");
+        }
+        if self.devices == 0 {
+            return bad("devices", "must be at least 1");
+        }
+        if self.num_nodes == 0 {
+            return bad("num_nodes", "must be at least 1");
+        }
+        if self.ddp_timeout_s == 0 {
+            return bad("ddp_timeout_s", "must be at least 1 second");
         }
         if self.check_val_every_n_epoch == 0 {
             return bad("check_val_every_n_epoch", "must be at least 1");

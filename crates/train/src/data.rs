@@ -326,4 +326,30 @@ mod tests {
         all.dedup();
         assert_eq!(all.len(), 9, "drop_last keeps 9 distinct samples of 10");
     }
+
+    #[test]
+    fn every_sample_goes_to_exactly_one_rank_and_the_seed_fixes_the_shards() {
+        // The digits training split under 2 ranks: 1437 samples, one padded.
+        for epoch in 0..3 {
+            let shard = |rank, seed| {
+                Sampler { shuffle: true, seed, rank, world_size: 2, drop_last: false }.indices(1437, epoch)
+            };
+            let (a, b) = (shard(0, 5), shard(1, 5));
+            assert_eq!((a.len(), b.len()), (719, 719));
+            let mut seen = vec![0u32; 1437];
+            for &i in a.iter().chain(&b) {
+                seen[i] += 1;
+            }
+            // Padding repeats exactly one sample (the first of the epoch's order), as
+            // PyTorch's DistributedSampler does; every other sample is seen once.
+            assert_eq!(seen.iter().filter(|&&n| n == 1).count(), 1436);
+            assert_eq!(seen.iter().filter(|&&n| n == 2).count(), 1);
+            assert_eq!(seen[a[0]], 2, "the padded sample is the first of the order");
+            // Without the padded tail, the two shards are disjoint.
+            let (a_head, b_head) = (&a[..718], &b[..718]);
+            assert!(a_head.iter().all(|i| !b_head.contains(i)));
+            assert_eq!((shard(0, 5), shard(1, 5)), (a.clone(), b.clone()), "same seed, same shards");
+            assert_ne!(shard(0, 6), a, "another seed, another order");
+        }
+    }
 }

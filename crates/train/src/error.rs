@@ -46,6 +46,26 @@ pub enum Error {
     /// A configuration value is invalid; the message names the field.
     #[error("invalid configuration: {0}")]
     Config(String),
+    /// Setting up or running data-parallel collectives failed.
+    #[error("ddp: {0}")]
+    Distributed(String),
+    /// A collective failed because other ranks stopped answering (exited, killed, hung).
+    #[error(
+        "ddp: lost rank {lost} of {world_size} during {during}; rank {rank} stops too \
+         (resubmit the job with --ckpt_path last to resume)\n  cause: {cause}"
+    )]
+    LostRank {
+        /// The rank(s) that stopped answering, e.g. `1` or `1, 3`, with how they ended when known.
+        lost: String,
+        /// Number of ranks in the job.
+        world_size: usize,
+        /// This process's rank.
+        rank: usize,
+        /// The collective that failed.
+        during: String,
+        /// What the collective engine reported.
+        cause: String,
+    },
     /// A dataset or data loader was asked for something it cannot give.
     #[error("data: {0}")]
     Data(String),

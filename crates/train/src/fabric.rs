@@ -2,11 +2,15 @@
 //! who write their own loop. The Trainer is built on it.
 use crate::checkpoint::{self, Checkpoint};
 use crate::data::{Batch, DataLoader};
+use crate::ddp::{Ddp, DdpOptions};
 use crate::error::{Error, Result};
 use crate::optim::{clip_gradients, ClipAlgorithm, Optimizer, OptimizerSpec};
-use crate::strategy::{select_device, Accelerator, ReduceOp, SingleDevice, Strategy, StrategyKind};
+use crate::strategy::{
+    select_device, Accelerator, CommStats, ReduceOp, SingleDevice, Strategy, StrategyKind,
+};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
+use std::time::Duration;
 use tch::{nn, Device, Tensor};
 
 /// Numeric precision of training.
@@ -24,10 +28,14 @@ pub enum Precision {
 pub struct FabricConfig {
     /// cpu, cuda or auto.
     pub accelerator: Accelerator,
-    /// Devices per process.
+    /// Devices (processes, under `ddp`) per node.
     pub devices: usize,
+    /// Nodes of a `ddp` job.
+    pub num_nodes: usize,
     /// How devices cooperate.
     pub strategy: StrategyKind,
+    /// Seconds a `ddp` rendezvous or collective may wait for the other ranks.
+    pub ddp_timeout_s: u64,
     /// Numeric precision.
     pub precision: Precision,
     /// libtorch intra-op threads (default: libtorch's choice).
@@ -39,10 +47,36 @@ impl Default for FabricConfig {
         FabricConfig {
             accelerator: Accelerator::Auto,
             devices: 1,
+            num_nodes: 1,
             strategy: StrategyKind::Auto,
+            ddp_timeout_s: DEFAULT_DDP_TIMEOUT_S,
             precision: Precision::F32,
             num_threads: None,
         }
+    }
+}
+
+/// PyTorch's default process-group timeout (30 minutes), which Lightning keeps.
+pub const DEFAULT_DDP_TIMEOUT_S: u64 = 1800;
+
+impl FabricConfig {
+    /// Whether this configuration runs one process per device.
+    pub fn is_ddp(&self) -> bool {
+        match self.strategy {
+            StrategyKind::Ddp => true,
+            StrategyKind::Auto => self.devices * self.num_nodes > 1,
+            StrategyKind::SingleDevice => false,
+        }
+    }
+
+    /// Threads per rank when none are configured: the cores shared among the local
+    /// ranks (as Lightning does), unless `OMP_NUM_THREADS` says otherwise.
+    fn threads(&self) -> Option<usize> {
+        if self.num_threads.is_some() || !self.is_ddp() || std::env::var_os("OMP_NUM_THREADS").is_some() {
+            return self.num_threads;
+        }
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        Some((cores / self.devices.max(1)).max(1))
     }
 }
 
@@ -56,15 +90,28 @@ pub struct Fabric {
 impl Fabric {
     /// Fabric for `config`: picks the device and strategy, sets the thread count.
     pub fn new(config: &FabricConfig) -> Result<Self> {
-        if let Some(n) = config.num_threads {
+        if let Some(n) = config.threads() {
             if n == 0 {
                 return Err(Error::Config("num_threads must be at least 1".into()));
             }
             tch::set_num_threads(n as i32);
         }
-        let device = select_device(config.accelerator, config.devices)?;
-        let strategy: Box<dyn Strategy> = match config.strategy {
-            StrategyKind::Auto | StrategyKind::SingleDevice => Box::new(SingleDevice::new(device)),
+        let strategy: Box<dyn Strategy> = if config.is_ddp() {
+            Box::new(Ddp::new(&DdpOptions {
+                devices: config.devices,
+                num_nodes: config.num_nodes,
+                accelerator: config.accelerator,
+                timeout: Duration::from_secs(config.ddp_timeout_s),
+                bucket_cap_mb: 25.0,
+            })?)
+        } else if config.devices != 1 || config.num_nodes != 1 {
+            return Err(Error::Config(format!(
+                "strategy \"single_device\" runs one device, but devices={} and num_nodes={}; \
+                 use strategy \"ddp\"",
+                config.devices, config.num_nodes
+            )));
+        } else {
+            Box::new(SingleDevice::new(select_device(config.accelerator)?))
         };
         Ok(Self::with_strategy(strategy))
     }
@@ -93,6 +140,18 @@ impl Fabric {
     /// Number of ranks.
     pub fn world_size(&self) -> usize {
         self.strategy.world_size()
+    }
+    /// This process's rank on its node.
+    pub fn local_rank(&self) -> usize {
+        self.strategy.local_rank()
+    }
+    /// This node's index.
+    pub fn node_rank(&self) -> usize {
+        self.strategy.node_rank()
+    }
+    /// Time spent in collectives so far (calls and wall time).
+    pub fn comm_stats(&self) -> CommStats {
+        self.strategy.comm_stats()
     }
     /// Whether this rank writes files.
     pub fn is_global_zero(&self) -> bool {
@@ -160,9 +219,32 @@ impl Fabric {
     pub fn broadcast(&self, t: &Tensor, src: usize) -> Result<Tensor> {
         self.strategy.broadcast(t, src)
     }
+    /// Rank `src`'s bytes, on every rank (e.g. a path or a decision as text).
+    pub fn broadcast_bytes(&self, bytes: &[u8], src: usize) -> Result<Vec<u8>> {
+        if self.world_size() == 1 {
+            return Ok(bytes.to_vec());
+        }
+        let len = self.broadcast(&Tensor::from_slice(&[bytes.len() as i64]), src)?.int64_value(&[0]);
+        if len <= 0 {
+            return Ok(Vec::new());
+        }
+        let mut padded = bytes.to_vec();
+        padded.resize(len.max(0) as usize, 0);
+        let t = self.broadcast(&Tensor::from_slice(&padded), src)?;
+        Ok(Vec::<u8>::try_from(&t)?)
+    }
     /// Waits for every rank.
     pub fn barrier(&self) -> Result<()> {
         self.strategy.barrier()
+    }
+    /// Asks every rank to stop; see [`Fabric::stop_agreed`].
+    pub fn request_stop(&mut self) {
+        self.strategy.request_stop();
+    }
+    /// Whether some rank asked to stop, agreed at the latest synchronized backward so
+    /// that every rank stops after the same step.
+    pub fn stop_agreed(&self) -> bool {
+        self.strategy.stop_agreed()
     }
     /// Runs `f` on rank zero first, then on the others (e.g. to prepare data once).
     pub fn rank_zero_first<T>(&self, f: impl FnOnce() -> T) -> Result<T> {

@@ -34,7 +34,7 @@ extern "C" {
     ) -> *mut c_char;
 }
 
-fn check(message: *mut c_char) -> Result<()> {
+pub(crate) fn check(message: *mut c_char) -> Result<()> {
     if message.is_null() {
         return Ok(());
     }

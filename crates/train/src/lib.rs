@@ -7,8 +7,10 @@
 
 pub mod callbacks;
 pub mod checkpoint;
+pub mod cluster;
 pub mod config;
 pub mod data;
+pub mod ddp;
 mod error;
 pub mod fabric;
 mod ffi;
@@ -16,6 +18,7 @@ pub mod loggers;
 pub mod metrics;
 pub mod module;
 pub mod optim;
+mod process_group;
 pub mod progress;
 pub mod schedule;
 mod signals;
@@ -27,8 +30,10 @@ pub use callbacks::{
     Callback, CallbackContext, EarlyStopping, LearningRateMonitor, ModelCheckpoint, ProgressBar,
 };
 pub use checkpoint::{Checkpoint, CkptPath, TrainingState};
+pub use cluster::ClusterEnv;
 pub use config::{BatchLimit, FastDevRun, TrainerConfig};
 pub use data::{Batch, DataLoader, DataModule, Dataset, LoaderOptions, Sampler};
+pub use ddp::{Ddp, DdpOptions};
 pub use error::{Error, Result};
 pub use fabric::{Fabric, FabricConfig, Precision};
 pub use loggers::{CsvLogger, Logger, LoggerKind, TensorBoardLogger};
@@ -37,7 +42,7 @@ pub use module::{StepContext, VoltModule};
 pub use optim::{ClipAlgorithm, Optimizer, OptimizerConfig, OptimizerSpec};
 pub use progress::Progress;
 pub use schedule::{Interval, LrScheduler, Mode, SchedulerConfig, SchedulerSpec};
-pub use strategy::{Accelerator, ReduceOp, SingleDevice, Strategy, StrategyKind};
+pub use strategy::{Accelerator, CommStats, ReduceOp, SingleDevice, Strategy, StrategyKind};
 pub use trainer::{FitOutcome, Trainer};
 
 /// Re-export of the `tch` crate volt is built on, so users get the same version.

@@ -1,7 +1,18 @@
-//! How training is spread over devices. Single device now; data-parallel plugs in here.
+//! How training is spread over devices: one device ([`SingleDevice`]) or one process
+//! per device ([`crate::ddp::Ddp`]).
 use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
+use std::time::Duration;
 use tch::{nn, Device, Tensor};
+
+/// Time spent in collectives (for the all-reduce share of step time).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct CommStats {
+    /// Collectives run.
+    pub calls: u64,
+    /// Wall time spent in them.
+    pub time: Duration,
+}
 
 /// A reduction across ranks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -29,6 +40,14 @@ pub trait Strategy: Send {
     /// Number of ranks.
     fn world_size(&self) -> usize {
         1
+    }
+    /// This process's rank on its node.
+    fn local_rank(&self) -> usize {
+        0
+    }
+    /// This node's index.
+    fn node_rank(&self) -> usize {
+        0
     }
     /// Whether this rank writes logs and checkpoints.
     fn is_global_zero(&self) -> bool {
@@ -59,6 +78,16 @@ pub trait Strategy: Send {
     /// Waits until every rank gets here.
     fn barrier(&self) -> Result<()> {
         Ok(())
+    }
+    /// Asks every rank to stop; agreed on at the next gradient reduction.
+    fn request_stop(&mut self) {}
+    /// Whether some rank asked to stop, as seen by every rank at the same step.
+    fn stop_agreed(&self) -> bool {
+        false
+    }
+    /// Time spent in collectives so far.
+    fn comm_stats(&self) -> CommStats {
+        CommStats::default()
     }
 }
 
@@ -120,16 +149,12 @@ pub enum StrategyKind {
     Auto,
     /// One process, one device.
     SingleDevice,
+    /// Distributed data parallel: one process per device, gradients averaged.
+    Ddp,
 }
 
-/// Picks the device for `accelerator`, refusing what this machine cannot do.
-pub fn select_device(accelerator: Accelerator, devices: usize) -> Result<Device> {
-    if devices != 1 {
-        return Err(Error::Config(format!(
-            "trainer.devices = {devices}: this build trains on one device per process; \
-             data-parallel training (strategy \"ddp\") is not available yet"
-        )));
-    }
+/// Picks the device of a single-device run, refusing what this machine cannot do.
+pub fn select_device(accelerator: Accelerator) -> Result<Device> {
     match accelerator {
         Accelerator::Cpu => Ok(Device::Cpu),
         Accelerator::Auto => Ok(Device::cuda_if_available()),

@@ -78,6 +78,18 @@ struct Run {
     loggers: Vec<Box<dyn Logger>>,
     writer: CheckpointWriter,
     seed: Option<u64>,
+    /// A stop asked for by this rank and not yet agreed with the others (ddp only).
+    pending_stop: Option<String>,
+}
+
+/// Who decides a stop that callbacks ask for in a hook.
+#[derive(Clone, Copy, PartialEq)]
+enum StopVote {
+    /// Any rank may ask; ranks agree at the next gradient reduction (per-step hooks).
+    AnyRank,
+    /// Rank zero decides and tells the others now (validation and epoch ends, where
+    /// EarlyStopping and ModelCheckpoint act).
+    RankZero,
 }
 
 impl Run {
@@ -261,6 +273,14 @@ impl Trainer {
         } else {
             None
         };
+        // Rank zero picks the version folder; the others use the same one.
+        let log_dir = match log_dir {
+            Some(dir) if self.fabric.world_size() > 1 => {
+                let agreed = self.fabric.broadcast_bytes(dir.to_string_lossy().as_bytes(), 0)?;
+                Some(PathBuf::from(String::from_utf8_lossy(&agreed).into_owned()))
+            }
+            other => other,
+        };
         let mut loggers: Vec<Box<dyn Logger>> = std::mem::take(&mut self.extra_loggers);
         if let (Some(dir), true) = (&log_dir, self.fabric.is_global_zero()) {
             std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
@@ -315,6 +335,7 @@ impl Trainer {
             loggers,
             writer: CheckpointWriter::new(),
             seed: self.config.seed,
+            pending_stop: None,
         };
 
         let signals = StopOnSignal::install();
@@ -368,7 +389,7 @@ impl Trainer {
     ) -> Result<(u64, Duration)> {
         module.on_fit_start()?;
         let req = hook(&mut self.callbacks, &run.state, |cb, ctx| cb.on_fit_start(ctx))?;
-        self.apply(req, module, run)?;
+        self.apply(req, module, run, StopVote::AnyRank)?;
 
         let sanity = if self.fast_dev_batches().is_some() { 0 } else { self.config.num_sanity_val_steps };
         if let (Some(val), true) = (val, sanity > 0) {
@@ -415,7 +436,7 @@ impl Trainer {
 
         module.on_train_epoch_start(epoch)?;
         let req = hook(&mut self.callbacks, &run.state, |cb, ctx| cb.on_train_epoch_start(ctx))?;
-        self.apply(req, module, run)?;
+        self.apply(req, module, run, StopVote::AnyRank)?;
 
         let mut epoch_acc = EpochAccumulator::default();
         let mut pending_step_records: Vec<Record> = Vec::new();
@@ -451,6 +472,9 @@ impl Trainer {
             let window = window_end.min(epoch_len) - (batch_idx / accumulate) * accumulate;
             let scaled = if window > 1 { loss / window as f64 } else { loss };
             if is_update {
+                if run.pending_stop.is_some() {
+                    self.fabric.request_stop();
+                }
                 self.fabric.backward(&scaled)?;
             } else {
                 self.fabric.no_backward_sync(|f| f.backward(&scaled))?;
@@ -498,7 +522,7 @@ impl Trainer {
             let req = hook(&mut self.callbacks, &run.state, |cb, ctx| {
                 cb.on_train_batch_end(ctx, loss_for_callbacks)
             })?;
-            self.apply(req, module, run)?;
+            self.apply(req, module, run, StopVote::AnyRank)?;
             run.state.lr = run.optimizer.lr();
 
             let end_of_epoch = batch_idx == epoch_len;
@@ -508,7 +532,11 @@ impl Trainer {
                 }
             }
             if signals.requested() {
-                run.state.stop_reason.get_or_insert_with(|| "interrupted by a signal".into());
+                self.ask_to_stop(run, "interrupted by a signal".into());
+            }
+            if self.fabric.stop_agreed() {
+                let reason = run.pending_stop.take().unwrap_or_else(|| "another rank asked to stop".into());
+                run.state.stop_reason.get_or_insert(reason);
             }
             if let Some(reason) = limit_reached(&run.state.progress, None, run.state.max_steps) {
                 run.state.stop_reason.get_or_insert(reason);
@@ -537,7 +565,7 @@ impl Trainer {
         run.step_scheduler(Interval::Epoch, epoch as u64 + 1)?;
         module.on_train_epoch_end(epoch)?;
         let req = hook(&mut self.callbacks, &run.state, |cb, ctx| cb.on_train_epoch_end(ctx))?;
-        self.apply(req, module, run)?;
+        self.apply(req, module, run, StopVote::RankZero)?;
         run.state.lr = run.optimizer.lr();
         for l in &mut run.loggers {
             l.flush()?;
@@ -545,7 +573,7 @@ impl Trainer {
         run.state.progress.epoch += 1;
         run.state.progress.batch_in_epoch = 0;
         if signals.requested() {
-            run.state.stop_reason.get_or_insert_with(|| "interrupted by a signal".into());
+            self.ask_to_stop(run, "interrupted by a signal".into());
         }
         Ok(())
     }
@@ -594,7 +622,7 @@ impl Trainer {
         }
         module.on_validation_epoch_end(&metrics)?;
         let req = hook(&mut self.callbacks, &run.state, |cb, ctx| cb.on_validation_end(ctx))?;
-        self.apply(req, module, run)
+        self.apply(req, module, run, StopVote::RankZero)
     }
 
     /// Runs `*_step` over up to `limit` batches without gradients; returns the accumulated means.
@@ -631,8 +659,23 @@ impl Trainer {
         Ok(acc)
     }
 
+    /// Stops now on one rank; under ddp, asks the others and stops once they agree.
+    fn ask_to_stop(&self, run: &mut Run, reason: String) {
+        if self.fabric.world_size() == 1 {
+            run.state.stop_reason.get_or_insert(reason);
+        } else {
+            run.pending_stop.get_or_insert(reason);
+        }
+    }
+
     /// Carries out what callbacks asked for: checkpoint saves and removals, logs, stop.
-    fn apply<M: VoltModule>(&mut self, req: Requests, module: &M, run: &mut Run) -> Result<()> {
+    fn apply<M: VoltModule>(
+        &mut self,
+        req: Requests,
+        module: &M,
+        run: &mut Run,
+        vote: StopVote,
+    ) -> Result<()> {
         if !req.logs.is_empty() {
             run.state.metrics.extend(req.logs.iter().map(|(k, v)| (k.clone(), *v)));
             log_row(
@@ -650,8 +693,17 @@ impl Trainer {
                 run.writer.remove(path)?;
             }
         }
-        if let Some(reason) = req.stop {
-            run.state.stop_reason.get_or_insert(reason);
+        match (vote, req.stop) {
+            (StopVote::RankZero, stop) if self.fabric.world_size() > 1 => {
+                let mine =
+                    if self.fabric.is_global_zero() { stop.unwrap_or_default() } else { String::new() };
+                let decided = self.fabric.broadcast_bytes(mine.as_bytes(), 0)?;
+                if !decided.is_empty() {
+                    run.state.stop_reason.get_or_insert(String::from_utf8_lossy(&decided).into_owned());
+                }
+            }
+            (_, Some(reason)) => self.ask_to_stop(run, reason),
+            (_, None) => {}
         }
         Ok(())
     }
@@ -695,7 +747,7 @@ impl Trainer {
         train_time: Duration,
     ) -> Result<FitOutcome> {
         let req = hook(&mut self.callbacks, &run.state, |cb, ctx| cb.on_fit_end(ctx))?;
-        self.apply(req, module, &mut run)?;
+        self.apply(req, module, &mut run, StopVote::AnyRank)?;
         module.on_fit_end()?;
         let last = match (&run.state.log_dir, self.config.enable_checkpointing) {
             (Some(dir), true) => {
@@ -711,13 +763,23 @@ impl Trainer {
         for l in &mut run.loggers {
             l.flush()?;
         }
+        let mut best_checkpoint = self.callbacks.iter().find_map(|c| c.best_model_path());
+        if self.fabric.world_size() > 1 {
+            // Rank zero's ModelCheckpoint decided; every rank reports its choice, after
+            // its files are on disk.
+            let path = best_checkpoint.as_ref().map(|p| p.to_string_lossy().into_owned()).unwrap_or_default();
+            let agreed = self.fabric.broadcast_bytes(path.as_bytes(), 0)?;
+            best_checkpoint =
+                (!agreed.is_empty()).then(|| PathBuf::from(String::from_utf8_lossy(&agreed).into_owned()));
+            self.fabric.barrier()?;
+        }
         Ok(FitOutcome {
             progress: run.state.progress,
             stop_reason: run.state.stop_reason.unwrap_or_default(),
             metrics: run.state.metrics,
             log_dir: run.state.log_dir,
             last_checkpoint: last,
-            best_checkpoint: self.callbacks.iter().find_map(|c| c.best_model_path()),
+            best_checkpoint,
             steps_this_run: steps,
             train_time,
         })

@@ -65,8 +65,10 @@ impl DigitsMlp {
         let logits = self.forward(x);
         let loss = logits.cross_entropy_for_logits(y);
         let acc = logits.accuracy_for_logits(y);
-        ctx.log_with(&format!("{prefix}_loss"), &loss, LogOptions::prog_bar());
-        ctx.log_with(&format!("{prefix}_acc"), &acc, LogOptions::prog_bar());
+        // Synced so that under ddp every rank sees the accuracy of the whole split.
+        let opts = LogOptions { sync_dist: true, ..LogOptions::prog_bar() };
+        ctx.log_with(&format!("{prefix}_loss"), &loss, opts);
+        ctx.log_with(&format!("{prefix}_acc"), &acc, opts);
     }
 }
 

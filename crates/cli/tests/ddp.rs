@@ -1,0 +1,174 @@
+//! DDP through the `volt` binary: the launcher (`--trainer.devices 2` starts rank 1
+//! itself), torchrun-style ranks, a rank killed mid-run, and resuming from `last`.
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+use volt_train::Checkpoint;
+
+const EPOCHS: &str = "40";
+
+fn fit_args(root: &Path) -> Vec<String> {
+    let mut args: Vec<String> = [
+        "fit",
+        "--model",
+        "digits-mlp",
+        "--seed",
+        "0",
+        "--trainer.strategy",
+        "ddp",
+        "--trainer.devices",
+        "2",
+        "--trainer.max_epochs",
+        EPOCHS,
+        "--trainer.num_threads",
+        "1",
+        "--trainer.enable_progress_bar",
+        "false",
+        "--trainer.enable_model_summary",
+        "false",
+        "--trainer.default_root_dir",
+    ]
+    .map(String::from)
+    .to_vec();
+    args.push(root.display().to_string());
+    args
+}
+
+fn volt(args: &[String]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_volt"));
+    c.args(args);
+    c
+}
+
+fn last_of(root: &Path) -> PathBuf {
+    root.join("lightning_logs/version_0/checkpoints/last.safetensors")
+}
+
+fn model_tensors(path: &Path) -> Vec<(String, Vec<f32>)> {
+    let ckpt = Checkpoint::load(path).expect("load checkpoint");
+    let mut out: Vec<(String, Vec<f32>)> = ckpt
+        .tensors
+        .iter()
+        .filter(|(name, _)| !name.starts_with(volt_train::checkpoint::OPTIMIZER_PREFIX))
+        .map(|(name, t)| (name.clone(), Vec::<f32>::try_from(t.flatten(0, -1)).expect("f32")))
+        .collect();
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
+fn wait_for(path: &Path, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    while !path.is_file() {
+        assert!(Instant::now() < deadline, "{} did not appear within {limit:?}", path.display());
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Waits for `child` to exit, at most `limit`, draining its pipes meanwhile; returns its
+/// output and how long it took.
+fn finish(child: Child, limit: Duration) -> (Output, Duration) {
+    let start = Instant::now();
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || tx.send(child.wait_with_output()));
+    match rx.recv_timeout(limit) {
+        Ok(out) => (out.expect("output"), start.elapsed()),
+        Err(_) => {
+            sigkill(pid);
+            panic!("process still running after {limit:?}");
+        }
+    }
+}
+
+fn child_pids(pid: u32) -> Vec<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
+}
+
+fn sigkill(pid: u32) {
+    let status = Command::new("kill").args(["-9", &pid.to_string()]).status().expect("kill");
+    assert!(status.success());
+}
+
+#[test]
+fn a_killed_rank_is_named_by_the_survivor_and_last_resumes_to_the_same_parameters() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (reference, interrupted) = (tmp.path().join("reference"), tmp.path().join("interrupted"));
+
+    // The uninterrupted 2-rank run; only rank zero prints the summary.
+    let out = volt(&fit_args(&reference)).output().expect("run volt");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(stdout.matches("fit finished").count(), 1, "{stdout}");
+    assert!(stdout.contains("ddp: 2 ranks"), "{stdout}");
+
+    // The same run, with rank 1 killed once a checkpoint exists.
+    let child =
+        volt(&fit_args(&interrupted)).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn");
+    wait_for(&last_of(&interrupted), Duration::from_secs(120));
+    let ranks = child_pids(child.id());
+    assert_eq!(ranks.len(), 1, "the launcher starts exactly one other rank: {ranks:?}");
+    sigkill(ranks[0]);
+    let (out, took) = finish(child, Duration::from_secs(90));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "rank 0 must fail when rank 1 is lost");
+    assert!(stderr.contains("lost rank 1"), "{stderr}");
+    assert!(took < Duration::from_secs(60), "rank 0 took {took:?} to notice");
+    let killed_at = Checkpoint::read_state(&last_of(&interrupted)).expect("state").progress;
+    assert!(killed_at.epoch < 40, "the kill must land before the end: {killed_at:?}");
+
+    // Resubmitted with --ckpt_path last: the same final parameters, bit for bit.
+    let mut args = fit_args(&interrupted);
+    args.extend(["--ckpt_path".into(), "last".into()]);
+    let out = volt(&args).output().expect("resume");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let (a, b) = (model_tensors(&last_of(&reference)), model_tensors(&last_of(&interrupted)));
+    assert_eq!(a.len(), 6);
+    assert_eq!(a, b, "resumed run (from epoch {}) differs from the uninterrupted one", killed_at.epoch);
+}
+
+#[test]
+fn torchrun_style_ranks_join_and_losing_rank_zero_fails_rank_one() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+    let spawn = |rank: usize| {
+        volt(&fit_args(tmp.path()))
+            .env("RANK", rank.to_string())
+            .env("LOCAL_RANK", rank.to_string())
+            .env("WORLD_SIZE", "2")
+            .env("MASTER_ADDR", "127.0.0.1")
+            .env("MASTER_PORT", port.to_string())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn rank")
+    };
+    let (rank0, rank1) = (spawn(0), spawn(1));
+    wait_for(&last_of(tmp.path()), Duration::from_secs(120));
+    assert!(child_pids(rank0.id()).is_empty(), "with RANK set, volt joins and launches nothing");
+    sigkill(rank0.id());
+    let (out, took) = finish(rank1, Duration::from_secs(90));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "rank 1 must fail when rank 0 is lost");
+    assert!(stderr.contains("lost rank 0"), "{stderr}");
+    assert!(took < Duration::from_secs(60), "rank 1 took {took:?} to notice");
+    let _ = finish(rank0, Duration::from_secs(5));
+}
+
+#[test]
+fn a_world_size_that_disagrees_with_devices_is_refused_by_name() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let out = volt(&fit_args(tmp.path()))
+        .env("RANK", "0")
+        .env("WORLD_SIZE", "3")
+        .env("MASTER_PORT", "1")
+        .output()
+        .expect("run volt");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("WORLD_SIZE=3") && stderr.contains("trainer.devices=2"), "{stderr}");
+    assert!(!tmp.path().join("lightning_logs").exists(), "nothing is written");
+}
