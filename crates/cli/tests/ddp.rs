@@ -172,3 +172,83 @@ fn a_world_size_that_disagrees_with_devices_is_refused_by_name() {
     assert!(stderr.contains("WORLD_SIZE=3") && stderr.contains("trainer.devices=2"), "{stderr}");
     assert!(!tmp.path().join("lightning_logs").exists(), "nothing is written");
 }
+
+#[test]
+fn under_torchrun_each_process_joins_as_the_rank_it_is_given() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let python = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.python");
+    let mut args = fit_args(tmp.path());
+    args.iter_mut().filter(|a| a.as_str() == EPOCHS).for_each(|a| *a = "2".into());
+    let out = Command::new(python)
+        .args(["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "--no-python"])
+        .arg(env!("CARGO_BIN_EXE_volt"))
+        .args(&args)
+        .output()
+        .expect("run torchrun (scripts/setup installs torch)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(stdout.matches("fit finished: max_epochs=2 reached").count(), 1, "{stdout}");
+    assert!(stdout.contains("ddp: 2 ranks"), "{stdout}");
+    let state = Checkpoint::read_state(&last_of(tmp.path())).expect("last checkpoint");
+    // 1437 training samples: 719 per rank (one padded), 23 batches of 32 per epoch.
+    assert_eq!(state.progress.global_step, 46);
+    assert!(!tmp.path().join("lightning_logs/version_1").exists(), "one run folder for both ranks");
+}
+
+/// Two ranks started with a launcher's variables only (no RANK/WORLD_SIZE).
+fn run_two_ranks_with(vars: impl Fn(usize) -> Vec<(String, String)>) {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mut args = fit_args(tmp.path());
+    args.iter_mut().filter(|a| a.as_str() == EPOCHS).for_each(|a| *a = "1".into());
+    let ranks: Vec<Child> = (0..2)
+        .map(|rank| {
+            volt(&args)
+                .envs(vars(rank))
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("spawn rank")
+        })
+        .collect();
+    let outputs: Vec<Output> = ranks.into_iter().map(|c| finish(c, Duration::from_secs(120)).0).collect();
+    for (rank, out) in outputs.iter().enumerate() {
+        assert!(out.status.success(), "rank {rank}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    // Rank 0 alone reports; both took part (23 steps per epoch means 2 ranks of 719).
+    assert!(String::from_utf8_lossy(&outputs[0].stdout).contains("ddp: 2 ranks"));
+    assert!(!String::from_utf8_lossy(&outputs[1].stdout).contains("fit finished"));
+    let state = Checkpoint::read_state(&last_of(tmp.path())).expect("last checkpoint");
+    assert_eq!(state.progress.global_step, 23);
+}
+
+fn vars(pairs: &[(&str, String)]) -> Vec<(String, String)> {
+    pairs.iter().map(|(k, v)| (k.to_string(), v.clone())).collect()
+}
+
+#[test]
+fn slurm_and_open_mpi_variables_place_the_ranks() {
+    let port =
+        || std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+    let slurm_port = port().to_string();
+    run_two_ranks_with(|rank| {
+        vars(&[
+            ("SLURM_PROCID", rank.to_string()),
+            ("SLURM_LOCALID", rank.to_string()),
+            ("SLURM_NODEID", "0".into()),
+            ("SLURM_NTASKS", "2".into()),
+            ("SLURM_JOB_NAME", "digits".into()),
+            ("SLURM_JOB_NODELIST", "localhost".into()),
+            ("MASTER_PORT", slurm_port.clone()),
+        ])
+    });
+    let mpi_port = port().to_string();
+    run_two_ranks_with(|rank| {
+        vars(&[
+            ("OMPI_COMM_WORLD_RANK", rank.to_string()),
+            ("OMPI_COMM_WORLD_LOCAL_RANK", rank.to_string()),
+            ("OMPI_COMM_WORLD_SIZE", "2".into()),
+            ("OMPI_COMM_WORLD_LOCAL_SIZE", "2".into()),
+            ("MASTER_PORT", mpi_port.clone()),
+        ])
+    });
+}

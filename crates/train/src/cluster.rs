@@ -221,11 +221,6 @@ impl LocalWorkers {
             .collect()
     }
 
-    /// Process ids of the started ranks, by rank.
-    pub fn pids(&self) -> Vec<(usize, u32)> {
-        self.children.iter().map(|(r, c)| (*r, c.id())).collect()
-    }
-
     /// Waits up to `grace` for every started rank, then kills what is left; reports
     /// ranks that failed.
     pub fn join(&mut self, grace: Duration) -> Vec<(usize, String)> {

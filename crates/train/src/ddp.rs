@@ -91,14 +91,6 @@ impl Ddp {
         &self.env
     }
 
-    /// Process ids of the local ranks this process launched, by rank.
-    pub fn launched_pids(&self) -> Vec<(usize, u32)> {
-        self.workers
-            .lock()
-            .map(|w| w.as_ref().map(LocalWorkers::pids).unwrap_or_default())
-            .unwrap_or_default()
-    }
-
     fn timed<T>(&self, f: impl FnOnce() -> Result<T>) -> Result<T> {
         let start = Instant::now();
         let out = f();
