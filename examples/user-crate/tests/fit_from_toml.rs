@@ -4,9 +4,13 @@ use std::process::Command;
 #[test]
 fn fit_from_a_toml_file_learns_the_line() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let config = concat!(env!("CARGO_MANIFEST_DIR"), "/fit.toml");
+    // Read at run time: a test binary reused from another checkout must not point there.
+    let config =
+        std::path::Path::new(&std::env::var_os("CARGO_MANIFEST_DIR").expect("run by cargo")).join("fit.toml");
     let out = Command::new(env!("CARGO_BIN_EXE_volt-example-user-crate"))
-        .args(["fit", "--config", config, "--trainer.default_root_dir"])
+        .args(["fit", "--config"])
+        .arg(&config)
+        .arg("--trainer.default_root_dir")
         .arg(dir.path())
         .output()
         .expect("run the example");
