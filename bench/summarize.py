@@ -42,6 +42,10 @@ def main():
         if name.endswith((".start.json", ".rss.json")):
             d = json.load(open(os.path.join(run_dir, name)))
             extra.setdefault(d.pop("server"), {}).update(d)
+        m = re.match(r"(.+)__single\.txt$", name)
+        if m:
+            # One connection, one short input back to back: single-request latency.
+            extra.setdefault(m.group(1), {})["single_p50_ms"] = parse(os.path.join(run_dir, name))["p50_ms"]
     for r in rows:
         r.update(extra.get(r["server"], {}))
     by = {(r["server"], r["connections"]): r for r in rows}
@@ -66,6 +70,9 @@ def main():
         print(f"| {r['server']} | {r['connections']} | {r['rps']:.0f} ({r['rps_min']:.0f}-{r['rps_max']:.0f}) | "
               f"{r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['non_2xx']} | {r.get('peak_rss_mb', '')} | "
               f"{r.get('first_served_s', '')} | {ratios} | {p99r} |")
+    for server, d in sorted(extra.items()):
+        if "single_p50_ms" in d:
+            print(f"{server}: single request (one connection, a 12-token input) p50 {d['single_p50_ms']:.2f} ms")
 
 
 def cpu_name():

@@ -33,9 +33,10 @@ pub struct ServeArgs {
     /// Largest batch per predict call.
     #[arg(long, default_value_t = 32)]
     max_batch_size: usize,
-    /// Wait this long to fill a batch.
-    #[arg(long, default_value_t = 5)]
-    batch_timeout_ms: u64,
+    /// Wait this long to fill a batch (default: 5 for digits-mlp; 0 for minilm, whose
+    /// passes are long enough that requests queue up meanwhile).
+    #[arg(long)]
+    batch_timeout_ms: Option<u64>,
     /// Deadline of a whole request.
     #[arg(long, default_value_t = 30_000)]
     timeout_ms: u64,
@@ -69,11 +70,11 @@ pub fn run(args: ServeArgs) -> Result<(), CliError> {
         api_keys: args.api_key.into_iter().collect(),
         ..ServerConfig::default()
     };
-    let endpoint = |path: &str| EndpointConfig {
+    let endpoint = |path: &str, default_timeout_ms: u64| EndpointConfig {
         devices: vec![args.cuda.map_or(Device::Cpu, Device::Cuda)],
         workers_per_device: args.workers_per_device,
         max_batch_size: args.max_batch_size,
-        batch_timeout: Duration::from_millis(args.batch_timeout_ms),
+        batch_timeout: Duration::from_millis(args.batch_timeout_ms.unwrap_or(default_timeout_ms)),
         max_queue: args.max_queue,
         ..EndpointConfig::at(path)
     };
@@ -87,12 +88,12 @@ pub fn run(args: ServeArgs) -> Result<(), CliError> {
                 )
             })?;
             let api = DigitsApi::new(checkpoint).map_err(|e| usage(&e))?;
-            server.endpoint(endpoint("/predict"), api)
+            server.endpoint(endpoint("/predict", 5), api)
         }
         "minilm" => {
             let dir = find_model_dir(args.model_dir.as_deref()).map_err(|e| usage(&e))?;
             let api = MiniLmApi::new(dir).map_err(|e| usage(&e))?;
-            server.openai_embeddings(endpoint("/v1/embeddings"), api)
+            server.openai_embeddings(endpoint("/v1/embeddings", 0), api)
         }
         other => return Err(volt::unknown_model(other)),
     }

@@ -32,6 +32,9 @@ struct Layer {
     query: nn::Linear,
     key: nn::Linear,
     value: nn::Linear,
+    /// query, key and value stacked into one projection (one matmul instead of three),
+    /// rebuilt whenever weights are loaded.
+    qkv: Option<(Tensor, Tensor)>,
     attention_out: nn::Linear,
     attention_norm: nn::LayerNorm,
     intermediate: nn::Linear,
@@ -82,6 +85,7 @@ impl Bert {
                     query: linear(&a / "self" / "query", h, h),
                     key: linear(&a / "self" / "key", h, h),
                     value: linear(&a / "self" / "value", h, h),
+                    qkv: None,
                     attention_out: linear(&a / "output" / "dense", h, h),
                     attention_norm: layer_norm(&a / "output" / "LayerNorm", config),
                     intermediate: linear(&l / "intermediate" / "dense", h, config.intermediate_size),
@@ -96,7 +100,14 @@ impl Bert {
     /// Copies the weights of a Hugging Face `model.safetensors` in (every parameter must
     /// be there; extra entries such as the pooler are ignored).
     pub fn load_weights(&mut self, path: &Path) -> Result<(), tch::TchError> {
-        self.vs.load(path)
+        self.vs.load(path)?;
+        for l in &mut self.layers {
+            if let (Some(bq), Some(bk), Some(bv)) = (&l.query.bs, &l.key.bs, &l.value.bs) {
+                let w = Tensor::cat(&[&l.query.ws, &l.key.ws, &l.value.ws], 0).detach();
+                l.qkv = Some((w, Tensor::cat(&[bq, bk, bv], 0).detach()));
+            }
+        }
+        Ok(())
     }
 
     /// The encoder's variables.
@@ -105,20 +116,26 @@ impl Bert {
     }
 
     /// Hidden states `[B, T, H]` for token ids `[B, T]`; `mask` `[B, T]` is 1 for real
-    /// tokens and 0 for padding, which no token attends to.
-    pub fn forward(&self, ids: &Tensor, mask: &Tensor) -> Tensor {
+    /// tokens and 0 for padding, which no token attends to (`None`: no padding).
+    pub fn forward(&self, ids: &Tensor, mask: Option<&Tensor>) -> Tensor {
         let (b, t) = (ids.size()[0], ids.size()[1]);
         let positions = Tensor::arange(t, (Kind::Int64, ids.device())).unsqueeze(0);
         let types = ids.zeros_like();
         let x = self.word.forward(ids) + self.position.forward(&positions) + self.token_type.forward(&types);
         let mut x = self.embedding_norm.forward(&x);
         // [B, 1, 1, T]: true where a key may be attended to.
-        let attend = mask.to_kind(Kind::Bool).view([b, 1, 1, t]);
-        let heads = |y: Tensor| y.view([b, t, self.heads, -1]).transpose(1, 2);
+        let attend = mask.map(|m| m.to_kind(Kind::Bool).view([b, 1, 1, t]));
+        let heads = |y: &Tensor| y.view([b, t, self.heads, -1]).transpose(1, 2);
         for l in &self.layers {
-            let (q, k, v) =
-                (heads(l.query.forward(&x)), heads(l.key.forward(&x)), heads(l.value.forward(&x)));
-            let a = Tensor::scaled_dot_product_attention(&q, &k, &v, Some(&attend), 0.0, false, None, false);
+            let (q, k, v) = match &l.qkv {
+                Some((w, bias)) => {
+                    let qkv = x.linear(w, Some(bias)).chunk(3, -1);
+                    (heads(&qkv[0]), heads(&qkv[1]), heads(&qkv[2]))
+                }
+                None => (heads(&l.query.forward(&x)), heads(&l.key.forward(&x)), heads(&l.value.forward(&x))),
+            };
+            let a =
+                Tensor::scaled_dot_product_attention(&q, &k, &v, attend.as_ref(), 0.0, false, None, false);
             let a = a.transpose(1, 2).contiguous().view([b, t, -1]);
             x = l.attention_norm.forward(&(l.attention_out.forward(&a) + &x));
             let f = l.output.forward(&l.intermediate.forward(&x).gelu("none"));

