@@ -32,8 +32,8 @@ struct Layer {
     query: nn::Linear,
     key: nn::Linear,
     value: nn::Linear,
-    /// query, key and value stacked into one projection (one matmul instead of three),
-    /// rebuilt whenever weights are loaded.
+    /// query, key and value stacked into one projection (one matmul instead of three) for
+    /// inference; a copy made when weights are loaded, so training uses the three.
     qkv: Option<(Tensor, Tensor)>,
     attention_out: nn::Linear,
     attention_norm: nn::LayerNorm,
@@ -118,6 +118,15 @@ impl Bert {
     /// Hidden states `[B, T, H]` for token ids `[B, T]`; `mask` `[B, T]` is 1 for real
     /// tokens and 0 for padding, which no token attends to (`None`: no padding).
     pub fn forward(&self, ids: &Tensor, mask: Option<&Tensor>) -> Tensor {
+        self.run(ids, mask, false)
+    }
+
+    /// `forward` without autograd, with the fused query/key/value projection.
+    pub fn infer(&self, ids: &Tensor, mask: Option<&Tensor>) -> Tensor {
+        tch::no_grad(|| self.run(ids, mask, true))
+    }
+
+    fn run(&self, ids: &Tensor, mask: Option<&Tensor>, fused: bool) -> Tensor {
         let (b, t) = (ids.size()[0], ids.size()[1]);
         let positions = Tensor::arange(t, (Kind::Int64, ids.device())).unsqueeze(0);
         let types = ids.zeros_like();
@@ -127,7 +136,7 @@ impl Bert {
         let attend = mask.map(|m| m.to_kind(Kind::Bool).view([b, 1, 1, t]));
         let heads = |y: &Tensor| y.view([b, t, self.heads, -1]).transpose(1, 2);
         for l in &self.layers {
-            let (q, k, v) = match &l.qkv {
+            let (q, k, v) = match l.qkv.as_ref().filter(|_| fused) {
                 Some((w, bias)) => {
                     let qkv = x.linear(w, Some(bias)).chunk(3, -1);
                     (heads(&qkv[0]), heads(&qkv[1]), heads(&qkv[2]))

@@ -215,7 +215,7 @@ impl SentenceEncoder {
         let ids = Tensor::from_slice(&flat_ids).view(shape).to_device(self.device);
         let mask = Tensor::from_slice(&flat_mask).view(shape).to_device(self.device);
         // Without padding, attention needs no mask (and libtorch can take a faster path).
-        let hidden = self.bert.forward(&ids, padded.then_some(&mask));
+        let hidden = self.bert.infer(&ids, padded.then_some(&mask));
         // Mean over real tokens (sentence-transformers' attention-masked mean pooling).
         let m = mask.unsqueeze(-1).to_kind(Kind::Float);
         let summed = (hidden * &m).sum_dim_intlist(1, false, Kind::Float);
