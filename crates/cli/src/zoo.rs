@@ -1,8 +1,12 @@
 //! The zoo's models on the command line.
 use crate::config::CallbacksConfig;
 use crate::run::{run_subcommand, CliData, CliError, CliModel, Subcommand};
-use volt_train::{Mode, ModelCheckpoint, TrainerConfig};
-use volt_zoo::{DigitsData, DigitsDataConfig, DigitsMlp, DigitsMlpConfig};
+use volt_train::{BatchLimit, Mode, ModelCheckpoint, TrainerConfig};
+use volt_zoo::shakespeare::Vocab;
+use volt_zoo::{
+    CharGpt, CharGptConfig, DigitsData, DigitsDataConfig, DigitsMlp, DigitsMlpConfig, ShakespeareData,
+    ShakespeareDataConfig,
+};
 
 impl CliModel for DigitsMlp {
     type Config = DigitsMlpConfig;
@@ -28,10 +32,41 @@ impl CliData for DigitsData {
     }
 }
 
+impl CliModel for CharGpt {
+    type Config = CharGptConfig;
+    fn build(config: &CharGptConfig, device: tch::Device) -> volt_train::Result<Self> {
+        CharGpt::new(config.clone(), Vocab::shakespeare(), device).map_err(volt_train::Error::Config)
+    }
+
+    /// nanoGPT's schedule: 2,000 steps, validation on 200 batches every 250 steps,
+    /// keeping the checkpoint with the lowest validation loss.
+    fn configure_defaults(trainer: &mut TrainerConfig, callbacks: &mut CallbacksConfig) {
+        trainer.max_steps = Some(2000);
+        trainer.val_check_interval = BatchLimit::Count(250);
+        trainer.limit_val_batches = BatchLimit::Count(200);
+        trainer.log_every_n_steps = 10;
+        trainer.gradient_clip_val = Some(1.0);
+        trainer.default_root_dir = "runs".into();
+        trainer.name = "char-gpt".into();
+        callbacks.model_checkpoint = Some(ModelCheckpoint {
+            filename: Some("{step}-{val_loss:.4f}".into()),
+            ..ModelCheckpoint::top_k("val_loss", Mode::Min, 1)
+        });
+    }
+}
+
+impl CliData for ShakespeareData {
+    type Config = ShakespeareDataConfig;
+    fn build(config: &ShakespeareDataConfig) -> volt_train::Result<Self> {
+        ShakespeareData::new(config.clone())
+    }
+}
+
 /// Runs `command` for the zoo model `name`.
 pub fn run_zoo_model(name: &str, command: Subcommand, args: &[String]) -> Result<(), CliError> {
     match name {
         "digits-mlp" => run_subcommand::<DigitsMlp, DigitsData>(command, args),
+        "char-gpt" => run_subcommand::<CharGpt, ShakespeareData>(command, args),
         other => Err(unknown_model(other)),
     }
 }

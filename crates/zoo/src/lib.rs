@@ -2,15 +2,19 @@
 #![warn(missing_docs)]
 
 pub mod bert;
+pub mod char_gpt;
 pub mod digits;
 pub mod digits_api;
 pub mod digits_mlp;
 pub mod minilm;
+pub mod shakespeare;
 
+pub use char_gpt::{CharGpt, CharGptConfig};
 pub use digits::{DigitsData, DigitsDataConfig};
 pub use digits_api::DigitsApi;
 pub use digits_mlp::{DigitsMlp, DigitsMlpConfig};
 pub use minilm::{MiniLmApi, SentenceEncoder};
+pub use shakespeare::{ShakespeareData, ShakespeareDataConfig};
 
 /// One line about a zoo model, for `volt models`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -32,6 +36,12 @@ pub const MODELS: &[ModelInfo] = &[
         task: "image classification (10 classes)",
         dataset: "scikit-learn digits, 1,797 8x8 images, 80/20 split (bundled)",
         defaults: "64-256-256-10 ReLU MLP, AdamW lr 1e-3, batch 32",
+    },
+    ModelInfo {
+        name: "char-gpt",
+        task: "character-level text generation",
+        dataset: "Shakespeare's 37 plays, 4.8 M characters, 90/10 split by position (bundled)",
+        defaults: "GPT 4 layers x 4 heads x 128, context 64, AdamW 1e-3 warm-up + cosine, 2,000 steps",
     },
     ModelInfo {
         name: "minilm",

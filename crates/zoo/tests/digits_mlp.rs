@@ -196,6 +196,7 @@ fn every_trainable_variable_of_every_zoo_model_gets_a_gradient() {
     for info in volt_zoo::MODELS {
         let mut digits = None;
         let mut bert = None;
+        let mut gpt = None;
         let vs = match info.name {
             "digits-mlp" => {
                 let loader = volt_train::DataModule::train_dataloader(&data()).expect("loader");
@@ -217,6 +218,19 @@ fn every_trainable_variable_of_every_zoo_model_gets_a_gradient() {
                 let bert = bert.insert(b);
                 bert.forward(&ids, Some(&mask)).pow_tensor_scalar(2).sum(Kind::Float).backward();
                 bert.var_store()
+            }
+            "char-gpt" => {
+                volt_train::seed_everything(0);
+                let vocab = volt_zoo::shakespeare::Vocab::shakespeare();
+                let m = volt_zoo::CharGpt::new(Default::default(), vocab, Device::Cpu).expect("model");
+                let m = gpt.insert(m);
+                let data = volt_zoo::ShakespeareData::new(Default::default()).expect("data");
+                let loader = volt_train::DataModule::train_dataloader(&data).expect("loader");
+                let batch = loader.epoch(0, 0).next().expect("a batch").expect("collate");
+                let (x, y) = batch;
+                let logits = m.forward_t(&x, true);
+                logits.view([-1, logits.size()[2]]).cross_entropy_for_logits(&y.view([-1])).backward();
+                m.var_store()
             }
             other => panic!("zoo model {other} has no gradient test"),
         };
