@@ -1,10 +1,12 @@
-//! `volt serve`: a zoo model behind volt-serve — a digits-mlp checkpoint at `/predict`,
-//! or pretrained all-MiniLM-L6-v2 at `/v1/embeddings`.
+//! `volt serve`: a zoo model behind volt-serve — a digits-mlp checkpoint at `/predict`, a
+//! char-gpt checkpoint at `/v1/chat/completions`, or pretrained all-MiniLM-L6-v2 at
+//! `/v1/embeddings`.
 use clap::Args;
 use std::path::PathBuf;
 use std::time::Duration;
 use volt::CliError;
 use volt_serve::{Device, EndpointConfig, Server, ServerConfig};
+use volt_zoo::char_gpt_api::CharGptChat;
 use volt_zoo::minilm::{find_model_dir, MiniLmApi};
 use volt_zoo::DigitsApi;
 
@@ -89,6 +91,13 @@ pub fn run(args: ServeArgs) -> Result<(), CliError> {
             })?;
             let api = DigitsApi::new(checkpoint).map_err(|e| usage(&e))?;
             server.endpoint(endpoint("/predict", 5), api)
+        }
+        "char-gpt" => {
+            let checkpoint = args.checkpoint.clone().ok_or_else(|| {
+                CliError::Usage("--checkpoint is required for char-gpt (a file written by `volt fit`)".into())
+            })?;
+            let api = CharGptChat::new(checkpoint).map_err(|e| usage(&e))?;
+            server.openai_chat(endpoint("/v1/chat/completions", 0), api)
         }
         "minilm" => {
             let dir = find_model_dir(args.model_dir.as_deref()).map_err(|e| usage(&e))?;

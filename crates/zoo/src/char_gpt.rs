@@ -243,9 +243,7 @@ impl CharGpt {
 
     /// Generates up to `s.max_tokens` characters after `prompt` (an empty prompt starts
     /// from a newline), calling `emit` with each as soon as it exists; `emit` returning
-    /// false stops generation. The context window follows nanoGPT's crop to the last
-    /// block_size characters, moved half a block at a time so that, with `cached`, each
-    /// character costs one single-position step (plus one prompt pass per half block).
+    /// false stops generation. See [`Generation`] for the context window and the cache.
     pub fn generate(
         &self,
         prompt: &str,
@@ -253,39 +251,74 @@ impl CharGpt {
         cached: bool,
         mut emit: impl FnMut(char) -> bool,
     ) -> Result<String, String> {
-        let mut ids = self.vocab.encode(if prompt.is_empty() { "\n" } else { prompt })?;
-        let block = self.config.block_size as usize;
-        let mut rng = ChaCha8Rng::seed_from_u64(s.seed);
+        let mut g = Generation::new(self, prompt, s.clone())?;
         let mut out = String::new();
-        let mut start = ids.len().saturating_sub(block);
-        let mut cache = KvCache::default();
-        tch::no_grad(|| {
-            for _ in 0..s.max_tokens {
-                if ids.len() - start > block {
-                    start = ids.len() - block / 2;
-                    cache = KvCache::default();
-                }
-                let device = self.vs.device();
-                let logits = if cached {
-                    let fed = start + cache.len() as usize;
-                    let new = Tensor::from_slice(&ids[fed..]).view([1, -1]).to_device(device);
-                    self.forward_cached(&new, &mut cache)
-                } else {
-                    let window = Tensor::from_slice(&ids[start..]).view([1, -1]).to_device(device);
-                    self.forward_t(&window, false).select(1, -1).squeeze()
-                };
-                let logits = Vec::<f32>::try_from(logits.to_kind(Kind::Float).to_device(Device::Cpu))
-                    .map_err(|e| e.to_string())?;
-                let next = sample(&logits, s, &mut rng);
-                ids.push(next as i64);
-                let c = self.vocab.decode(&[next as i64]).chars().next().unwrap_or('\n');
-                out.push(c);
-                if !emit(c) {
-                    break;
-                }
+        while let Some(c) = g.step(self, cached)? {
+            out.push(c);
+            if !emit(c) {
+                break;
             }
-            Ok(out)
-        })
+        }
+        Ok(out)
+    }
+}
+
+/// One generation in progress, advanced a character at a time (so that a server can
+/// interleave several). The context window follows nanoGPT's crop to the last
+/// block_size characters, moved half a block at a time so that, with the KV cache, each
+/// character costs one single-position step (plus one prompt pass per half block).
+pub struct Generation {
+    ids: Vec<i64>,
+    start: usize,
+    cache: KvCache,
+    rng: ChaCha8Rng,
+    produced: usize,
+    sampling: Sampling,
+    prompt_tokens: usize,
+}
+
+impl Generation {
+    /// Starts after `prompt`; characters outside the vocabulary are an error naming them.
+    pub fn new(model: &CharGpt, prompt: &str, sampling: Sampling) -> Result<Generation, String> {
+        let ids = model.vocab.encode(if prompt.is_empty() { "\n" } else { prompt })?;
+        let start = ids.len().saturating_sub(model.config.block_size as usize);
+        let rng = ChaCha8Rng::seed_from_u64(sampling.seed);
+        let prompt_tokens = ids.len();
+        Ok(Generation { ids, start, cache: KvCache::default(), rng, produced: 0, sampling, prompt_tokens })
+    }
+
+    /// Characters of the prompt.
+    pub fn prompt_tokens(&self) -> usize {
+        self.prompt_tokens
+    }
+
+    /// The next character, or `None` once `max_tokens` are out.
+    pub fn step(&mut self, model: &CharGpt, cached: bool) -> Result<Option<char>, String> {
+        if self.produced >= self.sampling.max_tokens {
+            return Ok(None);
+        }
+        let block = model.config.block_size as usize;
+        if self.ids.len() - self.start > block {
+            self.start = self.ids.len() - block / 2;
+            self.cache = KvCache::default();
+        }
+        let device = model.vs.device();
+        let logits = tch::no_grad(|| {
+            if cached {
+                let fed = self.start + self.cache.len() as usize;
+                let new = Tensor::from_slice(&self.ids[fed..]).view([1, -1]).to_device(device);
+                model.forward_cached(&new, &mut self.cache)
+            } else {
+                let window = Tensor::from_slice(&self.ids[self.start..]).view([1, -1]).to_device(device);
+                model.forward_t(&window, false).select(1, -1).squeeze()
+            }
+        });
+        let logits = Vec::<f32>::try_from(logits.to_kind(Kind::Float).to_device(Device::Cpu))
+            .map_err(|e| e.to_string())?;
+        let next = sample(&logits, &self.sampling, &mut self.rng) as i64;
+        self.ids.push(next);
+        self.produced += 1;
+        Ok(Some(model.vocab.decode(&[next]).chars().next().unwrap_or('\n')))
     }
 }
 

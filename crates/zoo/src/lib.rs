@@ -3,6 +3,7 @@
 
 pub mod bert;
 pub mod char_gpt;
+pub mod char_gpt_api;
 pub mod digits;
 pub mod digits_api;
 pub mod digits_mlp;
