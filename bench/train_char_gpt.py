@@ -2,7 +2,8 @@
 same model on the same data (bench/peers/lightning_char_gpt.py), each run its own
 process, in turn. Reports training tokens/s (batch 12 x context 64 per step, counted
 from the end of the first step to the end of training, validation included on both
-sides), peak RSS, the validation curves and the final validation loss of each.
+sides), peak RSS, launch to the end of the first step, the validation curves and the
+final validation loss of each.
 
 Usage: train_char_gpt.py VOLT_BIN PYTHON ROUNDS MAX_STEPS OUT_JSON [--smoke]"""
 import csv
@@ -33,12 +34,14 @@ def volt(bin_, steps, root):
                     "--trainer.max_steps", str(steps), "--trainer.enable_progress_bar", "false",
                     "--trainer.enable_model_summary", "false", "--trainer.default_root_dir", root])
     m = re.search(r"(\d+) steps at ([\d.]+) steps/s", out)
+    first = re.search(r"first optimizer step ([\d.]+) s after launch", out)
     curve = []
     with open(os.path.join(root, "char-gpt", "version_0", "metrics.csv")) as f:
         for row in csv.DictReader(f):
             if row.get("val_loss"):
                 curve.append([int(row["step"]) + 1, float(row["val_loss"])])
-    return {"tokens_per_s": float(m.group(2)) * TOKENS_PER_STEP, "peak_rss_mb": rss, "val_curve": curve}
+    return {"tokens_per_s": float(m.group(2)) * TOKENS_PER_STEP, "peak_rss_mb": rss, "val_curve": curve,
+            "first_step_s": float(first.group(1)) if first else None}
 
 
 def lightning(python, peer, steps, root):
@@ -77,12 +80,12 @@ def main():
         result["val_loss_gap"] = a["final_val_loss"] - b["final_val_loss"]
     json.dump(result, open(out_json, "w"), indent=2)
     print(f"train/char-gpt, {steps} steps x 12 x 64 tokens, 2 threads, {rounds} round(s) (median, min-max)")
-    print("| run | tokens/s | peak RSS MB | final val_loss | val_loss by step |")
-    print("|---|---|---|---|---|")
+    print("| run | tokens/s | peak RSS MB | launch to first step s | final val_loss | val_loss by step |")
+    print("|---|---|---|---|---|---|")
     for name, r in rows.items():
         curve = " ".join(f"{s}:{v:.3f}" for s, v in r["val_curve"])
         print(f"| {name} | {r['tokens_per_s']:.0f} ({r['tokens_per_s_min']:.0f}-{r['tokens_per_s_max']:.0f}) | "
-              f"{r['peak_rss_mb']:.0f} | {r['final_val_loss']} | {curve} |")
+              f"{r['peak_rss_mb']:.0f} | {r['first_step_s']} | {r['final_val_loss']} | {curve} |")
     if "ratio_tokens_per_s" in result:
         print(f"volt / Lightning: {result['ratio_tokens_per_s']:.2f}x tokens/s; "
               f"val_loss gap {result['val_loss_gap']:+.3f} nats/char")

@@ -293,6 +293,20 @@ fn run_error(e: volt_train::Error) -> CliError {
     }
 }
 
+/// How long ago this process was started (Linux: from /proc, 10 ms resolution), so that
+/// start-up before `main` (loading libtorch) counts too.
+fn process_age() -> Option<std::time::Duration> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Field 22, counted after the parenthesised command name (which may hold spaces).
+    let after = stat.rsplit_once(')')?.1;
+    let start_ticks: f64 = after.split_whitespace().nth(19)?.parse().ok()?;
+    let uptime: f64 =
+        std::fs::read_to_string("/proc/uptime").ok()?.split_whitespace().next()?.parse().ok()?;
+    // Linux reports starttime in USER_HZ, which is 100 on every supported architecture.
+    let age = uptime - start_ticks / 100.0;
+    (age >= 0.0).then(|| std::time::Duration::from_secs_f64(age))
+}
+
 /// Runs one subcommand for model `M` and data `D`; prints what a user needs to see.
 pub fn run_subcommand<M, D>(command: Subcommand, args: &[String]) -> Result<(), CliError>
 where
@@ -367,6 +381,10 @@ where
             }
             let rate = out.steps_this_run as f64 / out.train_time.as_secs_f64().max(1e-9);
             println!("  {} steps at {rate:.1} steps/s; wall time {wall:.1} s", out.steps_this_run);
+            if let (Some(at), Some(age)) = (out.first_step_at, process_age()) {
+                let launch_to_first = age.saturating_sub(at.elapsed()).as_secs_f64();
+                println!("  first optimizer step {launch_to_first:.2} s after launch");
+            }
             if let Some(dir) = &out.log_dir {
                 println!("  logs: {}", dir.display());
             }

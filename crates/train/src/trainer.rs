@@ -43,6 +43,8 @@ pub struct FitOutcome {
     pub steps_this_run: u64,
     /// Wall time of the training loop in this call.
     pub train_time: Duration,
+    /// When the first optimizer step of this call finished.
+    pub first_step_at: Option<Instant>,
 }
 
 /// Runs the loops; configured by [`TrainerConfig`] plus callbacks and loggers.
@@ -80,6 +82,8 @@ struct Run {
     seed: Option<u64>,
     /// A stop asked for by this rank and not yet agreed with the others (ddp only).
     pending_stop: Option<String>,
+    /// When the first optimizer step of this call finished.
+    first_step_at: Option<Instant>,
 }
 
 /// Who decides a stop that callbacks ask for in a hook.
@@ -336,6 +340,7 @@ impl Trainer {
             writer: CheckpointWriter::new(),
             seed: self.config.seed,
             pending_stop: None,
+            first_step_at: None,
         };
 
         let signals = StopOnSignal::install();
@@ -500,6 +505,7 @@ impl Trainer {
             run.optimizer.step()?;
             run.optimizer.zero_grad();
             run.state.progress.global_step += 1;
+            run.first_step_at.get_or_insert_with(Instant::now);
             run.state.progress.batch_in_epoch = batch_idx;
             let global_step = run.state.progress.global_step;
             run.step_scheduler(Interval::Step, global_step)?;
@@ -780,6 +786,7 @@ impl Trainer {
             log_dir: run.state.log_dir,
             last_checkpoint: last,
             best_checkpoint,
+            first_step_at: run.first_step_at,
             steps_this_run: steps,
             train_time,
         })
