@@ -7,6 +7,9 @@
 #include <ATen/ops/_fused_adam.h>
 #include <ATen/ops/_fused_adamw.h>
 #include <ATen/ops/_fused_sgd.h>
+#include <ATen/ops/_foreach_mul.h>
+#include <ATen/ops/_foreach_norm.h>
+#include <ATen/ops/stack.h>
 
 #include <cstring>
 #include <exception>
@@ -63,6 +66,22 @@ char *volt_fused_sgd(at::Tensor **params, at::Tensor **grads, at::Tensor **momen
     auto b = momentum != 0.0 ? list(momentum_buffers, n) : std::vector<at::Tensor>{};
     at::_fused_sgd_(p, g, b, weight_decay, momentum, lr, dampening, nesterov != 0, false,
                     is_first_step != 0);
+    return nullptr;
+  } catch (const std::exception &e) {
+    return error(e.what());
+  }
+}
+
+// torch.nn.utils.clip_grad_norm_ over n gradients with multi-tensor kernels: the total
+// L2 norm (written to *total), then every gradient times min(1, max_norm / (total + 1e-6)).
+char *volt_clip_grad_norm(at::Tensor **grads, int64_t n, double max_norm, double *total) {
+  try {
+    auto g = list(grads, n);
+    auto norms = at::_foreach_norm(g, 2);
+    auto t = at::stack(norms).norm();
+    auto coef = t.add(1e-6).reciprocal().mul(max_norm).clamp_max(1.0);
+    at::_foreach_mul_(g, coef);
+    *total = t.item<double>();
     return nullptr;
   } catch (const std::exception &e) {
     return error(e.what());

@@ -203,7 +203,7 @@ impl Fabric {
     }
 
     /// Clips the optimizer's gradients; returns the norm before clipping (for `Norm`).
-    pub fn clip_gradients(&self, opt: &Optimizer, max: f64, algorithm: ClipAlgorithm) -> Option<f64> {
+    pub fn clip_gradients(&self, opt: &Optimizer, max: f64, algorithm: ClipAlgorithm) -> Result<Option<f64>> {
         clip_gradients(&opt.grads(), max, algorithm)
     }
 

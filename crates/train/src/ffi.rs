@@ -32,6 +32,12 @@ extern "C" {
         weight_decay: f64,
         is_first_step: c_int,
     ) -> *mut c_char;
+    fn volt_clip_grad_norm(
+        grads: *const *const C_tensor,
+        n: i64,
+        max_norm: f64,
+        total: *mut f64,
+    ) -> *mut c_char;
 }
 
 pub(crate) fn check(message: *mut c_char) -> Result<()> {
@@ -123,4 +129,14 @@ pub(crate) fn fused_sgd(
             c_int::from(is_first_step),
         )
     })
+}
+
+/// Scales `grads` so that their global L2 norm is at most `max_norm` (libtorch's
+/// multi-tensor kernels, as `clip_grad_norm_`); returns the norm before clipping.
+pub(crate) fn clip_grad_norm(grads: &[&Tensor], max_norm: f64) -> Result<f64> {
+    let g = ptrs(grads);
+    let mut total = 0.0;
+    // SAFETY: an array of live tensor pointers; `total` outlives the call.
+    check(unsafe { volt_clip_grad_norm(g.as_ptr(), g.len() as i64, max_norm, &mut total) })?;
+    Ok(total)
 }

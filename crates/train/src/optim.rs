@@ -135,29 +135,20 @@ pub enum ClipAlgorithm {
 }
 
 /// Clips `grads` in place; returns the total norm before clipping (for `Norm`).
-pub fn clip_gradients(grads: &[Tensor], max: f64, algorithm: ClipAlgorithm) -> Option<f64> {
+pub fn clip_gradients(grads: &[Tensor], max: f64, algorithm: ClipAlgorithm) -> crate::Result<Option<f64>> {
     let defined: Vec<&Tensor> = grads.iter().filter(|g| g.defined()).collect();
     if defined.is_empty() {
-        return None;
+        return Ok(None);
     }
     tch::no_grad(|| match algorithm {
         ClipAlgorithm::Value => {
             for g in defined {
-                let _ = g.shallow_clone().clamp_(-max, max);
+                let _ = g.shallow_clone().f_clamp_(-max, max)?;
             }
-            None
+            Ok(None)
         }
-        ClipAlgorithm::Norm => {
-            let norms: Vec<Tensor> = defined.iter().map(|g| g.norm()).collect();
-            let total = Tensor::stack(&norms, 0).norm();
-            // As torch.nn.utils.clip_grad_norm_: always multiply by the clamped coefficient.
-            let coef = (&total + 1e-6).reciprocal() * max;
-            let coef = coef.clamp_max(1.0);
-            for g in defined {
-                let _ = g.shallow_clone().g_mul_(&coef);
-            }
-            Some(total.double_value(&[]))
-        }
+        // As torch.nn.utils.clip_grad_norm_: always multiply by the clamped coefficient.
+        ClipAlgorithm::Norm => crate::ffi::clip_grad_norm(&defined, max).map(Some),
     })
 }
 

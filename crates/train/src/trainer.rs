@@ -499,7 +499,7 @@ impl Trainer {
             }
 
             if let Some(max) = self.config.gradient_clip_val {
-                self.fabric.clip_gradients(&run.optimizer, max, self.config.gradient_clip_algorithm);
+                self.fabric.clip_gradients(&run.optimizer, max, self.config.gradient_clip_algorithm)?;
             }
             let lr_used = run.optimizer.lr();
             run.optimizer.step()?;

@@ -31,7 +31,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             let (x, y) = (x.to_device(fabric.device()), y.to_device(fabric.device()));
             let loss = model.forward(&x).cross_entropy_for_logits(&y);
             fabric.backward(&loss)?;
-            fabric.clip_gradients(&optimizer, 1.0, ClipAlgorithm::Norm);
+            fabric.clip_gradients(&optimizer, 1.0, ClipAlgorithm::Norm)?;
             optimizer.step()?;
             optimizer.zero_grad();
         }
