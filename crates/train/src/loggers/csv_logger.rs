@@ -7,11 +7,16 @@ use crate::metrics::Metrics;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
+/// Steps between writes of pending rows (Lightning's `flush_logs_every_n_steps`), so that
+/// a long epoch shows its progress in the file before it ends.
+pub const FLUSH_EVERY_N_STEPS: u64 = 100;
+
 /// Appends metrics to `<dir>/metrics.csv`, rewriting the header when new metrics appear.
 pub struct CsvLogger {
     path: PathBuf,
     keys: BTreeSet<String>,
     pending: Vec<Metrics>,
+    flushed_at: u64,
 }
 
 impl CsvLogger {
@@ -25,7 +30,7 @@ impl CsvLogger {
             let header = reader.headers().map_err(|e| csv_error(&path, e))?;
             keys.extend(header.iter().map(str::to_owned));
         }
-        Ok(CsvLogger { path, keys, pending: Vec::new() })
+        Ok(CsvLogger { path, keys, pending: Vec::new(), flushed_at: 0 })
     }
 
     /// The file it writes.
@@ -88,6 +93,10 @@ impl Logger for CsvLogger {
         let mut row = metrics.clone();
         row.insert("step".into(), step as f64);
         self.pending.push(row);
+        if step >= self.flushed_at + FLUSH_EVERY_N_STEPS {
+            self.flushed_at = step;
+            return self.flush();
+        }
         Ok(())
     }
 
@@ -110,5 +119,25 @@ impl Logger for CsvLogger {
         let mut writer = csv::WriterBuilder::new().has_headers(false).from_writer(file);
         self.write_rows(&mut writer, &rows)?;
         writer.flush().map_err(|e| Error::io(&self.path, e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_reach_the_file_every_hundred_steps_without_an_explicit_flush() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut logger = CsvLogger::new(dir.path()).expect("logger");
+        for step in 0..250u64 {
+            let row: Metrics = [("train_loss".to_owned(), step as f64)].into_iter().collect();
+            logger.log_metrics(&row, step).expect("log");
+        }
+        let text = std::fs::read_to_string(logger.path()).expect("metrics.csv written before any flush");
+        let rows = text.lines().count() - 1;
+        assert_eq!(rows, 201, "steps 0..=200 written at step 200, the rest pending:\n{text}");
+        logger.flush().expect("flush");
+        assert_eq!(std::fs::read_to_string(logger.path()).expect("read").lines().count() - 1, 250);
     }
 }
