@@ -11,26 +11,16 @@ import json
 import os
 import re
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
+
+from launch import launch
 
 TOKENS_PER_STEP = 12 * 64
 
 
-def run(cmd):
-    env = dict(os.environ, BENCH_T0=repr(time.time()))
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, text=True)
-    out = proc.stdout.read()
-    _, status, usage = os.wait4(proc.pid, 0)
-    if status != 0:
-        sys.exit(f"bench: {' '.join(cmd)} failed with status {status}\n{out}")
-    return out, usage.ru_maxrss / 1024
-
-
 def volt(bin_, steps, root):
-    out, rss = run([bin_, "fit", "--model", "char-gpt", "--seed", "0", "--trainer.num_threads", "2",
+    out, rss = launch([bin_, "fit", "--model", "char-gpt", "--seed", "0", "--trainer.num_threads", "2",
                     "--trainer.max_steps", str(steps), "--trainer.enable_progress_bar", "false",
                     "--trainer.enable_model_summary", "false", "--trainer.default_root_dir", root])
     m = re.search(r"(\d+) steps at ([\d.]+) steps/s", out)
@@ -45,7 +35,7 @@ def volt(bin_, steps, root):
 
 
 def lightning(python, peer, steps, root):
-    out, rss = run([python, peer, root, str(steps)])
+    out, rss = launch([python, peer, root, str(steps)])
     r = json.loads(out.strip().splitlines()[-1])
     return {"tokens_per_s": (r["steps"] - 1) * TOKENS_PER_STEP / r["train_seconds"], "peak_rss_mb": rss,
             "first_step_s": r["first_step_s"], "val_curve": r["val_curve"]}

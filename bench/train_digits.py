@@ -10,23 +10,18 @@ Usage: train_digits.py VOLT_BIN PYTHON ROUNDS EPOCHS OUT_JSON [--smoke] [--ddp2]
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
+
+from launch import launch
 
 
 def run(cmd):
-    env = dict(os.environ, BENCH_T0=repr(time.time()))
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, text=True)
-    out = proc.stdout.read()
-    _, status, usage = os.wait4(proc.pid, 0)
-    if status != 0:
-        sys.exit(f"bench: {' '.join(cmd)} failed with status {status}")
+    out, rss = launch(cmd)
     result = json.loads(out.strip().splitlines()[-1])
     return {
         "steps_per_s": (result["steps"] - 1) / result["train_seconds"],
-        "peak_rss_mb": usage.ru_maxrss / 1024,
+        "peak_rss_mb": rss,
         "first_step_s": result["first_step_s"],
         "comm_share": result.get("comm_share", 0.0),
     }
