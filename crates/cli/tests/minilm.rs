@@ -2,37 +2,13 @@
 //! sentence-transformers' vectors (crates/zoo/tests/fixtures) through real clients.
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
-fn repo() -> PathBuf {
-    PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("run by cargo")).join("../..")
-}
+#[path = "../../zoo/tests/support/minilm_fixture.rs"]
+mod minilm_fixture;
 
-fn model_dir() -> PathBuf {
-    let dir = repo().join(".minilm");
-    assert!(dir.join("model.safetensors").is_file(), "{} is missing: run scripts/setup", dir.display());
-    dir
-}
-
-#[derive(serde::Deserialize)]
-struct Reference {
-    sentences: Vec<String>,
-    tokens: Vec<usize>,
-    embeddings: Vec<Vec<f32>>,
-}
-
-fn reference() -> Reference {
-    let path = repo().join("crates/zoo/tests/fixtures/minilm_reference.json");
-    serde_json::from_slice(&std::fs::read(path).expect("fixture")).expect("fixture JSON")
-}
-
-fn cosine(a: &[f64], b: &[f32]) -> f64 {
-    let dot: f64 = a.iter().zip(b).map(|(x, y)| x * f64::from(*y)).sum();
-    let na = a.iter().map(|x| x * x).sum::<f64>().sqrt();
-    let nb = b.iter().map(|y| f64::from(*y).powi(2)).sum::<f64>().sqrt();
-    dot / (na * nb)
-}
+use minilm_fixture::{cosine, model_dir, reference, repo};
 
 struct Served {
     child: Child,

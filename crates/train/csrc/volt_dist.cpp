@@ -47,10 +47,6 @@ char *guarded(F f) {
   }
 }
 
-char *wait(const c10::intrusive_ptr<c10d::Work> &work, const Group *g) {
-  return guarded([&] { work->wait(g->timeout); });
-}
-
 }  // namespace
 
 extern "C" {
@@ -90,44 +86,35 @@ void volt_dist_free(void *group) { delete static_cast<Group *>(group); }
 // In-place all-reduce of one tensor (op: 0 sum, 1 max, 2 min).
 char *volt_dist_all_reduce(void *group, at::Tensor *t, int op) {
   auto *g = static_cast<Group *>(group);
-  c10::intrusive_ptr<c10d::Work> work;
-  if (char *e = guarded([&] {
-        std::vector<at::Tensor> ts{*t};
-        c10d::AllreduceOptions o;
-        o.reduceOp = reduce_op(op);
-        work = g->gloo->allreduce(ts, o);
-      }))
-    return e;
-  return wait(work, g);
+  return guarded([&] {
+    std::vector<at::Tensor> ts{*t};
+    c10d::AllreduceOptions o;
+    o.reduceOp = reduce_op(op);
+    g->gloo->allreduce(ts, o)->wait(g->timeout);
+  });
 }
 
 // In-place broadcast of `t` from rank `root`.
 char *volt_dist_broadcast(void *group, at::Tensor *t, int root) {
   auto *g = static_cast<Group *>(group);
-  c10::intrusive_ptr<c10d::Work> work;
-  if (char *e = guarded([&] {
-        std::vector<at::Tensor> ts{*t};
-        c10d::BroadcastOptions o;
-        o.rootRank = root;
-        work = g->gloo->broadcast(ts, o);
-      }))
-    return e;
-  return wait(work, g);
+  return guarded([&] {
+    std::vector<at::Tensor> ts{*t};
+    c10d::BroadcastOptions o;
+    o.rootRank = root;
+    g->gloo->broadcast(ts, o)->wait(g->timeout);
+  });
 }
 
-// Gathers every rank's `input` into `output` (world_size x input's shape, rank order).
+// Gathers every rank's `input` into `output`: the inputs concatenated along dim 0, in
+// rank order.
 char *volt_dist_all_gather(void *group, at::Tensor *output, at::Tensor *input) {
   auto *g = static_cast<Group *>(group);
-  c10::intrusive_ptr<c10d::Work> work;
-  if (char *e = guarded([&] { work = g->gloo->_allgather_base(*output, *input); })) return e;
-  return wait(work, g);
+  return guarded([&] { g->gloo->_allgather_base(*output, *input)->wait(g->timeout); });
 }
 
 char *volt_dist_barrier(void *group) {
   auto *g = static_cast<Group *>(group);
-  c10::intrusive_ptr<c10d::Work> work;
-  if (char *e = guarded([&] { work = g->gloo->barrier(); })) return e;
-  return wait(work, g);
+  return guarded([&] { g->gloo->barrier()->wait(g->timeout); });
 }
 
 // Sets `key` in the rendezvous store, waiting at most timeout_ms for the store to answer.

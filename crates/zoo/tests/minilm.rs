@@ -1,37 +1,10 @@
 //! all-MiniLM-L6-v2 parity with sentence-transformers: the reference vectors in
 //! fixtures/minilm_reference.json were made once by fixtures/make_minilm_reference.py.
-use std::path::PathBuf;
+#[path = "support/minilm_fixture.rs"]
+mod minilm_fixture;
+
+use minilm_fixture::{cosine, model_dir, reference};
 use volt_zoo::minilm::{find_model_dir, LoadError, SentenceEncoder};
-
-fn manifest_dir() -> PathBuf {
-    PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("run by cargo"))
-}
-
-/// The folder scripts/setup links as .minilm.
-fn model_dir() -> PathBuf {
-    let dir = manifest_dir().join("../../.minilm");
-    assert!(dir.join("model.safetensors").is_file(), "{} is missing: run scripts/setup", dir.display());
-    dir
-}
-
-#[derive(serde::Deserialize)]
-struct Reference {
-    sentences: Vec<String>,
-    tokens: Vec<usize>,
-    embeddings: Vec<Vec<f32>>,
-}
-
-fn reference() -> Reference {
-    let path = manifest_dir().join("tests/fixtures/minilm_reference.json");
-    serde_json::from_slice(&std::fs::read(&path).expect("fixture")).expect("fixture JSON")
-}
-
-fn cosine(a: &[f32], b: &[f32]) -> f64 {
-    let dot: f64 = a.iter().zip(b).map(|(x, y)| f64::from(*x) * f64::from(*y)).sum();
-    let na: f64 = a.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
-    let nb: f64 = b.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
-    dot / (na * nb)
-}
 
 #[test]
 fn embeddings_match_sentence_transformers() {
