@@ -1,13 +1,12 @@
 //! LightningCLI for volt: `fit | validate | test | predict` with config files, dotted
 //! overrides and `--print_config`, for the zoo's models and for a user's own types.
-use crate::config::{self, CallbacksConfig, ConfigError, OptimizerOverrides, RunConfig};
+use crate::config::{self, CallbacksConfig, ConfigError, RunConfig};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::path::PathBuf;
 use std::time::Instant;
-use volt_train::{
-    Callback, CallbackContext, CkptPath, DataModule, OptimizerConfig, OptimizerSpec, Trainer, VoltModule,
-};
+pub use volt_config::apply_optimizer;
+use volt_train::{Callback, CallbackContext, CkptPath, DataModule, Trainer, VoltModule};
 
 /// A model the command line can build from its `[model]` section.
 pub trait CliModel: VoltModule + Sized {
@@ -170,88 +169,8 @@ pub fn resolve_config<M: CliModel, D: CliData>(
 ) -> Result<RunConfig<M::Config, D::Config>, ConfigError> {
     let mut defaults = RunConfig::<M::Config, D::Config>::default();
     M::configure_defaults(&mut defaults.trainer, &mut defaults.callbacks);
-    let mut tree = serde_json::to_value(defaults).map_err(|e| ConfigError::Invalid(e.to_string()))?;
-    for path in &inv.configs {
-        config::merge(&mut tree, config::read_file(path)?);
-    }
-    for (key, raw) in &inv.overrides {
-        config::set(&mut tree, key, config::parse_value(raw))?;
-    }
-    strip_nulls(&mut tree);
-    config::resolve(tree)
-}
-
-/// JSON nulls (unset options in the defaults) mean "absent".
-fn strip_nulls(v: &mut serde_json::Value) {
-    if let serde_json::Value::Object(m) = v {
-        m.retain(|_, x| !x.is_null());
-        m.values_mut().for_each(strip_nulls);
-    }
-}
-
-/// The optimizer the model chose, with the configured changes.
-pub fn apply_optimizer(
-    mut chosen: OptimizerConfig,
-    o: &OptimizerOverrides,
-    scheduler: &Option<volt_train::SchedulerConfig>,
-) -> Result<OptimizerConfig, ConfigError> {
-    if let Some(name) = &o.name {
-        let lr = chosen.optimizer.lr();
-        chosen.optimizer = match name.as_str() {
-            "sgd" => OptimizerSpec::sgd(lr),
-            "adam" => OptimizerSpec::adam(lr),
-            "adamw" => OptimizerSpec::adamw(lr),
-            other => {
-                return Err(ConfigError::WrongType {
-                    key: "optimizer.name".into(),
-                    value: format!("{other:?}"),
-                    expected: "one of \"sgd\", \"adam\", \"adamw\"".into(),
-                })
-            }
-        };
-    }
-    let class = chosen.optimizer.class_name();
-    let only = |key: &str, which: &str| {
-        ConfigError::Invalid(format!("`optimizer.{key}` applies to {which} only; this run uses {class}"))
-    };
-    let sgd_only = [
-        ("momentum", o.momentum.is_some()),
-        ("dampening", o.dampening.is_some()),
-        ("nesterov", o.nesterov.is_some()),
-    ];
-    let adam_only = [("betas", o.betas.is_some()), ("eps", o.eps.is_some())];
-    match &mut chosen.optimizer {
-        OptimizerSpec::Sgd { lr, momentum, dampening, nesterov, weight_decay } => {
-            if let Some((key, _)) = adam_only.iter().find(|(_, set)| *set) {
-                return Err(only(key, "adam and adamw"));
-            }
-            set_if(lr, o.lr);
-            set_if(momentum, o.momentum);
-            set_if(dampening, o.dampening);
-            set_if(nesterov, o.nesterov);
-            set_if(weight_decay, o.weight_decay);
-        }
-        OptimizerSpec::Adam { lr, betas, eps, weight_decay }
-        | OptimizerSpec::AdamW { lr, betas, eps, weight_decay } => {
-            if let Some((key, _)) = sgd_only.iter().find(|(_, set)| *set) {
-                return Err(only(key, "sgd"));
-            }
-            set_if(lr, o.lr);
-            set_if(betas, o.betas);
-            set_if(eps, o.eps);
-            set_if(weight_decay, o.weight_decay);
-        }
-    }
-    if scheduler.is_some() {
-        chosen.lr_scheduler = scheduler.clone();
-    }
-    Ok(chosen)
-}
-
-fn set_if<T: Copy>(slot: &mut T, value: Option<T>) {
-    if let Some(v) = value {
-        *slot = v;
-    }
+    let files = inv.configs.iter().map(|p| config::read_file(p)).collect::<Result<Vec<_>, _>>()?;
+    config::load(&defaults, files, &inv.overrides)
 }
 
 /// Writes the resolved configuration to `<version_N>/config.toml` when fit starts.

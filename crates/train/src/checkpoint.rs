@@ -1,55 +1,19 @@
 //! One `.safetensors` file per checkpoint: model and optimizer tensors, and the
 //! trainer's state as JSON in the header metadata. Written atomically.
 use crate::error::{Error, Result};
-use crate::metrics::Metrics;
-use crate::optim::OptimizerScalars;
-use crate::progress::Progress;
-use crate::schedule::SchedulerState;
-use safetensors::tensor::{Dtype, SafeTensors, View};
-use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use safetensors::tensor::{Dtype, View};
 use std::borrow::Cow;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc, Mutex};
 use tch::{nn, Kind, Tensor};
+use volt_formats::checkpoint as format;
 
-/// Version of the checkpoint layout, bumped on incompatible changes.
-pub const FORMAT_VERSION: u32 = 1;
-/// Header metadata key that holds [`TrainingState`] as JSON.
-pub const METADATA_KEY: &str = "volt";
-/// Prefix of model tensors in a checkpoint.
-pub const MODEL_PREFIX: &str = "model.";
-/// Prefix of optimizer state tensors in a checkpoint.
-pub const OPTIMIZER_PREFIX: &str = "optimizer.";
-/// File name of the most recent checkpoint in a run's `checkpoints/` folder.
-pub const LAST_NAME: &str = "last.safetensors";
-
-/// Everything but the tensors: where the run stands and what made it.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct TrainingState {
-    /// The volt version that wrote the file.
-    pub volt_version: String,
-    /// [`FORMAT_VERSION`] of the writer.
-    pub format: u32,
-    /// Loop position to resume from.
-    pub progress: Progress,
-    /// Optimizer step count and learning rate.
-    pub optimizer: Option<OptimizerScalars>,
-    /// Learning-rate scheduler state.
-    pub scheduler: Option<SchedulerState>,
-    /// State of each callback, by callback name.
-    pub callbacks: BTreeMap<String, Value>,
-    /// The run's seed.
-    pub seed: Option<u64>,
-    /// The module's hyperparameters.
-    pub hparams: Value,
-    /// What the module's `on_save_checkpoint` returned.
-    pub module: Value,
-    /// The latest metrics when the checkpoint was written.
-    pub metrics: Metrics,
-}
+pub use volt_formats::checkpoint::{
+    OptimizerScalars, Progress, TrainingState, FORMAT_VERSION, LAST_NAME, METADATA_KEY, MODEL_PREFIX,
+    OPTIMIZER_PREFIX,
+};
 
 /// A checkpoint in memory.
 pub struct Checkpoint {
@@ -102,27 +66,14 @@ impl Checkpoint {
     pub fn to_bytes(&self, path: &Path) -> Result<Vec<u8>> {
         let bytes =
             self.tensors.iter().map(|(n, t)| Ok((n.clone(), to_bytes(n, t)?))).collect::<Result<Vec<_>>>()?;
-        // JSON has no NaN or infinity; such metric values are left out.
-        let mut state = self.state.clone();
-        state.metrics.retain(|_, v| v.is_finite());
-        let json = serde_json::to_string(&state)
-            .map_err(|e| Error::checkpoint(path, format!("cannot encode state: {e}")))?;
-        let metadata =
-            HashMap::from([(METADATA_KEY.to_owned(), json), ("format".to_owned(), "pt".to_owned())]);
         let views: Vec<(&str, &Bytes)> = bytes.iter().map(|(n, b)| (n.as_str(), b)).collect();
-        safetensors::tensor::serialize(views, &Some(metadata))
-            .map_err(|e| Error::checkpoint(path, format!("cannot encode: {e}")))
+        format::serialize(views, &self.state).map_err(|e| Error::checkpoint(path, e.to_string()))
     }
 
     /// Reads a checkpoint, with errors that name the file.
     pub fn load(path: &Path) -> Result<Self> {
         let buffer = std::fs::read(path).map_err(|e| read_error(path, e))?;
-        let (_, header) = SafeTensors::read_metadata(&buffer).map_err(|e| unreadable(path, e))?;
-        let state = parse_state(
-            path,
-            header.metadata().as_ref().and_then(|m| m.get(METADATA_KEY)).map(String::as_str),
-        )?;
-        let st = SafeTensors::deserialize(&buffer).map_err(|e| unreadable(path, e))?;
+        let (state, st) = format::parse(&buffer).map_err(|e| Error::checkpoint(path, e.to_string()))?;
         let mut tensors = Vec::new();
         for (name, view) in st.tensors() {
             let kind = Kind::try_from(view.dtype())
@@ -137,23 +88,8 @@ impl Checkpoint {
 
     /// Reads only a checkpoint's trainer state: the file's header, not its tensors.
     pub fn read_state(path: &Path) -> Result<TrainingState> {
-        use std::io::Read;
         let mut file = std::fs::File::open(path).map_err(|e| read_error(path, e))?;
-        let mut len = [0u8; 8];
-        file.read_exact(&mut len).map_err(|e| read_error(path, e))?;
-        let len = u64::from_le_bytes(len);
-        // safetensors caps headers at 100 MB; a larger length means a corrupt file.
-        if len > 100_000_000 {
-            return Err(Error::checkpoint(path, "not a readable safetensors file (header too large)"));
-        }
-        let mut header = vec![0u8; len as usize];
-        file.read_exact(&mut header).map_err(|e| read_error(path, e))?;
-        let header: serde_json::Value = serde_json::from_slice(&header)
-            .map_err(|e| Error::checkpoint(path, format!("not a readable safetensors file ({e})")))?;
-        parse_state(
-            path,
-            header.get("__metadata__").and_then(|m| m.get(METADATA_KEY)).and_then(|v| v.as_str()),
-        )
+        format::read_state(&mut file).map_err(|e| Error::checkpoint(path, e.to_string()))
     }
 
     /// The tensors under `prefix`, with the prefix removed.
@@ -172,17 +108,6 @@ fn read_error(path: &Path, e: std::io::Error) -> Error {
         format!("cannot read: {e}")
     };
     Error::checkpoint(path, what)
-}
-
-fn unreadable(path: &Path, e: safetensors::SafeTensorError) -> Error {
-    Error::checkpoint(path, format!("not a readable safetensors file ({e:?})"))
-}
-
-/// The trainer state stored under the `volt` metadata key.
-fn parse_state(path: &Path, json: Option<&str>) -> Result<TrainingState> {
-    let json = json
-        .ok_or_else(|| Error::checkpoint(path, "not a volt checkpoint (no `volt` entry in its metadata)"))?;
-    serde_json::from_str(json).map_err(|e| Error::checkpoint(path, format!("unreadable trainer state: {e}")))
 }
 
 /// Model tensors of `vs`, named for a checkpoint.

@@ -88,3 +88,9 @@ impl Error {
 
 /// `Result` with volt-train's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl From<volt_config::ConfigError> for Error {
+    fn from(e: volt_config::ConfigError) -> Self {
+        Error::Config(e.to_string())
+    }
+}

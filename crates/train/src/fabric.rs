@@ -13,14 +13,7 @@ use std::path::Path;
 use std::time::Duration;
 use tch::{nn, Device, Tensor};
 
-/// Numeric precision of training.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Precision {
-    /// Float32 weights and math.
-    #[default]
-    #[serde(rename = "32-true", alias = "32")]
-    F32,
-}
+pub use volt_config::trainer::{Precision, DEFAULT_DDP_TIMEOUT_S};
 
 /// How Fabric (and so the Trainer) places and runs the model.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -55,9 +48,6 @@ impl Default for FabricConfig {
         }
     }
 }
-
-/// PyTorch's default process-group timeout (30 minutes), which Lightning keeps.
-pub const DEFAULT_DDP_TIMEOUT_S: u64 = 1800;
 
 impl FabricConfig {
     /// Whether this configuration runs one process per device.

@@ -1,7 +1,7 @@
 //! How training is spread over devices: one device ([`SingleDevice`]) or one process
 //! per device ([`crate::ddp::Ddp`]).
 use crate::error::{Error, Result};
-use serde::{Deserialize, Serialize};
+
 use std::time::Duration;
 use tch::{nn, Device, Tensor};
 
@@ -126,32 +126,7 @@ impl Strategy for SingleDevice {
     }
 }
 
-/// Which hardware to train on.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Accelerator {
-    /// A GPU when libtorch sees one, else the CPU.
-    #[default]
-    Auto,
-    /// The CPU.
-    Cpu,
-    /// An NVIDIA GPU (error when none is visible).
-    #[serde(alias = "gpu")]
-    Cuda,
-}
-
-/// Which strategy, as in Lightning's `strategy` option.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum StrategyKind {
-    /// Single device unless several are asked for.
-    #[default]
-    Auto,
-    /// One process, one device.
-    SingleDevice,
-    /// Distributed data parallel: one process per device, gradients averaged.
-    Ddp,
-}
+pub use volt_config::trainer::{Accelerator, StrategyKind};
 
 /// Picks the device of a single-device run, refusing what this machine cannot do.
 pub fn select_device(accelerator: Accelerator) -> Result<Device> {

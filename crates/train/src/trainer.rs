@@ -123,7 +123,7 @@ impl Trainer {
     /// A trainer for `config` (device chosen, nothing written yet).
     pub fn new(config: TrainerConfig) -> Result<Self> {
         config.validate()?;
-        let fabric = Fabric::new(&config.fabric())?;
+        let fabric = Fabric::new(&crate::config::fabric_config(&config))?;
         Ok(Trainer {
             config,
             fabric,
@@ -290,7 +290,7 @@ impl Trainer {
             std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
             if fast_dev.is_none() {
                 for kind in &self.config.loggers {
-                    loggers.push(kind.create(dir)?);
+                    loggers.push(crate::loggers::create(*kind, dir)?);
                 }
             }
             if !self.config.loggers.is_empty() {

@@ -4,9 +4,9 @@ mod lr_monitor;
 mod model_checkpoint;
 mod progress_bar;
 
-pub use early_stopping::EarlyStopping;
+pub use early_stopping::{EarlyStopping, EarlyStoppingState};
 pub use lr_monitor::LearningRateMonitor;
-pub use model_checkpoint::ModelCheckpoint;
+pub use model_checkpoint::{CheckpointState, ModelCheckpoint};
 pub use progress_bar::ProgressBar;
 
 use crate::error::{Error, Result};
@@ -72,14 +72,7 @@ impl CallbackContext<'_> {
 
     /// The value of `monitor`, or an error that lists the metrics there are.
     pub fn monitored(&self, who: &str, monitor: &str) -> Result<f64> {
-        self.metrics.get(monitor).copied().ok_or_else(|| {
-            let known: Vec<&str> = self.metrics.keys().map(String::as_str).collect();
-            Error::Config(format!(
-                "{who}(monitor=\"{monitor}\") found no metric named \"{monitor}\"; \
-                 logged metrics are: [{}]",
-                known.join(", ")
-            ))
-        })
+        Ok(volt_config::callbacks::monitored(self.metrics, who, monitor)?)
     }
 }
 

@@ -5,7 +5,9 @@ use crate::checkpoint::write_atomic;
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use std::collections::BTreeSet;
+use std::io::Write;
 use std::path::{Path, PathBuf};
+use volt_formats::metrics_csv;
 
 /// Steps between writes of pending rows (Lightning's `flush_logs_every_n_steps`), so that
 /// a long epoch shows its progress in the file before it ends.
@@ -24,12 +26,11 @@ impl CsvLogger {
     pub fn new(dir: &Path) -> Result<Self> {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         let path = dir.join("metrics.csv");
-        let mut keys = BTreeSet::new();
-        if path.exists() {
-            let mut reader = csv::Reader::from_path(&path).map_err(|e| csv_error(&path, e))?;
-            let header = reader.headers().map_err(|e| csv_error(&path, e))?;
-            keys.extend(header.iter().map(str::to_owned));
-        }
+        let keys = match std::fs::read(&path) {
+            Ok(bytes) => metrics_csv::parse(&bytes).map_err(|e| csv_error(&path, e))?.0.into_iter().collect(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeSet::new(),
+            Err(e) => return Err(Error::io(&path, e)),
+        };
         Ok(CsvLogger { path, keys, pending: Vec::new(), flushed_at: 0 })
     }
 
@@ -38,53 +39,20 @@ impl CsvLogger {
         &self.path
     }
 
-    fn write_rows(&self, writer: &mut csv::Writer<impl std::io::Write>, rows: &[Metrics]) -> Result<()> {
-        for row in rows {
-            let cells: Vec<String> = self
-                .keys
-                .iter()
-                .map(|k| row.get(k).map(|v| format_value(k, *v)).unwrap_or_default())
-                .collect();
-            writer.write_record(&cells).map_err(|e| csv_error(&self.path, e))?;
-        }
-        Ok(())
-    }
-
+    /// Writes the whole file again: the new header, the old rows, then `new_rows`.
     fn rewrite(&self, new_rows: &[Metrics]) -> Result<()> {
-        let mut old_rows = Vec::new();
-        if self.path.exists() {
-            let mut reader = csv::Reader::from_path(&self.path).map_err(|e| csv_error(&self.path, e))?;
-            let header: Vec<String> =
-                reader.headers().map_err(|e| csv_error(&self.path, e))?.iter().map(str::to_owned).collect();
-            for record in reader.records() {
-                let record = record.map_err(|e| csv_error(&self.path, e))?;
-                let row: Metrics = header
-                    .iter()
-                    .zip(record.iter())
-                    .filter(|(_, v)| !v.is_empty())
-                    .filter_map(|(k, v)| v.parse::<f64>().ok().map(|v| (k.clone(), v)))
-                    .collect();
-                old_rows.push(row);
-            }
-        }
-        let mut writer = csv::Writer::from_writer(Vec::new());
-        writer.write_record(self.keys.iter()).map_err(|e| csv_error(&self.path, e))?;
-        self.write_rows(&mut writer, &old_rows)?;
-        self.write_rows(&mut writer, new_rows)?;
-        let bytes = writer.into_inner().map_err(|e| Error::User(format!("{}: {e}", self.path.display())))?;
+        let mut rows = match std::fs::read(&self.path) {
+            Ok(bytes) => metrics_csv::parse(&bytes).map_err(|e| csv_error(&self.path, e))?.1,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(Error::io(&self.path, e)),
+        };
+        rows.extend_from_slice(new_rows);
+        let bytes = metrics_csv::write(&self.keys, &rows, true).map_err(|e| csv_error(&self.path, e))?;
         write_atomic(&self.path, &bytes)
     }
 }
 
-fn format_value(key: &str, v: f64) -> String {
-    if (key == "step" || key == "epoch") && v.fract() == 0.0 {
-        format!("{}", v as i64)
-    } else {
-        format!("{v}")
-    }
-}
-
-fn csv_error(path: &Path, e: csv::Error) -> Error {
+fn csv_error(path: &Path, e: volt_formats::FormatError) -> Error {
     Error::User(format!("{}: {e}", path.display()))
 }
 
@@ -112,13 +80,12 @@ impl Logger for CsvLogger {
         if self.keys.len() != before || !self.path.exists() {
             return self.rewrite(&rows);
         }
-        let file = std::fs::OpenOptions::new()
+        let bytes = metrics_csv::write(&self.keys, &rows, false).map_err(|e| csv_error(&self.path, e))?;
+        let mut file = std::fs::OpenOptions::new()
             .append(true)
             .open(&self.path)
             .map_err(|e| Error::io(&self.path, e))?;
-        let mut writer = csv::WriterBuilder::new().has_headers(false).from_writer(file);
-        self.write_rows(&mut writer, &rows)?;
-        writer.flush().map_err(|e| Error::io(&self.path, e))
+        file.write_all(&bytes).map_err(|e| Error::io(&self.path, e))
     }
 }
 

@@ -8,7 +8,7 @@ pub use tensorboard::{read_scalars, TensorBoardLogger};
 use crate::checkpoint::{parse_version, write_atomic};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
-use serde::{Deserialize, Serialize};
+
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 
@@ -20,25 +20,14 @@ pub trait Logger: Send {
     fn flush(&mut self) -> Result<()>;
 }
 
-/// The loggers the Trainer can create from configuration.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LoggerKind {
-    /// `metrics.csv` in Lightning's CSVLogger layout.
-    Csv,
-    /// TensorBoard event files.
-    #[serde(alias = "tb")]
-    TensorBoard,
-}
+pub use volt_config::trainer::LoggerKind;
 
-impl LoggerKind {
-    /// A logger of this kind writing into `dir`.
-    pub fn create(self, dir: &Path) -> Result<Box<dyn Logger>> {
-        Ok(match self {
-            LoggerKind::Csv => Box::new(CsvLogger::new(dir)?),
-            LoggerKind::TensorBoard => Box::new(TensorBoardLogger::new(dir)?),
-        })
-    }
+/// A logger of `kind` writing into `dir`.
+pub fn create(kind: LoggerKind, dir: &Path) -> Result<Box<dyn Logger>> {
+    Ok(match kind {
+        LoggerKind::Csv => Box::new(CsvLogger::new(dir)?),
+        LoggerKind::TensorBoard => Box::new(TensorBoardLogger::new(dir)?),
+    })
 }
 
 /// `<root>/<name>/version_N` for the next free N (the first run gets `version_0`).

@@ -1,9 +1,4 @@
-//! TensorBoard event files (scalars) that TensorBoard itself reads.
-//!
-//! An event file is a sequence of TFRecords (length, masked CRC-32C of the length,
-//! payload, masked CRC-32C of the payload), each payload an `Event` protocol buffer.
-//! We write only three messages, so the few protobuf fields are encoded here rather
-//! than through a protobuf code generator.
+//! The TensorBoard logger: scalars into an event file (the format is volt-formats').
 use super::Logger;
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
@@ -11,6 +6,8 @@ use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
+use volt_formats::tensorboard;
+pub use volt_formats::tensorboard::Scalar;
 
 /// Writes scalars to `<dir>/events.out.tfevents.<time>.<host>.<pid>.0`.
 pub struct TensorBoardLogger {
@@ -36,10 +33,7 @@ impl TensorBoardLogger {
         };
         let file = File::create(&path).map_err(|e| Error::io(&path, e))?;
         let mut logger = TensorBoardLogger { path, out: BufWriter::new(file) };
-        let mut event = Vec::new();
-        put_double(&mut event, 1, wall_time());
-        put_bytes(&mut event, 3, b"brain.Event:2");
-        logger.write_record(&event)?;
+        logger.write_record(&tensorboard::file_version_event(wall_time()))?;
         Ok(logger)
     }
 
@@ -49,33 +43,17 @@ impl TensorBoardLogger {
     }
 
     fn write_record(&mut self, payload: &[u8]) -> Result<()> {
-        let len = (payload.len() as u64).to_le_bytes();
-        let mut rec = Vec::with_capacity(payload.len() + 16);
-        rec.extend_from_slice(&len);
-        rec.extend_from_slice(&masked_crc(&len).to_le_bytes());
-        rec.extend_from_slice(payload);
-        rec.extend_from_slice(&masked_crc(payload).to_le_bytes());
-        self.out.write_all(&rec).map_err(|e| Error::io(&self.path, e))
+        self.out.write_all(&tensorboard::record(payload)).map_err(|e| Error::io(&self.path, e))
     }
 }
 
 impl Logger for TensorBoardLogger {
     fn log_metrics(&mut self, metrics: &Metrics, step: u64) -> Result<()> {
-        let mut summary = Vec::new();
-        for (tag, value) in metrics {
-            if tag == "epoch" {
-                continue;
-            }
-            let mut v = Vec::new();
-            put_bytes(&mut v, 1, tag.as_bytes());
-            put_float(&mut v, 2, *value as f32);
-            put_bytes(&mut summary, 1, &v);
-        }
-        let mut event = Vec::new();
-        put_double(&mut event, 1, wall_time());
-        put_varint_field(&mut event, 2, step);
-        put_bytes(&mut event, 5, &summary);
-        self.write_record(&event)
+        let scalars = metrics
+            .iter()
+            .filter(|(tag, _)| tag.as_str() != "epoch")
+            .map(|(tag, v)| (tag.as_str(), *v as f32));
+        self.write_record(&tensorboard::scalars_event(wall_time(), step, scalars))
     }
 
     fn flush(&mut self) -> Result<()> {
@@ -93,151 +71,8 @@ fn wall_time() -> f64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
 }
 
-fn masked_crc(data: &[u8]) -> u32 {
-    let crc = crc32c::crc32c(data);
-    crc.rotate_right(15).wrapping_add(0xa282_ead8)
-}
-
-fn put_varint(out: &mut Vec<u8>, mut v: u64) {
-    while v >= 0x80 {
-        out.push((v as u8) | 0x80);
-        v >>= 7;
-    }
-    out.push(v as u8);
-}
-fn put_varint_field(out: &mut Vec<u8>, field: u64, v: u64) {
-    put_varint(out, field << 3);
-    put_varint(out, v);
-}
-fn put_double(out: &mut Vec<u8>, field: u64, v: f64) {
-    put_varint(out, (field << 3) | 1);
-    out.extend_from_slice(&v.to_le_bytes());
-}
-fn put_float(out: &mut Vec<u8>, field: u64, v: f32) {
-    put_varint(out, (field << 3) | 5);
-    out.extend_from_slice(&v.to_le_bytes());
-}
-fn put_bytes(out: &mut Vec<u8>, field: u64, bytes: &[u8]) {
-    put_varint(out, (field << 3) | 2);
-    put_varint(out, bytes.len() as u64);
-    out.extend_from_slice(bytes);
-}
-
-/// One scalar read back from an event file.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Scalar {
-    /// The metric's name.
-    pub tag: String,
-    /// The global step.
-    pub step: u64,
-    /// The value.
-    pub value: f32,
-}
-
 /// Reads every scalar of an event file, checking each record's CRCs.
 pub fn read_scalars(path: &Path) -> Result<Vec<Scalar>> {
     let data = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    let bad = |what: &str| Error::User(format!("{}: {what}", path.display()));
-    let mut out = Vec::new();
-    let mut pos = 0;
-    while pos < data.len() {
-        let header = data.get(pos..pos + 12).ok_or_else(|| bad("truncated record header"))?;
-        let len_bytes: [u8; 8] = header[..8].try_into().map_err(|_| bad("bad length"))?;
-        if masked_crc(&len_bytes) != u32::from_le_bytes(header[8..12].try_into().map_err(|_| bad("bad crc"))?)
-        {
-            return Err(bad("length CRC mismatch"));
-        }
-        let len = u64::from_le_bytes(len_bytes) as usize;
-        let payload = data.get(pos + 12..pos + 12 + len).ok_or_else(|| bad("truncated record"))?;
-        let crc = data.get(pos + 12 + len..pos + 16 + len).ok_or_else(|| bad("truncated CRC"))?;
-        if masked_crc(payload) != u32::from_le_bytes(crc.try_into().map_err(|_| bad("bad crc"))?) {
-            return Err(bad("payload CRC mismatch"));
-        }
-        pos += 16 + len;
-        let mut step = 0;
-        let mut values = Vec::new();
-        for (field, value) in Fields::new(payload) {
-            match (field, value) {
-                (2, Wire::Varint(s)) => step = s,
-                (5, Wire::Bytes(summary)) => {
-                    for (f, v) in Fields::new(summary) {
-                        if let (1, Wire::Bytes(val)) = (f, v) {
-                            let mut tag = String::new();
-                            let mut simple = None;
-                            for (vf, vv) in Fields::new(val) {
-                                match (vf, vv) {
-                                    (1, Wire::Bytes(t)) => tag = String::from_utf8_lossy(t).into_owned(),
-                                    (2, Wire::Fixed32(x)) => simple = Some(f32::from_bits(x)),
-                                    _ => {}
-                                }
-                            }
-                            if let Some(value) = simple {
-                                values.push((tag, value));
-                            }
-                        }
-                    }
-                }
-                _ => {}
-            }
-        }
-        out.extend(values.into_iter().map(|(tag, value)| Scalar { tag, step, value }));
-    }
-    Ok(out)
-}
-
-enum Wire<'a> {
-    Varint(u64),
-    Fixed64,
-    Fixed32(u32),
-    Bytes(&'a [u8]),
-}
-
-struct Fields<'a> {
-    data: &'a [u8],
-    pos: usize,
-}
-
-impl<'a> Fields<'a> {
-    fn new(data: &'a [u8]) -> Self {
-        Fields { data, pos: 0 }
-    }
-    fn varint(&mut self) -> Option<u64> {
-        let mut v = 0u64;
-        for shift in (0..64).step_by(7) {
-            let b = *self.data.get(self.pos)?;
-            self.pos += 1;
-            v |= u64::from(b & 0x7f) << shift;
-            if b < 0x80 {
-                return Some(v);
-            }
-        }
-        None
-    }
-}
-
-impl<'a> Iterator for Fields<'a> {
-    type Item = (u64, Wire<'a>);
-    fn next(&mut self) -> Option<Self::Item> {
-        let key = self.varint()?;
-        let value = match key & 7 {
-            0 => Wire::Varint(self.varint()?),
-            1 => {
-                self.pos += 8;
-                Wire::Fixed64
-            }
-            2 => {
-                let len = self.varint()? as usize;
-                let b = self.data.get(self.pos..self.pos + len)?;
-                self.pos += len;
-                Wire::Bytes(b)
-            }
-            5 => {
-                let b = self.data.get(self.pos..self.pos + 4)?;
-                self.pos += 4;
-                Wire::Fixed32(u32::from_le_bytes(b.try_into().ok()?))
-            }
-            _ => return None,
-        };
-        Some((key >> 3, value))
-    }
+    tensorboard::read_scalars(&data).map_err(|e| Error::User(format!("{}: {e}", path.display())))
 }

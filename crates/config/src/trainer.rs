@@ -1,0 +1,270 @@
+//! The Trainer's options, with Lightning's names and defaults.
+use crate::loader::ConfigError;
+use crate::optim::ClipAlgorithm;
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+/// Seconds a `ddp` rendezvous or collective waits by default (PyTorch's 30 minutes).
+pub const DEFAULT_DDP_TIMEOUT_S: u64 = 1800;
+
+/// Which hardware to train on.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Accelerator {
+    /// A GPU when libtorch sees one, else the CPU.
+    #[default]
+    Auto,
+    /// The CPU.
+    Cpu,
+    /// An NVIDIA GPU (error when none is visible).
+    #[serde(alias = "gpu")]
+    Cuda,
+}
+
+/// Which strategy, as in Lightning's `strategy` option.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StrategyKind {
+    /// Single device unless several are asked for.
+    #[default]
+    Auto,
+    /// One process, one device.
+    SingleDevice,
+    /// Distributed data parallel: one process per device, gradients averaged.
+    Ddp,
+}
+
+/// Numeric precision of training.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Precision {
+    /// Float32 weights and math.
+    #[default]
+    #[serde(rename = "32-true", alias = "32")]
+    F32,
+}
+
+/// The loggers the Trainer can create from configuration.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LoggerKind {
+    /// `metrics.csv` in Lightning's CSVLogger layout.
+    Csv,
+    /// TensorBoard event files.
+    #[serde(alias = "tb")]
+    TensorBoard,
+}
+
+/// A number of batches, or a fraction of an epoch (Lightning's int-or-float options).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum BatchLimit {
+    /// Exactly this many batches (at most the epoch's length).
+    Count(usize),
+    /// This fraction of the epoch's batches.
+    Fraction(f64),
+}
+
+impl Default for BatchLimit {
+    fn default() -> Self {
+        BatchLimit::Fraction(1.0)
+    }
+}
+
+impl BatchLimit {
+    /// How many of `available` batches to use.
+    pub fn resolve(self, available: usize) -> usize {
+        match self {
+            BatchLimit::Count(n) => n.min(available),
+            BatchLimit::Fraction(f) => ((available as f64) * f.clamp(0.0, 1.0)) as usize,
+        }
+    }
+}
+
+/// `fast_dev_run`: `true` means one batch, a number means that many.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum FastDevRun {
+    /// On (one batch) or off.
+    Flag(bool),
+    /// This many batches.
+    Batches(usize),
+}
+
+impl Default for FastDevRun {
+    fn default() -> Self {
+        FastDevRun::Flag(false)
+    }
+}
+
+impl FastDevRun {
+    /// Batches per loop when on.
+    pub fn batches(self) -> Option<usize> {
+        match self {
+            FastDevRun::Flag(false) | FastDevRun::Batches(0) => None,
+            FastDevRun::Flag(true) => Some(1),
+            FastDevRun::Batches(n) => Some(n),
+        }
+    }
+}
+
+/// Every Trainer option. `Default` gives Lightning's defaults.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrainerConfig {
+    /// Stop after this many epochs (default 1000 when `max_steps` is unset too).
+    pub max_epochs: Option<usize>,
+    /// Stop after this many optimizer steps.
+    pub max_steps: Option<u64>,
+    /// Batches whose gradients are summed before each optimizer step.
+    pub accumulate_grad_batches: usize,
+    /// Clip gradients at this value before each step.
+    pub gradient_clip_val: Option<f64>,
+    /// `norm` (global L2 norm) or `value` (element-wise).
+    pub gradient_clip_algorithm: ClipAlgorithm,
+    /// Validate every this fraction of an epoch, or every this many batches.
+    pub val_check_interval: BatchLimit,
+    /// Validate every this many epochs.
+    pub check_val_every_n_epoch: usize,
+    /// Training batches per epoch (fraction or count).
+    pub limit_train_batches: BatchLimit,
+    /// Validation batches per run.
+    pub limit_val_batches: BatchLimit,
+    /// Test batches.
+    pub limit_test_batches: BatchLimit,
+    /// Prediction batches.
+    pub limit_predict_batches: BatchLimit,
+    /// Run this many batches of each loop once, without logs or checkpoints, to smoke-test.
+    pub fast_dev_run: FastDevRun,
+    /// Validation batches run before training to catch bugs early.
+    pub num_sanity_val_steps: usize,
+    /// Log training-step metrics every this many optimizer steps.
+    pub log_every_n_steps: u64,
+    /// Root of `<name>/version_N/` folders.
+    pub default_root_dir: PathBuf,
+    /// Experiment name: the folder under `default_root_dir`.
+    pub name: String,
+    /// Use this version number instead of the next free one.
+    pub version: Option<u32>,
+    /// Seed of initialisation-independent randomness (shuffling, dropout).
+    pub seed: Option<u64>,
+    /// Show a progress bar.
+    pub enable_progress_bar: bool,
+    /// Write checkpoints (a default ModelCheckpoint when none is given, and `last`).
+    pub enable_checkpointing: bool,
+    /// Print the model summary when fit starts.
+    pub enable_model_summary: bool,
+    /// Loggers to write with (`csv`, `tensorboard`); empty turns logging off.
+    pub loggers: Vec<LoggerKind>,
+    /// cpu, cuda (gpu) or auto.
+    pub accelerator: Accelerator,
+    /// Devices per process.
+    pub devices: usize,
+    /// Nodes of a `ddp` job.
+    pub num_nodes: usize,
+    /// How devices cooperate (`auto`, `single_device`, `ddp`).
+    pub strategy: StrategyKind,
+    /// Seconds a `ddp` rendezvous or collective may wait for the other ranks.
+    pub ddp_timeout_s: u64,
+    /// Numeric precision.
+    pub precision: Precision,
+    /// libtorch intra-op threads.
+    pub num_threads: Option<usize>,
+}
+
+impl Default for TrainerConfig {
+    fn default() -> Self {
+        TrainerConfig {
+            max_epochs: None,
+            max_steps: None,
+            accumulate_grad_batches: 1,
+            gradient_clip_val: None,
+            gradient_clip_algorithm: ClipAlgorithm::Norm,
+            val_check_interval: BatchLimit::Fraction(1.0),
+            check_val_every_n_epoch: 1,
+            limit_train_batches: BatchLimit::default(),
+            limit_val_batches: BatchLimit::default(),
+            limit_test_batches: BatchLimit::default(),
+            limit_predict_batches: BatchLimit::default(),
+            fast_dev_run: FastDevRun::default(),
+            num_sanity_val_steps: 2,
+            log_every_n_steps: 50,
+            default_root_dir: PathBuf::from("."),
+            name: "lightning_logs".into(),
+            version: None,
+            seed: None,
+            enable_progress_bar: true,
+            enable_checkpointing: true,
+            enable_model_summary: true,
+            loggers: vec![LoggerKind::Csv, LoggerKind::TensorBoard],
+            accelerator: Accelerator::Auto,
+            devices: 1,
+            num_nodes: 1,
+            strategy: StrategyKind::Auto,
+            ddp_timeout_s: DEFAULT_DDP_TIMEOUT_S,
+            precision: Precision::F32,
+            num_threads: None,
+        }
+    }
+}
+
+impl TrainerConfig {
+    /// Everything off that writes or prints: no loggers, checkpoints, bar or summary.
+    pub fn quiet(mut self) -> Self {
+        self.loggers.clear();
+        self.enable_checkpointing = false;
+        self.enable_progress_bar = false;
+        self.enable_model_summary = false;
+        self
+    }
+
+    /// The effective epoch limit: Lightning's 1000 when neither limit is set.
+    pub fn epoch_limit(&self) -> Option<usize> {
+        match (self.max_epochs, self.max_steps) {
+            (None, None) => Some(1000),
+            (e, _) => e,
+        }
+    }
+
+    /// Checks values that the types allow but training cannot use.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |field: &str, why: &str| Err(ConfigError::Invalid(format!("trainer.{field}: {why}")));
+        if self.accumulate_grad_batches == 0 {
+            return bad("accumulate_grad_batches", "must be at least 1");
+        }
+        if self.log_every_n_steps == 0 {
+            return bad("log_every_n_steps", "must be at least 1");
+        }
+        if self.gradient_clip_val.is_some_and(|v| !(v > 0.0 && v.is_finite())) {
+            return bad("gradient_clip_val", "must be a positive number");
+        }
+        if self.devices == 0 {
+            return bad("devices", "must be at least 1");
+        }
+        if self.num_nodes == 0 {
+            return bad("num_nodes", "must be at least 1");
+        }
+        if self.ddp_timeout_s == 0 {
+            return bad("ddp_timeout_s", "must be at least 1 second");
+        }
+        if self.check_val_every_n_epoch == 0 {
+            return bad("check_val_every_n_epoch", "must be at least 1");
+        }
+        for (field, limit) in [
+            ("val_check_interval", self.val_check_interval),
+            ("limit_train_batches", self.limit_train_batches),
+            ("limit_val_batches", self.limit_val_batches),
+            ("limit_test_batches", self.limit_test_batches),
+            ("limit_predict_batches", self.limit_predict_batches),
+        ] {
+            if let BatchLimit::Fraction(f) = limit {
+                if !(0.0..=1.0).contains(&f) {
+                    return bad(field, "a fraction must be between 0.0 and 1.0");
+                }
+            }
+        }
+        if self.name.is_empty() || self.name.contains(['/', '\\']) {
+            return bad("name", "must be a plain folder name");
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,22 @@
+//! volt-formats: the files volt reads and writes, free of libtorch so that they build
+//! fast and can be fuzzed: checkpoint headers ([`checkpoint`]), TensorBoard event files
+//! ([`tensorboard`]) and Lightning's `metrics.csv` ([`metrics_csv`]).
+#![warn(missing_docs)]
+
+pub mod checkpoint;
+pub mod metrics_csv;
+pub mod tensorboard;
+
+/// What is wrong with a file's contents; the caller adds which file.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct FormatError(pub String);
+
+impl FormatError {
+    pub(crate) fn new(what: impl Into<String>) -> Self {
+        FormatError(what.into())
+    }
+}
+
+/// Metric name → value.
+pub type Metrics = std::collections::BTreeMap<String, f64>;

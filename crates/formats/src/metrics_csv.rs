@@ -1,0 +1,57 @@
+//! `metrics.csv` in PyTorch Lightning's CSVLogger layout: a header of sorted column
+//! names (`step`, `epoch` and one per metric), one row per logged step, blank cells for
+//! values a row does not have.
+use crate::{FormatError, Metrics};
+
+/// The header and rows of a `metrics.csv` file's bytes; blank cells are absent values.
+pub fn parse(bytes: &[u8]) -> Result<(Vec<String>, Vec<Metrics>), FormatError> {
+    let mut reader = csv::Reader::from_reader(bytes);
+    let header: Vec<String> = reader.headers().map_err(bad)?.iter().map(str::to_owned).collect();
+    let mut rows = Vec::new();
+    for (i, record) in reader.records().enumerate() {
+        let record = record.map_err(bad)?;
+        let mut row = Metrics::new();
+        for (key, cell) in header.iter().zip(record.iter()).filter(|(_, c)| !c.is_empty()) {
+            let value = cell.parse::<f64>().map_err(|_| {
+                FormatError::new(format!("row {}: column `{key}` holds {cell:?}, not a number", i + 1))
+            })?;
+            row.insert(key.clone(), value);
+        }
+        rows.push(row);
+    }
+    Ok((header, rows))
+}
+
+/// The file's bytes: `keys` as the header (when `header` is set), then `rows`.
+pub fn write<'a>(
+    keys: impl IntoIterator<Item = &'a String> + Clone,
+    rows: &[Metrics],
+    header: bool,
+) -> Result<Vec<u8>, FormatError> {
+    let mut writer = csv::WriterBuilder::new().has_headers(false).from_writer(Vec::new());
+    if header {
+        writer.write_record(keys.clone()).map_err(bad)?;
+    }
+    for row in rows {
+        let cells: Vec<String> = keys
+            .clone()
+            .into_iter()
+            .map(|k| row.get(k).map(|v| format_value(k, *v)).unwrap_or_default())
+            .collect();
+        writer.write_record(&cells).map_err(bad)?;
+    }
+    writer.into_inner().map_err(|e| FormatError::new(e.to_string()))
+}
+
+/// `step` and `epoch` as integers, everything else as Rust prints floats.
+fn format_value(key: &str, v: f64) -> String {
+    if (key == "step" || key == "epoch") && v.fract() == 0.0 {
+        format!("{}", v as i64)
+    } else {
+        format!("{v}")
+    }
+}
+
+fn bad(e: csv::Error) -> FormatError {
+    FormatError::new(e.to_string())
+}
