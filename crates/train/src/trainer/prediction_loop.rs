@@ -1,0 +1,46 @@
+//! `predict`: `predict_step` over the predict loader (Lightning's `prediction_loop.py`).
+use super::Trainer;
+use crate::checkpoint::CkptPath;
+use crate::data::{Batch, DataModule};
+use crate::error::{Error, Result};
+use crate::metrics::Stage;
+use crate::module::{StepContext, VoltModule};
+
+impl Trainer {
+    /// Runs `predict_step` over the predict loader; returns one prediction per batch.
+    pub fn predict<M, D>(
+        &mut self,
+        module: &mut M,
+        data: &D,
+        ckpt_path: Option<CkptPath>,
+    ) -> Result<Vec<M::Prediction>>
+    where
+        M: VoltModule,
+        D: DataModule<Batch = M::Batch>,
+    {
+        let loader = data
+            .predict_dataloader()
+            .ok_or_else(|| Error::Data("predict needs a predict_dataloader".into()))?;
+        self.prepare_eval(module, ckpt_path)?;
+        let loader = self.fabric.setup_dataloader(loader);
+        let limit = self
+            .fast_dev_batches()
+            .unwrap_or(usize::MAX)
+            .min(self.config.limit_predict_batches.resolve(loader.len()));
+        let device = self.fabric.device();
+        let mut ctx = StepContext::new(Stage::Predict, device);
+        tch::no_grad(|| {
+            loader
+                .epoch(0, 0)
+                .take(limit)
+                .enumerate()
+                .map(|(i, batch)| {
+                    let batch = batch?.to_device(device);
+                    ctx.batch_idx = i;
+                    ctx.batch_size = batch.batch_size();
+                    module.predict_step(&batch, &mut ctx)
+                })
+                .collect()
+        })
+    }
+}
