@@ -254,3 +254,19 @@ fn slurm_and_open_mpi_variables_place_the_ranks() {
         ])
     });
 }
+
+#[test]
+fn step_checkpoints_before_any_validation_do_not_stop_a_ddp_run() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path().join("runs");
+    let mut args = fit_args(&root);
+    args.extend(
+        ["--trainer.max_steps", "30", "--callbacks.model_checkpoint.every_n_train_steps", "20"]
+            .map(String::from),
+    );
+    let out = volt(&args).output().expect("run volt");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(!err.contains("lost rank"), "{err}");
+    assert!(last_of(&root).exists());
+}

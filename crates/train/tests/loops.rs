@@ -139,3 +139,43 @@ fn predict_returns_one_output_per_batch() {
     assert_eq!(out[0].size(), vec![10, 1]);
     assert_eq!(out[6].size(), vec![4, 1]);
 }
+
+#[test]
+fn val_check_interval_counts_training_batches_not_optimizer_steps() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // 8 batches an epoch, 2 optimizer steps an epoch: validation after batches 2, 4, 6, 8.
+    let (n, _) = validations(TrainerConfig {
+        max_epochs: Some(2),
+        accumulate_grad_batches: 4,
+        val_check_interval: BatchLimit::Count(2),
+        ..config(dir.path())
+    });
+    assert_eq!(n, 8, "Lightning's val_check_interval counts batches");
+}
+
+#[test]
+fn val_check_interval_beyond_the_epoch_is_refused_unless_counted_across_epochs() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut m = Scripted::new(vec![]);
+    let mut t = Trainer::new(TrainerConfig {
+        max_epochs: Some(3),
+        val_check_interval: BatchLimit::Count(12),
+        ..config(dir.path())
+    })
+    .expect("trainer");
+    let e = t.fit(&mut m, &PointsData { batch_size: 8 }, None).expect_err("12 > 8 batches");
+    assert!(
+        e.to_string().contains("val_check_interval") && e.to_string().contains("check_val_every_n_epoch"),
+        "{e}"
+    );
+    assert_eq!(m.train_steps, 0, "refused before training");
+
+    // Counted across epochs: after batches 12 and 24 of 24.
+    let (n, _) = validations(TrainerConfig {
+        max_epochs: Some(3),
+        val_check_interval: BatchLimit::Count(12),
+        check_val_every_n_epoch: None,
+        ..config(dir.path())
+    });
+    assert_eq!(n, 2);
+}

@@ -327,15 +327,40 @@ fn metrics_csv_and_tensorboard_files_hold_the_logged_values() {
     assert_eq!(of("val_acc").iter().map(|s| s.0).collect::<Vec<_>>(), vec![44, 89]);
     assert_eq!(of("val_loss").len(), 2);
     assert!(of("epoch").is_empty(), "epoch is a CSV column, not a TensorBoard scalar");
+
+    // TensorBoard's own reader sees the same scalars (volt's reader could share a bug
+    // with volt's writer).
+    let script = r#"
+import json, sys
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+acc = EventAccumulator(sys.argv[1], size_guidance={"scalars": 0})
+acc.Reload()
+print(json.dumps({tag: [[e.step, e.value] for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}))
+"#;
+    let out =
+        std::process::Command::new(python()).args(["-c", script]).arg(&log_dir).output().expect("python");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let theirs: std::collections::BTreeMap<String, Vec<(u64, f32)>> =
+        serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(theirs.keys().collect::<Vec<_>>(), ["train_loss", "val_acc", "val_loss"]);
+    for (tag, values) in &theirs {
+        assert_eq!(values, &of(tag), "{tag} as TensorBoard reads it");
+    }
+}
+
+/// The Python of scripts/setup's environment. Read at run time: a test binary reused
+/// from another checkout must not point there.
+fn python() -> std::path::PathBuf {
+    let python =
+        Path::new(&std::env::var_os("CARGO_MANIFEST_DIR").expect("run by cargo")).join("../../.python");
+    assert!(python.exists(), "{} is missing: run scripts/setup", python.display());
+    python
 }
 
 #[test]
 fn python_safetensors_opens_a_volt_checkpoint() {
     let _serial = serial();
-    // Read at run time: a test binary reused from another checkout must not point there.
-    let python =
-        Path::new(&std::env::var_os("CARGO_MANIFEST_DIR").expect("run by cargo")).join("../../.python");
-    assert!(python.exists(), "{} is missing: run scripts/setup", python.display());
+    let python = python();
     let dir = tempfile::tempdir().expect("tempdir");
     let mut m = model(0);
     let mut t =
@@ -363,4 +388,47 @@ with safe_open(sys.argv[1], framework="pt") as f:
     let keys: Vec<&str> = got["keys"].as_array().expect("keys").iter().filter_map(|k| k.as_str()).collect();
     assert!(keys.contains(&"optimizer.fc1.weight.exp_avg_sq"), "{keys:?}");
     assert!(keys.contains(&"model.fc3.bias"), "{keys:?}");
+}
+
+/// digits-mlp that records the labels of every training batch it sees.
+struct OrderProbe {
+    inner: DigitsMlp,
+    labels: Vec<i64>,
+}
+
+impl VoltModule for OrderProbe {
+    type Batch = (Tensor, Tensor);
+    type Prediction = Tensor;
+    fn var_store(&self) -> &nn::VarStore {
+        self.inner.var_store()
+    }
+    fn training_step(
+        &mut self,
+        batch: &Self::Batch,
+        ctx: &mut volt_train::StepContext,
+    ) -> volt_train::Result<Tensor> {
+        self.labels.extend(Vec::<i64>::try_from(&batch.1).expect("labels"));
+        self.inner.training_step(batch, ctx)
+    }
+    fn configure_optimizers(&self) -> volt_train::OptimizerConfig {
+        self.inner.configure_optimizers()
+    }
+}
+
+#[test]
+fn the_run_seed_orders_the_batches_unless_the_data_sets_its_own() {
+    let _g = serial();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let order = |seed: u64, data: &DigitsData| {
+        let mut m = OrderProbe { inner: model(0), labels: Vec::new() };
+        let cfg = TrainerConfig { seed: Some(seed), max_steps: Some(3), ..quiet(dir.path()) };
+        Trainer::new(cfg).expect("trainer").fit(&mut m, data, None).expect("fit");
+        m.labels
+    };
+    let data = data();
+    assert_eq!(order(1, &data), order(1, &data), "same seed, same order");
+    assert_ne!(order(1, &data), order(2, &data), "--seed seeds the shuffle, as Lightning's seed_everything");
+    let pinned =
+        DigitsData::new(DigitsDataConfig { seed: Some(7), ..DigitsDataConfig::default() }).expect("data");
+    assert_eq!(order(1, &pinned), order(2, &pinned), "an explicit data.seed wins");
 }
