@@ -15,9 +15,16 @@ pub type Metrics = BTreeMap<String, f64>;
 pub fn monitored(metrics: &Metrics, who: &str, monitor: &str) -> Result<f64, ConfigError> {
     metrics.get(monitor).copied().ok_or_else(|| {
         let known: Vec<&str> = metrics.keys().map(String::as_str).collect();
+        let nearest = known
+            .iter()
+            .map(|k| (strsim::damerau_levenshtein(monitor, k), k))
+            .filter(|(d, k)| *d <= 3.max(k.len() / 3))
+            .min_by_key(|(d, _)| *d)
+            .map(|(_, k)| format!("; did you mean \"{k}\"?"))
+            .unwrap_or_default();
         ConfigError::Invalid(format!(
             "{who}(monitor=\"{monitor}\") found no metric named \"{monitor}\"; \
-             logged metrics are: [{}]",
+             logged metrics are: [{}]{nearest}",
             known.join(", ")
         ))
     })
@@ -64,6 +71,9 @@ pub struct CheckpointState {
     pub last_model_path: Option<PathBuf>,
     /// Global step of the last save (to avoid saving one state twice).
     pub last_saved_step: Option<u64>,
+    /// Whether the missing-monitor warning was given (once per run, as Lightning).
+    #[serde(skip)]
+    pub warned_missing_monitor: bool,
 }
 
 impl Default for ModelCheckpoint {
@@ -122,7 +132,8 @@ impl ModelCheckpoint {
                 "epoch" => format!("{epoch}"),
                 "step" => format!("{step}"),
                 metric => {
-                    let v = monitored(metrics, "ModelCheckpoint.filename", metric)?;
+                    // Lightning formats a metric that is not logged (yet) as 0.
+                    let v = metrics.get(metric).copied().unwrap_or(0.0);
                     match precision {
                         Some(p) => format!("{v:.p$}"),
                         None => format!("{v}"),

@@ -46,6 +46,17 @@ pub enum Error {
     /// A configuration value is invalid; the message names the field.
     #[error("invalid configuration: {0}")]
     Config(String),
+    /// A configuration or checkpoint problem that showed only once training was under way:
+    /// the run stopped, and what it logged and saved before stays.
+    #[error("{message}\n  fit stopped at epoch {epoch}, step {step}; the logs and checkpoints written before this stay")]
+    DuringFit {
+        /// What went wrong.
+        message: String,
+        /// Epoch, counted from 0.
+        epoch: usize,
+        /// Optimizer steps taken.
+        step: u64,
+    },
     /// Setting up or running data-parallel collectives failed.
     #[error("ddp: {0}")]
     Distributed(String),
@@ -92,5 +103,19 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 impl From<volt_config::ConfigError> for Error {
     fn from(e: volt_config::ConfigError) -> Self {
         Error::Config(e.to_string())
+    }
+}
+
+impl Error {
+    /// This error as it reaches the caller of `fit` once training is under way: problems
+    /// of configuration or checkpoints say where the run stopped (the command line exits
+    /// 1 for them, not 2, since files were written); the others are already specific.
+    pub(crate) fn during_fit(self, at: &crate::progress::Progress) -> Self {
+        match self {
+            Error::Config(_) | Error::Checkpoint { .. } | Error::CheckpointMismatch { .. } => {
+                Error::DuringFit { message: self.to_string(), epoch: at.epoch, step: at.global_step }
+            }
+            other => other,
+        }
     }
 }

@@ -27,7 +27,7 @@ pub mod summary;
 pub mod trainer;
 
 pub use callbacks::{
-    Callback, CallbackContext, EarlyStopping, LearningRateMonitor, ModelCheckpoint, ProgressBar,
+    Callback, CallbackContext, EarlyStopping, FitPlan, LearningRateMonitor, ModelCheckpoint, ProgressBar,
 };
 pub use checkpoint::{Checkpoint, CkptPath, TrainingState};
 pub use cluster::ClusterEnv;

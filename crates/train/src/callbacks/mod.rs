@@ -31,8 +31,13 @@ pub struct CallbackContext<'a> {
     pub log_dir: Option<&'a Path>,
     /// Whether this rank writes files.
     pub is_global_zero: bool,
-    /// Whether the run has a validation loop.
+    /// Whether the run has a validation loop with at least one batch.
     pub has_validation: bool,
+    /// Whether a validation run (not the sanity check) has happened in this `fit`: until
+    /// then a missing validation metric is expected, not an error (Lightning's rule).
+    pub validation_has_run: bool,
+    /// `fast_dev_run` is on: no checkpoints, no early stopping (as Lightning).
+    pub fast_dev_run: bool,
     /// Batches per training epoch (after limits).
     pub num_training_batches: usize,
     /// The run's epoch limit.
@@ -40,6 +45,19 @@ pub struct CallbackContext<'a> {
     /// The run's step limit.
     pub max_steps: Option<u64>,
     pub(crate) requests: &'a mut Requests,
+}
+
+/// What `fit` is about to do, for the checks callbacks make before anything is written.
+#[derive(Clone, Copy, Debug)]
+pub struct FitPlan<'a> {
+    /// The run's `version_N` folder, when logging or checkpointing is on.
+    pub log_dir: Option<&'a Path>,
+    /// Whether any validation will run (a validation loader and a non-zero limit).
+    pub has_validation: bool,
+    /// `fast_dev_run` is on.
+    pub fast_dev_run: bool,
+    /// Whether this rank writes files.
+    pub is_global_zero: bool,
 }
 
 /// Actions callbacks ask for; the Trainer carries them out after the hook returns.
@@ -80,6 +98,11 @@ impl CallbackContext<'_> {
 pub trait Callback: Send {
     /// Unique name; the key of this callback's state in checkpoints.
     fn name(&self) -> String;
+    /// Once, before `fit` writes anything: check the callback's options against the run.
+    /// An error here stops `fit` with nothing written.
+    fn setup(&mut self, _plan: &FitPlan) -> Result<()> {
+        Ok(())
+    }
     /// Once, after setup and any checkpoint restore, before the sanity check.
     fn on_fit_start(&mut self, _ctx: &mut CallbackContext) -> Result<()> {
         Ok(())

@@ -1,6 +1,6 @@
 //! Lightning's ModelCheckpoint during `fit`: periodic checkpoints, the top-k by a
 //! metric, and `last` (its options are volt-config's).
-use super::{parse_state, Callback, CallbackContext};
+use super::{parse_state, Callback, CallbackContext, FitPlan};
 use crate::checkpoint::LAST_NAME;
 use crate::error::{Error, Result};
 use crate::schedule::Mode;
@@ -44,7 +44,26 @@ fn save_top_k_checkpoint(
     dir: &std::path::Path,
 ) -> Result<()> {
     let score = match &mc.monitor {
-        Some(m) => ctx.monitored("ModelCheckpoint", m)?,
+        Some(m) => match ctx.metrics.get(m) {
+            Some(v) => *v,
+            // Lightning's rule: an error once validation has run, before that a warning;
+            // no top-k checkpoint either way (`last` is still saved).
+            None if ctx.validation_has_run => {
+                ctx.monitored("ModelCheckpoint", m)?;
+                return Ok(());
+            }
+            None => {
+                if !mc.state.warned_missing_monitor {
+                    mc.state.warned_missing_monitor = true;
+                    tracing::warn!(
+                        "ModelCheckpoint(monitor=\"{m}\") found no metric named \"{m}\" before any validation ran \
+                         (logged: [{}]); no top-k checkpoint until it is logged, `last` is still saved",
+                        ctx.metrics.keys().cloned().collect::<Vec<_>>().join(", ")
+                    );
+                }
+                return Ok(());
+            }
+        },
         None => ctx.progress.global_step as f64,
     };
     if !score.is_finite() {
@@ -109,6 +128,24 @@ impl Callback for ModelCheckpoint {
             self.monitor.as_deref().unwrap_or("None"),
             self.mode
         )
+    }
+
+    fn setup(&mut self, plan: &FitPlan) -> Result<()> {
+        // A template that cannot be formatted fails now rather than at the first save.
+        self.format_name(0, 0, &Default::default())?;
+        if plan.is_global_zero && self.dirpath.is_none() && plan.log_dir.is_none() {
+            return Err(Error::Config(
+                "ModelCheckpoint needs `dirpath` when the run has no log folder".into(),
+            ));
+        }
+        if let (Some(m), false, true) = (&self.monitor, plan.has_validation, self.save_top_k != 0) {
+            self.state.warned_missing_monitor = true;
+            tracing::warn!(
+                "no validation will run, so ModelCheckpoint(monitor=\"{m}\") can rank checkpoints only by a \
+                 training metric named \"{m}\"; without one only `last` is saved"
+            );
+        }
+        Ok(())
     }
 
     fn on_train_batch_end(&mut self, ctx: &mut CallbackContext, _loss: f64) -> Result<()> {

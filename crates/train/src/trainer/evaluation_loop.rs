@@ -22,6 +22,7 @@ impl Trainer {
             .unwrap_or(usize::MAX)
             .min(self.config.limit_val_batches.resolve(val.len()));
         let acc = self.evaluate(module, val, Stage::Validate, limit, &run.state.progress)?;
+        run.state.validation_has_run = true;
         let metrics = self.reduce_epoch(acc, &mut run.state)?;
         if !metrics.is_empty() {
             log_row(
@@ -138,6 +139,8 @@ impl Trainer {
             max_epochs: None,
             max_steps: None,
             stop_reason: None,
+            fast_dev_run: false,
+            validation_has_run: false,
         };
         self.reduce_epoch(acc, &mut scratch)
     }

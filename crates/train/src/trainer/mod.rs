@@ -13,7 +13,7 @@ mod fit_loop;
 mod prediction_loop;
 mod training_epoch_loop;
 
-use crate::callbacks::{Callback, CallbackContext, ModelCheckpoint, ProgressBar, Requests};
+use crate::callbacks::{Callback, CallbackContext, FitPlan, ModelCheckpoint, ProgressBar, Requests};
 use crate::checkpoint::{self, Checkpoint, CheckpointWriter, CkptPath, LAST_NAME};
 use crate::config::TrainerConfig;
 use crate::data::DataModule;
@@ -70,12 +70,15 @@ struct RunState {
     bar_metrics: Metrics,
     log_dir: Option<PathBuf>,
     has_validation: bool,
+    /// Whether a validation run (not the sanity check) has happened in this `fit`.
+    validation_has_run: bool,
     lr: f64,
     optimizer_name: &'static str,
     is_global_zero: bool,
     max_epochs: Option<usize>,
     max_steps: Option<u64>,
     stop_reason: Option<String>,
+    fast_dev_run: bool,
 }
 
 /// What one `fit` call owns besides the module.
@@ -252,6 +255,31 @@ impl Trainer {
             }
             other => other,
         };
+        let epoch_len =
+            fast_dev.unwrap_or(usize::MAX).min(self.config.limit_train_batches.resolve(train_loader.len()));
+        let val_batches = val_loader.as_ref().map_or(0, |v| {
+            fast_dev.unwrap_or(usize::MAX).min(self.config.limit_val_batches.resolve(v.len()))
+        });
+        if self.config.enable_checkpointing
+            && fast_dev.is_none()
+            && !self.callbacks.iter().any(|c| c.name().starts_with("ModelCheckpoint"))
+        {
+            self.callbacks.push(Box::new(ModelCheckpoint::default()));
+        }
+        if self.config.enable_progress_bar && !self.callbacks.iter().any(|c| c.name() == "ProgressBar") {
+            self.callbacks.push(Box::new(ProgressBar::default()));
+        }
+        // What the callbacks can check before anything is written.
+        let plan = FitPlan {
+            log_dir: log_dir.as_deref(),
+            has_validation: val_batches > 0,
+            fast_dev_run: fast_dev.is_some(),
+            is_global_zero: self.fabric.is_global_zero(),
+        };
+        for cb in &mut self.callbacks {
+            cb.setup(&plan)?;
+        }
+
         let mut loggers: Vec<Box<dyn Logger>> = std::mem::take(&mut self.extra_loggers);
         if let (Some(dir), true) = (&log_dir, self.fabric.is_global_zero()) {
             std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
@@ -264,15 +292,6 @@ impl Trainer {
                 save_hparams(dir, &module.hparams())?;
             }
         }
-        if self.config.enable_checkpointing
-            && fast_dev.is_none()
-            && !self.callbacks.iter().any(|c| c.name().starts_with("ModelCheckpoint"))
-        {
-            self.callbacks.push(Box::new(ModelCheckpoint::default()));
-        }
-        if self.config.enable_progress_bar && !self.callbacks.iter().any(|c| c.name() == "ProgressBar") {
-            self.callbacks.push(Box::new(ProgressBar::default()));
-        }
         if let Some(ckpt) = &restored {
             for cb in &mut self.callbacks {
                 if let Some(state) = ckpt.state.callbacks.get(&cb.name()) {
@@ -284,8 +303,6 @@ impl Trainer {
             println!("{}", ModelSummary::of(module.var_store()));
         }
 
-        let epoch_len =
-            fast_dev.unwrap_or(usize::MAX).min(self.config.limit_train_batches.resolve(train_loader.len()));
         let mut run = Run {
             state: RunState {
                 progress,
@@ -293,13 +310,15 @@ impl Trainer {
                 metrics: restored.as_ref().map(|c| c.state.metrics.clone()).unwrap_or_default(),
                 bar_metrics: Metrics::new(),
                 log_dir,
-                has_validation: val_loader.is_some(),
+                has_validation: val_batches > 0,
+                validation_has_run: false,
                 lr: optimizer.lr(),
                 optimizer_name: optimizer.spec().class_name(),
                 is_global_zero: self.fabric.is_global_zero(),
                 max_epochs: if fast_dev.is_some() { Some(1) } else { self.config.epoch_limit() },
                 max_steps: self.config.max_steps,
                 stop_reason: None,
+                fast_dev_run: fast_dev.is_some(),
             },
             optimizer,
             scheduler,
@@ -322,7 +341,7 @@ impl Trainer {
                     let _ = l.flush();
                 }
                 let _ = run.writer.flush();
-                Err(e)
+                Err(e.during_fit(&run.state.progress))
             }
         }
     }
@@ -441,6 +460,8 @@ fn hook(
             log_dir: st.log_dir.as_deref(),
             is_global_zero: st.is_global_zero,
             has_validation: st.has_validation,
+            validation_has_run: st.validation_has_run,
+            fast_dev_run: st.fast_dev_run,
             num_training_batches: st.epoch_len,
             max_epochs: st.max_epochs,
             max_steps: st.max_steps,

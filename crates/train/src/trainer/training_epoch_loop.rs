@@ -26,7 +26,8 @@ impl Trainer {
         let epoch_len = run.state.epoch_len;
         let accumulate = self.config.accumulate_grad_batches;
         let device = self.fabric.device();
-        let val_due_this_epoch = val.is_some() && (epoch + 1) % self.config.check_val_every_n_epoch == 0;
+        let val_due_this_epoch =
+            run.state.has_validation && (epoch + 1) % self.config.check_val_every_n_epoch == 0;
         let val_every = match self.config.val_check_interval {
             crate::config::BatchLimit::Count(n) => n.max(1),
             crate::config::BatchLimit::Fraction(f) => (((epoch_len as f64) * f) as usize).max(1),
