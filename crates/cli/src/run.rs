@@ -170,7 +170,15 @@ pub fn resolve_config<M: CliModel, D: CliData>(
     let mut defaults = RunConfig::<M::Config, D::Config>::default();
     M::configure_defaults(&mut defaults.trainer, &mut defaults.callbacks);
     let files = inv.configs.iter().map(|p| config::read_file(p)).collect::<Result<Vec<_>, _>>()?;
-    config::load(&defaults, files, &inv.overrides)
+    let user_checkpoint = files.iter().any(|f| f.pointer("/callbacks/model_checkpoint").is_some())
+        || inv.overrides.iter().any(|(k, _)| k.starts_with("callbacks.model_checkpoint"));
+    let mut config = config::load(&defaults, files, &inv.overrides)?;
+    // The model's own ModelCheckpoint gives way when checkpointing is off; one the user
+    // configured is kept, and the Trainer refuses the combination, as Lightning does.
+    if !config.trainer.enable_checkpointing && !user_checkpoint {
+        config.callbacks.model_checkpoint = None;
+    }
+    Ok(config)
 }
 
 /// Writes the resolved configuration to `<version_N>/config.toml` when fit starts.

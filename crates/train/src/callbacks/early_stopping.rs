@@ -5,6 +5,10 @@ use serde_json::Value;
 pub use volt_config::callbacks::{EarlyStopping, EarlyStoppingState};
 
 fn check(es: &mut EarlyStopping, ctx: &mut CallbackContext) -> Result<()> {
+    // fast_dev_run is a smoke test: Lightning does not stop it early.
+    if ctx.fast_dev_run {
+        return Ok(());
+    }
     let current = ctx.monitored("EarlyStopping", &es.monitor)?;
     if let Some(reason) = es.observe(current, ctx.progress.epoch) {
         ctx.request_stop(format!("EarlyStopping: {reason}"));

@@ -19,7 +19,8 @@ fn dir(mc: &ModelCheckpoint, ctx: &CallbackContext) -> Result<PathBuf> {
 }
 
 fn save(mc: &mut ModelCheckpoint, ctx: &mut CallbackContext) -> Result<()> {
-    if !ctx.is_global_zero {
+    // fast_dev_run is a smoke test: Lightning saves nothing during it.
+    if !ctx.is_global_zero || ctx.fast_dev_run {
         return Ok(());
     }
     if mc.state.last_saved_step == Some(ctx.progress.global_step) {
@@ -133,6 +134,9 @@ impl Callback for ModelCheckpoint {
     fn setup(&mut self, plan: &FitPlan) -> Result<()> {
         // A template that cannot be formatted fails now rather than at the first save.
         self.format_name(0, 0, &Default::default())?;
+        if plan.fast_dev_run {
+            return Ok(());
+        }
         if plan.is_global_zero && self.dirpath.is_none() && plan.log_dir.is_none() {
             return Err(Error::Config(
                 "ModelCheckpoint needs `dirpath` when the run has no log folder".into(),

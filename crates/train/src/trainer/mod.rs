@@ -260,10 +260,15 @@ impl Trainer {
         let val_batches = val_loader.as_ref().map_or(0, |v| {
             fast_dev.unwrap_or(usize::MAX).min(self.config.limit_val_batches.resolve(v.len()))
         });
-        if self.config.enable_checkpointing
-            && fast_dev.is_none()
-            && !self.callbacks.iter().any(|c| c.name().starts_with("ModelCheckpoint"))
-        {
+        let has_model_checkpoint = self.callbacks.iter().any(|c| c.name().starts_with("ModelCheckpoint"));
+        if !self.config.enable_checkpointing && has_model_checkpoint {
+            return Err(Error::Config(
+                "trainer.enable_checkpointing is false but a ModelCheckpoint callback is configured; \
+                 remove it or turn checkpointing on"
+                    .into(),
+            ));
+        }
+        if self.config.enable_checkpointing && fast_dev.is_none() && !has_model_checkpoint {
             self.callbacks.push(Box::new(ModelCheckpoint::default()));
         }
         if self.config.enable_progress_bar && !self.callbacks.iter().any(|c| c.name() == "ProgressBar") {
