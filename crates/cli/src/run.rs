@@ -247,6 +247,7 @@ where
     }
     let started = Instant::now();
     let mut config = resolve_config::<M, D>(&inv)?;
+    config.validate()?;
     let toml = config::to_toml(&config)?;
     if inv.print_config {
         print!("{toml}");

@@ -9,6 +9,7 @@
 pub mod callbacks;
 pub mod loader;
 pub mod optim;
+mod ranges;
 pub mod run;
 pub mod schedule;
 pub mod trainer;

@@ -38,6 +38,16 @@ pub enum ConfigError {
         /// The type expected.
         expected: String,
     },
+    /// A value of the right type outside the range the option allows.
+    #[error("`{key}` = {value}: {why}")]
+    OutOfRange {
+        /// The full dotted key.
+        key: String,
+        /// The value given.
+        value: String,
+        /// What the option allows.
+        why: String,
+    },
     /// Anything else serde or the command line refuses.
     #[error("{0}")]
     Invalid(String),
@@ -58,8 +68,24 @@ pub fn parse_text(path: &Path, text: &str) -> Result<Value, ConfigError> {
     match path.extension().and_then(|e| e.to_str()) {
         Some("yaml" | "yml") => serde_norway::from_str(text).map_err(|e| bad(e.to_string())),
         _ => toml::from_str::<toml::Table>(text)
-            .map_err(|e| bad(e.to_string()))
-            .and_then(|t| serde_json::to_value(t).map_err(|e| bad(e.to_string()))),
+            .map(|t| toml_to_json(toml::Value::Table(t)))
+            .map_err(|e| bad(e.to_string())),
+    }
+}
+
+/// A TOML value as JSON. JSON has no NaN or infinity: such floats become their text, so
+/// that the typed sections refuse them by key instead of reading them as absent.
+fn toml_to_json(v: toml::Value) -> Value {
+    match v {
+        toml::Value::String(s) => Value::String(s),
+        toml::Value::Integer(i) => Value::from(i),
+        toml::Value::Float(f) => {
+            serde_json::Number::from_f64(f).map_or_else(|| Value::String(f.to_string()), Value::Number)
+        }
+        toml::Value::Boolean(b) => Value::Bool(b),
+        toml::Value::Datetime(d) => Value::String(d.to_string()),
+        toml::Value::Array(a) => Value::Array(a.into_iter().map(toml_to_json).collect()),
+        toml::Value::Table(t) => Value::Object(t.into_iter().map(|(k, v)| (k, toml_to_json(v))).collect()),
     }
 }
 
@@ -86,7 +112,7 @@ pub fn parse_value(raw: &str) -> Value {
     toml::from_str::<toml::Table>(&format!("v = {raw}"))
         .ok()
         .and_then(|mut t| t.remove("v"))
-        .and_then(|v| serde_json::to_value(v).ok())
+        .map(toml_to_json)
         .unwrap_or_else(|| Value::String(raw.to_owned()))
 }
 
@@ -226,16 +252,7 @@ pub fn load<T: DeserializeOwned + Serialize + Default>(
     for (key, raw) in overrides {
         set(&mut tree, key, parse_value(raw))?;
     }
-    strip_nulls(&mut tree);
     resolve(tree)
-}
-
-/// JSON nulls (unset options in the defaults) mean "absent".
-fn strip_nulls(v: &mut Value) {
-    if let Value::Object(m) = v {
-        m.retain(|_, x| !x.is_null());
-        m.values_mut().for_each(strip_nulls);
-    }
 }
 
 #[cfg(test)]

@@ -123,6 +123,7 @@ pub fn apply_optimizer(
     if scheduler.is_some() {
         chosen.lr_scheduler = scheduler.clone();
     }
+    chosen.optimizer.validate()?;
     Ok(chosen)
 }
 

@@ -1,5 +1,4 @@
 //! The Trainer's options, with Lightning's names and defaults.
-use crate::loader::ConfigError;
 use crate::optim::ClipAlgorithm;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
@@ -123,8 +122,10 @@ pub struct TrainerConfig {
     pub gradient_clip_algorithm: ClipAlgorithm,
     /// Validate every this fraction of an epoch, or every this many batches.
     pub val_check_interval: BatchLimit,
-    /// Validate every this many epochs.
-    pub check_val_every_n_epoch: usize,
+    /// Validate every this many epochs; `"none"` (or YAML's `null`) counts
+    /// `val_check_interval` in training batches across epochs instead (Lightning's `None`).
+    #[serde(with = "count_or_none")]
+    pub check_val_every_n_epoch: Option<usize>,
     /// Training batches per epoch (fraction or count).
     pub limit_train_batches: BatchLimit,
     /// Validation batches per run.
@@ -180,7 +181,7 @@ impl Default for TrainerConfig {
             gradient_clip_val: None,
             gradient_clip_algorithm: ClipAlgorithm::Norm,
             val_check_interval: BatchLimit::Fraction(1.0),
-            check_val_every_n_epoch: 1,
+            check_val_every_n_epoch: Some(1),
             limit_train_batches: BatchLimit::default(),
             limit_val_batches: BatchLimit::default(),
             limit_test_batches: BatchLimit::default(),
@@ -224,47 +225,34 @@ impl TrainerConfig {
             (e, _) => e,
         }
     }
+}
 
-    /// Checks values that the types allow but training cannot use.
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        let bad = |field: &str, why: &str| Err(ConfigError::Invalid(format!("trainer.{field}: {why}")));
-        if self.accumulate_grad_batches == 0 {
-            return bad("accumulate_grad_batches", "must be at least 1");
+/// `check_val_every_n_epoch`: a count, or `"none"` for Lightning's `None` (TOML has no null).
+mod count_or_none {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Count(usize),
+        Word(String),
+    }
+
+    pub fn serialize<S: Serializer>(v: &Option<usize>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(n) => s.serialize_u64(*n as u64),
+            None => s.serialize_str("none"),
         }
-        if self.log_every_n_steps == 0 {
-            return bad("log_every_n_steps", "must be at least 1");
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<usize>, D::Error> {
+        match Option::<Raw>::deserialize(d)? {
+            Some(Raw::Count(n)) => Ok(Some(n)),
+            None => Ok(None),
+            Some(Raw::Word(w)) if w.eq_ignore_ascii_case("none") || w == "null" => Ok(None),
+            Some(Raw::Word(w)) => Err(serde::de::Error::custom(format!(
+                "invalid value: \"{w}\", expected a whole number or \"none\""
+            ))),
         }
-        if self.gradient_clip_val.is_some_and(|v| !(v > 0.0 && v.is_finite())) {
-            return bad("gradient_clip_val", "must be a positive number");
-        }
-        if self.devices == 0 {
-            return bad("devices", "must be at least 1");
-        }
-        if self.num_nodes == 0 {
-            return bad("num_nodes", "must be at least 1");
-        }
-        if self.ddp_timeout_s == 0 {
-            return bad("ddp_timeout_s", "must be at least 1 second");
-        }
-        if self.check_val_every_n_epoch == 0 {
-            return bad("check_val_every_n_epoch", "must be at least 1");
-        }
-        for (field, limit) in [
-            ("val_check_interval", self.val_check_interval),
-            ("limit_train_batches", self.limit_train_batches),
-            ("limit_val_batches", self.limit_val_batches),
-            ("limit_test_batches", self.limit_test_batches),
-            ("limit_predict_batches", self.limit_predict_batches),
-        ] {
-            if let BatchLimit::Fraction(f) = limit {
-                if !(0.0..=1.0).contains(&f) {
-                    return bad(field, "a fraction must be between 0.0 and 1.0");
-                }
-            }
-        }
-        if self.name.is_empty() || self.name.contains(['/', '\\']) {
-            return bad("name", "must be a plain folder name");
-        }
-        Ok(())
     }
 }

@@ -88,15 +88,12 @@ fn model_checkpoint_keeps_exactly_the_top_k_and_best_resolves_to_the_best() {
 }
 
 #[test]
-fn model_checkpoint_every_n_train_steps_without_monitor_keeps_the_latest() {
+fn model_checkpoint_monitoring_the_step_keeps_the_latest() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut m = Scripted::new(vec![]);
-    let ckpt = ModelCheckpoint {
-        every_n_train_steps: Some(5),
-        save_top_k: 2,
-        monitor: None,
-        ..ModelCheckpoint::default()
-    };
+    // Lightning's way to keep the latest k: monitor the step, larger is better.
+    let ckpt =
+        ModelCheckpoint { every_n_train_steps: Some(5), ..ModelCheckpoint::top_k("step", Mode::Max, 2) };
     let mut t = Trainer::new(TrainerConfig { max_steps: Some(23), ..config(dir.path()) })
         .expect("trainer")
         .with_callback(ckpt);

@@ -1,5 +1,5 @@
 //! Lightning's EarlyStopping during `fit` (its options and rule are volt-config's).
-use super::{parse_state, Callback, CallbackContext};
+use super::{parse_state, Callback, CallbackContext, FitPlan};
 use crate::error::Result;
 use serde_json::Value;
 pub use volt_config::callbacks::{EarlyStopping, EarlyStoppingState};
@@ -18,6 +18,9 @@ fn check(es: &mut EarlyStopping, ctx: &mut CallbackContext) -> Result<()> {
 impl Callback for EarlyStopping {
     fn name(&self) -> String {
         format!("EarlyStopping{{monitor={},mode={:?}}}", self.monitor, self.mode)
+    }
+    fn setup(&mut self, _plan: &FitPlan) -> Result<()> {
+        Ok(self.validate()?)
     }
     fn on_validation_end(&mut self, ctx: &mut CallbackContext) -> Result<()> {
         if self.check_on_train_epoch_end {

@@ -45,8 +45,8 @@ fn save_top_k_checkpoint(
     dir: &std::path::Path,
 ) -> Result<()> {
     let score = match &mc.monitor {
-        Some(m) => match ctx.metrics.get(m) {
-            Some(v) => *v,
+        Some(m) => match ctx.metrics.get(m).copied().or_else(|| progress_value(ctx, m)) {
+            Some(v) => v,
             // Lightning's rule: an error once validation has run, before that a warning;
             // no top-k checkpoint either way (`last` is still saved).
             None if ctx.validation_has_run => {
@@ -113,6 +113,16 @@ fn save_top_k_checkpoint(
     Ok(())
 }
 
+/// `epoch` and `step` can be monitored without being logged, as in Lightning (monitor
+/// `step` in mode `max` keeps the latest k).
+fn progress_value(ctx: &CallbackContext, name: &str) -> Option<f64> {
+    match name {
+        "epoch" => Some(ctx.progress.epoch as f64),
+        "step" => Some(ctx.progress.global_step as f64),
+        _ => None,
+    }
+}
+
 fn on_train_epoch_end_saves(mc: &ModelCheckpoint, ctx: &CallbackContext) -> bool {
     mc.every_n_train_steps.is_none() && mc.save_on_train_epoch_end.unwrap_or(!ctx.has_validation)
 }
@@ -132,6 +142,7 @@ impl Callback for ModelCheckpoint {
     }
 
     fn setup(&mut self, plan: &FitPlan) -> Result<()> {
+        self.validate()?;
         // A template that cannot be formatted fails now rather than at the first save.
         self.format_name(0, 0, &Default::default())?;
         if plan.fast_dev_run {

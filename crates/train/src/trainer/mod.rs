@@ -220,6 +220,10 @@ impl Trainer {
         }
         self.fabric.setup_module(module.var_store())?;
         let opt_config = self.optimizer_config.clone().unwrap_or_else(|| module.configure_optimizers());
+        opt_config.optimizer.validate()?;
+        if let Some(s) = &opt_config.lr_scheduler {
+            s.validate()?;
+        }
         let mut optimizer = Optimizer::new(opt_config.optimizer.clone(), module.var_store());
         let mut scheduler =
             opt_config.lr_scheduler.clone().map(|c| LrScheduler::new(c, opt_config.optimizer.lr()));
@@ -260,6 +264,9 @@ impl Trainer {
         let val_batches = val_loader.as_ref().map_or(0, |v| {
             fast_dev.unwrap_or(usize::MAX).min(self.config.limit_val_batches.resolve(v.len()))
         });
+        if fast_dev.is_none() {
+            self.config.validate_epoch(epoch_len, val_batches > 0)?;
+        }
         let has_model_checkpoint = self.callbacks.iter().any(|c| c.name().starts_with("ModelCheckpoint"));
         if !self.config.enable_checkpointing && has_model_checkpoint {
             return Err(Error::Config(

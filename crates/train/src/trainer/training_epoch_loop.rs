@@ -2,6 +2,7 @@
 //! validation runs due within it (Lightning's `training_epoch_loop.py`).
 use super::fit_loop::limit_reached;
 use super::{hook, log_row, Run, RunState, StopVote, Trainer};
+use crate::config::BatchLimit;
 use crate::data::{mix, Batch, DataLoader};
 use crate::error::{Error, Result};
 use crate::metrics::{EpochAccumulator, Metrics, Record, Stage};
@@ -13,7 +14,6 @@ use std::time::Instant;
 use tch::Tensor;
 
 impl Trainer {
-    #[allow(clippy::too_many_arguments)]
     pub(super) fn train_epoch<M: VoltModule>(
         &mut self,
         module: &mut M,
@@ -26,11 +26,23 @@ impl Trainer {
         let epoch_len = run.state.epoch_len;
         let accumulate = self.config.accumulate_grad_batches;
         let device = self.fabric.device();
-        let val_due_this_epoch =
-            run.state.has_validation && (epoch + 1) % self.config.check_val_every_n_epoch == 0;
-        let val_every = match self.config.val_check_interval {
-            crate::config::BatchLimit::Count(n) => n.max(1),
-            crate::config::BatchLimit::Fraction(f) => (((epoch_len as f64) * f) as usize).max(1),
+        // Lightning's val_check_interval: every that many training batches (not optimizer
+        // steps), counted within the epoch, or across epochs when check_val_every_n_epoch
+        // is "none". fast_dev_run validates once, at the end (Lightning's setting).
+        let (val_every, every_n_epochs) = match self.config.val_check_interval {
+            _ if run.state.fast_dev_run => (epoch_len.max(1), Some(1)),
+            BatchLimit::Count(n) => (n.max(1), self.config.check_val_every_n_epoch),
+            BatchLimit::Fraction(f) => {
+                ((((epoch_len as f64) * f) as usize).max(1), self.config.check_val_every_n_epoch)
+            }
+        };
+        let has_validation = run.state.has_validation;
+        let validation_due = |batches_done: usize| {
+            has_validation
+                && match every_n_epochs {
+                    Some(n) => (epoch + 1) % n.max(1) == 0 && batches_done % val_every == 0,
+                    None => (epoch * epoch_len + batches_done) % val_every == 0,
+                }
         };
 
         module.on_train_epoch_start(epoch)?;
@@ -88,48 +100,19 @@ impl Trainer {
                 }
             }
             batch_idx += 1;
-            if !is_update {
-                continue;
+            if is_update {
+                run.state.progress.batch_in_epoch = batch_idx;
+                let loss = std::mem::take(&mut window_loss);
+                self.optimizer_step(module, run, &mut pending_step_records, loss)?;
             }
-
-            if let Some(max) = self.config.gradient_clip_val {
-                self.fabric.clip_gradients(&run.optimizer, max, self.config.gradient_clip_algorithm)?;
-            }
-            let lr_used = run.optimizer.lr();
-            run.optimizer.step()?;
-            run.optimizer.zero_grad();
-            run.state.progress.global_step += 1;
-            run.first_step_at.get_or_insert_with(Instant::now);
-            run.state.progress.batch_in_epoch = batch_idx;
-            let global_step = run.state.progress.global_step;
-            run.step_scheduler(Interval::Step, global_step)?;
-            run.state.lr = lr_used;
-
-            // Step-level metrics: the last value logged in the window.
-            let mut step_metrics = Metrics::new();
-            for r in pending_step_records.drain(..) {
-                let name = r.step_name();
-                if r.prog_bar {
-                    run.state.bar_metrics.insert(name.clone(), r.value);
-                }
-                step_metrics.insert(name, r.value);
-            }
-            run.state.metrics.extend(step_metrics.iter().map(|(k, v)| (k.clone(), *v)));
-            if global_step % self.config.log_every_n_steps == 0 && !step_metrics.is_empty() {
-                log_row(&mut run.loggers, &step_metrics, epoch, global_step - 1)?;
-            }
-            let loss_for_callbacks = std::mem::take(&mut window_loss);
-            let req = hook(&mut self.callbacks, &run.state, |cb, ctx| {
-                cb.on_train_batch_end(ctx, loss_for_callbacks)
-            })?;
-            self.apply(req, module, run, StopVote::AnyRank)?;
-            run.state.lr = run.optimizer.lr();
-
-            let end_of_epoch = batch_idx == epoch_len;
-            if val_due_this_epoch && !end_of_epoch && batch_idx % val_every == 0 {
+            // The end of the epoch validates after the loop, before the epoch's metrics.
+            if batch_idx < epoch_len && validation_due(batch_idx) {
                 if let Some(val) = val {
                     self.validation_run(module, val, run)?;
                 }
+            }
+            if !is_update {
+                continue;
             }
             if signals.requested() {
                 self.ask_to_stop(run, "interrupted by a signal".into());
@@ -148,7 +131,7 @@ impl Trainer {
         drop(batches);
 
         // End of the epoch: validation, epoch metrics, epoch schedulers, hooks.
-        if val_due_this_epoch && (batch_idx % val_every == 0 || val_every >= epoch_len) {
+        if batch_idx == epoch_len && validation_due(batch_idx) {
             if let Some(val) = val {
                 self.validation_run(module, val, run)?;
             }
@@ -175,6 +158,46 @@ impl Trainer {
         if signals.requested() {
             self.ask_to_stop(run, "interrupted by a signal".into());
         }
+        Ok(())
+    }
+
+    /// After the last batch of an accumulation window: clip, step, schedule, log the
+    /// window's step metrics, and call `on_train_batch_end` with the window's loss.
+    fn optimizer_step<M: VoltModule>(
+        &mut self,
+        module: &mut M,
+        run: &mut Run,
+        pending_step_records: &mut Vec<Record>,
+        window_loss: f64,
+    ) -> Result<()> {
+        if let Some(max) = self.config.gradient_clip_val.filter(|v| *v > 0.0) {
+            self.fabric.clip_gradients(&run.optimizer, max, self.config.gradient_clip_algorithm)?;
+        }
+        let lr_used = run.optimizer.lr();
+        run.optimizer.step()?;
+        run.optimizer.zero_grad();
+        run.state.progress.global_step += 1;
+        run.first_step_at.get_or_insert_with(Instant::now);
+        let global_step = run.state.progress.global_step;
+        run.step_scheduler(Interval::Step, global_step)?;
+        run.state.lr = lr_used;
+
+        // Step-level metrics: the last value logged in the window.
+        let mut step_metrics = Metrics::new();
+        for r in pending_step_records.drain(..) {
+            let name = r.step_name();
+            if r.prog_bar {
+                run.state.bar_metrics.insert(name.clone(), r.value);
+            }
+            step_metrics.insert(name, r.value);
+        }
+        run.state.metrics.extend(step_metrics.iter().map(|(k, v)| (k.clone(), *v)));
+        if global_step % self.config.log_every_n_steps == 0 && !step_metrics.is_empty() {
+            log_row(&mut run.loggers, &step_metrics, run.state.progress.epoch, global_step - 1)?;
+        }
+        let req = hook(&mut self.callbacks, &run.state, |cb, ctx| cb.on_train_batch_end(ctx, window_loss))?;
+        self.apply(req, module, run, StopVote::AnyRank)?;
+        run.state.lr = run.optimizer.lr();
         Ok(())
     }
 
