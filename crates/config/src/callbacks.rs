@@ -166,8 +166,11 @@ pub struct EarlyStopping {
     pub divergence_threshold: Option<f64>,
     /// Stop when the metric is NaN or infinite.
     pub check_finite: bool,
-    /// Check at the end of the training epoch instead of after validation.
-    pub check_on_train_epoch_end: bool,
+    /// Check at the end of the training epoch instead of after validation; unset, Lightning's
+    /// rule: at the epoch's end when validation runs once an epoch (or not at all).
+    pub check_on_train_epoch_end: Option<bool>,
+    /// A monitor that is not logged when checked is an error (else a warning), as Lightning.
+    pub strict: bool,
     /// What it has seen so far (restored from checkpoints on resume).
     #[serde(skip)]
     pub state: EarlyStoppingState,
@@ -194,7 +197,8 @@ impl Default for EarlyStopping {
             stopping_threshold: None,
             divergence_threshold: None,
             check_finite: true,
-            check_on_train_epoch_end: false,
+            check_on_train_epoch_end: None,
+            strict: true,
             state: EarlyStoppingState::default(),
         }
     }

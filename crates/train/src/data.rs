@@ -108,6 +108,19 @@ impl Sampler {
     }
 }
 
+/// The seed `seed_everything` set last (0 before any), which loaders without a seed of
+/// their own shuffle with: Lightning's `PL_GLOBAL_SEED`.
+static RUN_SEED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Records the run's seed for loaders made from now on.
+pub(crate) fn set_run_seed(seed: u64) {
+    RUN_SEED.store(seed, std::sync::atomic::Ordering::SeqCst);
+}
+
+fn run_seed() -> u64 {
+    RUN_SEED.load(std::sync::atomic::Ordering::SeqCst)
+}
+
 /// Mixes a seed with a counter so that neighbouring epochs get unrelated streams.
 pub(crate) fn mix(seed: u64, n: u64) -> u64 {
     let mut z = seed ^ n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
@@ -127,15 +140,16 @@ pub struct LoaderOptions {
     pub shuffle: bool,
     /// Drop the last incomplete batch.
     pub drop_last: bool,
-    /// Seed of the shuffle.
-    pub seed: u64,
+    /// Seed of the shuffle; `None` follows the run's seed (`seed_everything`, the
+    /// Trainer's `seed`, the command line's `--seed`), as Lightning's samplers do.
+    pub seed: Option<u64>,
     /// Batches prepared ahead on a background thread (0: prepare on the caller's thread).
     pub prefetch: usize,
 }
 
 impl Default for LoaderOptions {
     fn default() -> Self {
-        LoaderOptions { batch_size: 1, shuffle: false, drop_last: false, seed: 0, prefetch: 2 }
+        LoaderOptions { batch_size: 1, shuffle: false, drop_last: false, seed: None, prefetch: 2 }
     }
 }
 
@@ -174,7 +188,11 @@ impl<B: Batch> DataLoader<B> {
             let items = indices.iter().map(|&i| dataset.get(i)).collect::<Result<Vec<_>>>()?;
             collate(items)
         };
-        let sampler = Sampler { shuffle: options.shuffle, seed: options.seed, ..Sampler::default() };
+        let sampler = Sampler {
+            shuffle: options.shuffle,
+            seed: options.seed.unwrap_or_else(run_seed),
+            ..Sampler::default()
+        };
         Ok(DataLoader { fetch: Arc::new(fetch), dataset_len, options, sampler })
     }
 

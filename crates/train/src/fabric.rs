@@ -111,8 +111,10 @@ impl Fabric {
         Fabric { strategy, params: Vec::new(), backward_sync: true }
     }
 
-    /// Seeds libtorch's generators (CPU and every GPU).
+    /// Seeds libtorch's generators (CPU and every GPU) and the shuffle of data loaders
+    /// made from now on without a seed of their own.
     pub fn seed_everything(seed: u64) {
+        crate::data::set_run_seed(seed);
         tch::manual_seed(seed as i64);
         if tch::Cuda::is_available() {
             tch::Cuda::manual_seed_all(seed);

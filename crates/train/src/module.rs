@@ -107,10 +107,13 @@ pub trait VoltModule {
     fn on_fit_start(&mut self) -> Result<()> {
         Ok(())
     }
-    /// Runs once when `fit` ends, however it ends.
+    /// Runs once when `fit` ends without an error (`on_exception` runs instead), as
+    /// Lightning's hook.
     fn on_fit_end(&mut self) -> Result<()> {
         Ok(())
     }
+    /// Runs once when `fit` fails with `error`, before the error reaches the caller.
+    fn on_exception(&mut self, _error: &crate::Error) {}
     /// Runs at the start of each training epoch.
     fn on_train_epoch_start(&mut self, _epoch: usize) -> Result<()> {
         Ok(())

@@ -41,7 +41,7 @@ fn val_check_interval_and_check_val_every_n_epoch_set_the_cadence() {
     assert_eq!(n, 8, "twice per epoch");
     let (n, _) = validations(TrainerConfig { val_check_interval: BatchLimit::Count(2), ..base.clone() });
     assert_eq!(n, 16, "every 2 of 8 batches");
-    let (n, _) = validations(TrainerConfig { check_val_every_n_epoch: 2, ..base.clone() });
+    let (n, _) = validations(TrainerConfig { check_val_every_n_epoch: Some(2), ..base.clone() });
     assert_eq!(n, 2, "after epochs 1 and 3");
 }
 

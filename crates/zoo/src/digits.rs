@@ -114,15 +114,15 @@ pub fn collate(items: Vec<Digit>) -> volt_train::Result<(Tensor, Tensor)> {
 pub struct DigitsDataConfig {
     /// Samples per batch.
     pub batch_size: usize,
-    /// Seed of the per-epoch shuffle of the training set.
-    pub seed: u64,
+    /// Seed of the per-epoch shuffle of the training set; default: the run's seed (`--seed`).
+    pub seed: Option<u64>,
     /// Batches prefetched on a background thread.
     pub prefetch: usize,
 }
 
 impl Default for DigitsDataConfig {
     fn default() -> Self {
-        DigitsDataConfig { batch_size: 32, seed: 0, prefetch: 2 }
+        DigitsDataConfig { batch_size: 32, seed: None, prefetch: 2 }
     }
 }
 

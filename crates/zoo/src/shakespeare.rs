@@ -123,8 +123,8 @@ pub struct ShakespeareDataConfig {
     pub batch_size: usize,
     /// Characters of context per window.
     pub block_size: usize,
-    /// Seed of the shuffle of training windows.
-    pub seed: u64,
+    /// Seed of the shuffle of training windows; default: the run's seed (`--seed`).
+    pub seed: Option<u64>,
     /// Characters between the starts of validation windows (they need not overlap).
     pub val_stride: usize,
     /// Batches prefetched on a background thread.
@@ -133,7 +133,7 @@ pub struct ShakespeareDataConfig {
 
 impl Default for ShakespeareDataConfig {
     fn default() -> Self {
-        ShakespeareDataConfig { batch_size: 12, block_size: 64, seed: 0, val_stride: 64, prefetch: 2 }
+        ShakespeareDataConfig { batch_size: 12, block_size: 64, seed: None, val_stride: 64, prefetch: 2 }
     }
 }
 

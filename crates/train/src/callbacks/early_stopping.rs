@@ -9,27 +9,39 @@ fn check(es: &mut EarlyStopping, ctx: &mut CallbackContext) -> Result<()> {
     if ctx.fast_dev_run {
         return Ok(());
     }
-    let current = ctx.monitored("EarlyStopping", &es.monitor)?;
+    let current = match ctx.monitored("EarlyStopping", &es.monitor) {
+        Ok(v) => v,
+        Err(e) if es.strict => return Err(e),
+        Err(e) => {
+            tracing::warn!("{e}; not checked (strict = false)");
+            return Ok(());
+        }
+    };
     if let Some(reason) = es.observe(current, ctx.progress.epoch) {
         ctx.request_stop(format!("EarlyStopping: {reason}"));
     }
     Ok(())
 }
+
 impl Callback for EarlyStopping {
     fn name(&self) -> String {
         format!("EarlyStopping{{monitor={},mode={:?}}}", self.monitor, self.mode)
     }
-    fn setup(&mut self, _plan: &FitPlan) -> Result<()> {
-        Ok(self.validate()?)
+    fn setup(&mut self, plan: &FitPlan) -> Result<()> {
+        self.validate()?;
+        // Lightning decides this in its setup too: validation more often than once an
+        // epoch is checked after each validation run.
+        self.check_on_train_epoch_end.get_or_insert(plan.validates_once_per_epoch);
+        Ok(())
     }
     fn on_validation_end(&mut self, ctx: &mut CallbackContext) -> Result<()> {
-        if self.check_on_train_epoch_end {
+        if self.check_on_train_epoch_end == Some(true) {
             return Ok(());
         }
         check(self, ctx)
     }
     fn on_train_epoch_end(&mut self, ctx: &mut CallbackContext) -> Result<()> {
-        if !self.check_on_train_epoch_end {
+        if self.check_on_train_epoch_end != Some(true) {
             return Ok(());
         }
         check(self, ctx)

@@ -58,6 +58,9 @@ pub struct FitPlan<'a> {
     pub fast_dev_run: bool,
     /// Whether this rank writes files.
     pub is_global_zero: bool,
+    /// Validation is set to run once at the end of every epoch (`val_check_interval = 1.0`,
+    /// `check_val_every_n_epoch = 1`), whether or not it has batches.
+    pub validates_once_per_epoch: bool,
 }
 
 /// Actions callbacks ask for; the Trainer carries them out after the hook returns.
@@ -127,6 +130,8 @@ pub trait Callback: Send {
     fn on_fit_end(&mut self, _ctx: &mut CallbackContext) -> Result<()> {
         Ok(())
     }
+    /// Once, when `fit` fails with `error` (instead of `on_fit_end`, as in Lightning).
+    fn on_exception(&mut self, _ctx: &mut CallbackContext, _error: &Error) {}
     /// State to store in checkpoints.
     fn state_dict(&self) -> Value {
         Value::Null

@@ -15,7 +15,7 @@ mod training_epoch_loop;
 
 use crate::callbacks::{Callback, CallbackContext, FitPlan, ModelCheckpoint, ProgressBar, Requests};
 use crate::checkpoint::{self, Checkpoint, CheckpointWriter, CkptPath, LAST_NAME};
-use crate::config::TrainerConfig;
+use crate::config::{BatchLimit, TrainerConfig};
 use crate::data::DataModule;
 use crate::error::{Error, Result};
 use crate::fabric::Fabric;
@@ -191,6 +191,10 @@ impl Trainer {
         D: DataModule<Batch = M::Batch>,
     {
         let fast_dev = self.fast_dev_batches();
+        // Before the loaders are made: the seed also orders their shuffles.
+        if let Some(seed) = self.config.seed {
+            Fabric::seed_everything(seed);
+        }
         let train_loader =
             data.train_dataloader().ok_or_else(|| Error::Data("fit needs a train_dataloader".into()))?;
         let train_loader = self.fabric.setup_dataloader(train_loader);
@@ -215,9 +219,6 @@ impl Trainer {
             None => None,
         };
 
-        if let Some(seed) = self.config.seed {
-            Fabric::seed_everything(seed);
-        }
         self.fabric.setup_module(module.var_store())?;
         let opt_config = self.optimizer_config.clone().unwrap_or_else(|| module.configure_optimizers());
         opt_config.optimizer.validate()?;
@@ -287,6 +288,9 @@ impl Trainer {
             has_validation: val_batches > 0,
             fast_dev_run: fast_dev.is_some(),
             is_global_zero: self.fabric.is_global_zero(),
+            validates_once_per_epoch: fast_dev.is_some()
+                || (self.config.val_check_interval == BatchLimit::Fraction(1.0)
+                    && self.config.check_val_every_n_epoch == Some(1)),
         };
         for cb in &mut self.callbacks {
             cb.setup(&plan)?;
@@ -347,6 +351,11 @@ impl Trainer {
         match result {
             Ok((steps, train_time)) => self.finish(module, run, steps, train_time),
             Err(e) => {
+                module.on_exception(&e);
+                let mut ignored = Requests::default();
+                for cb in &mut self.callbacks {
+                    cb.on_exception(&mut context(&run.state, &mut ignored), &e);
+                }
                 // Keep what was logged and what was saved before the failure; write no
                 // checkpoint of the failed state.
                 for l in &mut run.loggers {
@@ -463,22 +472,7 @@ fn hook(
 ) -> Result<Requests> {
     let mut requests = Requests::default();
     for cb in callbacks.iter_mut() {
-        let mut ctx = CallbackContext {
-            progress: &st.progress,
-            metrics: &st.metrics,
-            progress_bar_metrics: &st.bar_metrics,
-            lr: st.lr,
-            optimizer_name: st.optimizer_name,
-            log_dir: st.log_dir.as_deref(),
-            is_global_zero: st.is_global_zero,
-            has_validation: st.has_validation,
-            validation_has_run: st.validation_has_run,
-            fast_dev_run: st.fast_dev_run,
-            num_training_batches: st.epoch_len,
-            max_epochs: st.max_epochs,
-            max_steps: st.max_steps,
-            requests: &mut requests,
-        };
+        let mut ctx = context(st, &mut requests);
         f(cb.as_mut(), &mut ctx)?;
     }
     Ok(requests)
@@ -495,4 +489,24 @@ fn log_row(loggers: &mut [Box<dyn Logger>], metrics: &Metrics, epoch: usize, ste
         l.log_metrics(&row, step)?;
     }
     Ok(())
+}
+
+/// What callbacks see of the run, collecting their requests into `requests`.
+fn context<'a>(st: &'a RunState, requests: &'a mut Requests) -> CallbackContext<'a> {
+    CallbackContext {
+        progress: &st.progress,
+        metrics: &st.metrics,
+        progress_bar_metrics: &st.bar_metrics,
+        lr: st.lr,
+        optimizer_name: st.optimizer_name,
+        log_dir: st.log_dir.as_deref(),
+        is_global_zero: st.is_global_zero,
+        has_validation: st.has_validation,
+        validation_has_run: st.validation_has_run,
+        fast_dev_run: st.fast_dev_run,
+        num_training_batches: st.epoch_len,
+        max_epochs: st.max_epochs,
+        max_steps: st.max_steps,
+        requests,
+    }
 }
