@@ -6,10 +6,12 @@ use serde::Serialize;
 use std::path::PathBuf;
 use std::time::Instant;
 pub use volt_config::apply_optimizer;
-use volt_train::{Callback, CallbackContext, CkptPath, DataModule, Trainer, VoltModule};
+use volt_train::{
+    Callback, CallbackContext, CkptPath, DataModule, PredictionFile, PredictionRows, Trainer, VoltModule,
+};
 
 /// A model the command line can build from its `[model]` section.
-pub trait CliModel: VoltModule + Sized {
+pub trait CliModel: VoltModule<Prediction: PredictionRows> + Sized {
     /// The `[model]` section.
     type Config: Serialize + DeserializeOwned + Default + Clone;
     /// A fresh model on `device` (called after seeding).
@@ -340,8 +342,16 @@ where
             }
         }
         Subcommand::Predict => {
-            let predictions = trainer.predict(&mut model, &data, ckpt).map_err(run_error)?;
-            println!("rank {}: predicted {} batches", trainer.fabric().rank(), predictions.len());
+            let dir = config.callbacks.prediction_writer.output_dir.clone().unwrap_or_else(|| {
+                config.trainer.default_root_dir.join(&config.trainer.name).join("predictions")
+            });
+            let rank = trainer.fabric().rank();
+            let mut file = PredictionFile::create(&dir, rank).map_err(run_error)?;
+            trainer
+                .predict_with(&mut model, &data, ckpt, |indices, p| file.write(indices, &p))
+                .map_err(run_error)?;
+            let (path, count) = file.finish().map_err(run_error)?;
+            println!("rank {rank}: wrote {count} predictions to {}", path.display());
         }
     }
     Ok(())

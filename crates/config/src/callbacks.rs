@@ -255,3 +255,12 @@ pub struct LearningRateMonitor {
     /// `step` or `epoch` (default: step).
     pub logging_interval: Option<Interval>,
 }
+
+/// Where `volt predict` writes its predictions (Lightning's prediction writer callback).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PredictionWriter {
+    /// Folder of the `predictions-rank<R>.jsonl` files (default:
+    /// `<default_root_dir>/<name>/predictions`).
+    pub output_dir: Option<PathBuf>,
+}

@@ -1,5 +1,5 @@
 //! The sections of a run's configuration file, as the command line reads them.
-use crate::callbacks::{EarlyStopping, LearningRateMonitor, ModelCheckpoint};
+use crate::callbacks::{EarlyStopping, LearningRateMonitor, ModelCheckpoint, PredictionWriter};
 use crate::loader::ConfigError;
 use crate::optim::{OptimizerConfig, OptimizerSpec};
 use crate::schedule::SchedulerConfig;
@@ -58,6 +58,8 @@ pub struct CallbacksConfig {
     pub early_stopping: Option<EarlyStopping>,
     /// Lightning's LearningRateMonitor.
     pub lr_monitor: Option<LearningRateMonitor>,
+    /// Where `predict` writes (it always writes).
+    pub prediction_writer: PredictionWriter,
 }
 
 impl PartialEq for CallbacksConfig {

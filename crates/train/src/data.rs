@@ -229,15 +229,21 @@ impl<B: Batch> DataLoader<B> {
         self.len() == 0
     }
 
-    /// The batches of `epoch`, starting after the first `skip` of them (for mid-epoch resume).
-    pub fn epoch(&self, epoch: usize, skip: usize) -> Batches<B> {
+    /// The dataset indices of each batch of `epoch` on this rank, in order (what
+    /// Lightning hands prediction writers as `batch_indices`).
+    pub fn batch_indices(&self, epoch: usize) -> Vec<Vec<usize>> {
         let indices = self.sampler.indices(self.dataset_len, epoch);
         let bs = self.options.batch_size;
         let mut chunks: Vec<Vec<usize>> = indices.chunks(bs).map(<[usize]>::to_vec).collect();
         if self.options.drop_last && chunks.last().is_some_and(|c| c.len() < bs) {
             chunks.pop();
         }
-        let chunks: Vec<Vec<usize>> = chunks.into_iter().skip(skip).collect();
+        chunks
+    }
+
+    /// The batches of `epoch`, starting after the first `skip` of them (for mid-epoch resume).
+    pub fn epoch(&self, epoch: usize, skip: usize) -> Batches<B> {
+        let chunks: Vec<Vec<usize>> = self.batch_indices(epoch).into_iter().skip(skip).collect();
         let remaining = chunks.len();
         let fetch = Arc::clone(&self.fetch);
         let source = if self.options.prefetch == 0 {
