@@ -330,3 +330,11 @@ async fn metrics_parse_and_count_what_was_sent() {
     assert!(text.contains("# TYPE volt_request_duration_seconds histogram"));
     server.shutdown().await.expect("shutdown");
 }
+
+#[test]
+#[should_panic(expected = "no sample named")]
+fn the_metrics_helper_fails_loudly_on_a_missing_series() {
+    // An `== 0` assertion on a misspelt or never-created series must not pass silently.
+    let s = parse_prometheus("volt_predict_calls_total{route=\"/a\"} 0\n");
+    sample(&s, "volt_predict_calls_total{route=\"/b\"}");
+}
