@@ -106,7 +106,19 @@ pub fn parse_prometheus(text: &str) -> Vec<(String, f64)> {
         .collect()
 }
 
-/// The value of the sample named exactly `name` (with its labels), or 0.
+/// The value of the sample named exactly `name` (with its labels), if there is one.
+pub fn sample_if_any(samples: &[(String, f64)], name: &str) -> Option<f64> {
+    samples.iter().find(|(n, _)| n == name).map(|(_, v)| *v)
+}
+
+/// The value of the sample named exactly `name` (with its labels); panics, listing the
+/// samples of the same metric, when there is none, so that a misspelt series cannot
+/// read as 0.
 pub fn sample(samples: &[(String, f64)], name: &str) -> f64 {
-    samples.iter().find(|(n, _)| n == name).map_or(0.0, |(_, v)| *v)
+    sample_if_any(samples, name).unwrap_or_else(|| {
+        let metric = name.split('{').next().unwrap_or(name);
+        let same: Vec<&str> =
+            samples.iter().map(|(n, _)| n.as_str()).filter(|n| n.starts_with(metric)).collect();
+        panic!("no sample named {name}; samples of {metric}: {same:?}")
+    })
 }
