@@ -4,7 +4,8 @@ mod common;
 use common::{parse_prometheus, sample, Counter, Doubler};
 use futures_util::StreamExt;
 use serde_json::json;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use volt_serve::client::Client;
 use volt_serve::{EndpointConfig, RunningServer, Server, ServerConfig};
@@ -226,6 +227,98 @@ async fn health_is_503_until_every_worker_has_finished_setup() {
     let info = client.get("/info").await.expect("info").json();
     assert_eq!(info["endpoints"][0]["path"], "/predict");
     assert_eq!(info["endpoints"][0]["config"]["workers_per_device"], 2);
+    server.shutdown().await.expect("shutdown");
+}
+
+/// Polls /health until it answers `status` (a wait, not a speed requirement).
+async fn health_becomes(client: &Client, status: u16) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = client.get("/health").await.expect("health");
+        if r.status == status {
+            return r.json();
+        }
+        assert!(Instant::now() < deadline, "/health stayed {} ({}), expected {status}", r.status, r.text);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_stays_200_while_a_panicked_worker_sets_up_again_and_queued_requests_wait_for_it() {
+    let api = Doubler { setup_delay: Duration::from_millis(400), ..Doubler::default() };
+    let (server, client) =
+        start(Server::new(config()).endpoint(EndpointConfig::at("/predict"), api.clone()).expect("ep")).await;
+    let r = client.post("/predict", &json!({"x": -1})).await.expect("request");
+    assert_eq!(r.status, 500, "{}", r.text);
+    // The only worker is in setup again for 400 ms; a request sent now waits for it.
+    let queued = {
+        let client = client.clone();
+        tokio::spawn(async move { client.post("/predict", &json!({"x": 4})).await.expect("request") })
+    };
+    for _ in 0..5 {
+        let r = client.get("/health").await.expect("health");
+        assert_eq!((r.status, r.json()), (200, json!({"status": "ok"})), "during the re-setup");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let r = queued.await.expect("task");
+    assert_eq!((r.status, r.json()), (200, json!({"y": 8})));
+    assert_eq!(api.setups.load(Ordering::SeqCst), 2, "answered by the re-set-up worker");
+    server.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_is_503_once_a_re_setup_fails_and_200_again_when_one_succeeds() {
+    let budget = Arc::new(AtomicUsize::new(1));
+    let api = Doubler { setup_budget: Some(Arc::clone(&budget)), ..Doubler::default() };
+    let (server, client) =
+        start(Server::new(config()).endpoint(EndpointConfig::at("/predict"), api.clone()).expect("ep")).await;
+    assert_eq!(client.post("/predict", &json!({"x": -1})).await.expect("request").status, 500);
+    // The re-setup fails (no budget): the endpoint has no serving worker.
+    assert_eq!(health_becomes(&client, 503).await, json!({"status": "starting"}));
+    budget.store(1, Ordering::SeqCst);
+    assert_eq!(health_becomes(&client, 200).await, json!({"status": "ok"}));
+    let r = client.post("/predict", &json!({"x": 5})).await.expect("request");
+    assert_eq!((r.status, r.json()), (200, json!({"y": 10})));
+    server.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_is_200_when_every_endpoint_has_a_serving_worker() {
+    // Two workers, of which only one setup can ever succeed: the endpoint serves.
+    let one = Doubler { setup_budget: Some(Arc::new(AtomicUsize::new(1))), ..Doubler::default() };
+    let server = Server::new(config())
+        .endpoint(EndpointConfig { workers_per_device: 2, ..EndpointConfig::at("/predict") }, one.clone())
+        .expect("endpoint")
+        .bind()
+        .await
+        .expect("bind");
+    let client = Client::new(server.url());
+    health_becomes(&client, 200).await;
+    assert_eq!(client.post("/predict", &json!({"x": 1})).await.expect("request").json(), json!({"y": 2}));
+    assert_eq!(one.setups.load(Ordering::SeqCst), 1);
+    server.shutdown().await.expect("shutdown");
+
+    // Two endpoints, one of which has no serving worker yet: not healthy.
+    let never = Arc::new(AtomicUsize::new(0));
+    let server = Server::new(config())
+        .endpoint(EndpointConfig::at("/a"), Doubler::default())
+        .and_then(|s| {
+            s.endpoint(
+                EndpointConfig::at("/b"),
+                Doubler { setup_budget: Some(Arc::clone(&never)), ..Doubler::default() },
+            )
+        })
+        .expect("endpoints")
+        .bind()
+        .await
+        .expect("bind");
+    let client = Client::new(server.url());
+    assert_eq!(client.post("/a", &json!({"x": 3})).await.expect("request").json(), json!({"y": 6}));
+    let r = client.get("/health").await.expect("health");
+    assert_eq!((r.status, r.json()), (503, json!({"status": "starting"})), "/b has no serving worker");
+    never.store(1, Ordering::SeqCst);
+    health_becomes(&client, 200).await;
+    assert_eq!(client.post("/b", &json!({"x": 4})).await.expect("request").json(), json!({"y": 8}));
     server.shutdown().await.expect("shutdown");
 }
 

@@ -14,6 +14,8 @@ pub struct Doubler {
     pub setup_delay: Duration,
     pub setups: Arc<AtomicUsize>,
     pub predicted: Arc<Mutex<Vec<i64>>>,
+    /// Setups that may still succeed (each success takes one); `None`: no limit.
+    pub setup_budget: Option<Arc<AtomicUsize>>,
 }
 
 impl InferenceApi for Doubler {
@@ -22,6 +24,11 @@ impl InferenceApi for Doubler {
     type Output = i64;
     fn setup(&self, _device: Device) -> Result<(), ApiError> {
         std::thread::sleep(self.setup_delay);
+        if let Some(budget) = &self.setup_budget {
+            if budget.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_err() {
+                return Err(ApiError::Internal("no setup budget left".into()));
+            }
+        }
         self.setups.fetch_add(1, Ordering::SeqCst);
         Ok(())
     }
