@@ -11,7 +11,7 @@ use crate::auth::{self, ApiKeys};
 use crate::config::{EndpointConfig, ServerConfig};
 use crate::error::{panic_message, ApiError, HttpError, ServeError};
 use crate::metrics::{ErrorLabels, Metrics, RouteMetrics};
-use crate::worker::{self, Job, Queue, Readiness, Rejected, Reply};
+use crate::worker::{self, Job, Queue, Rejected, Reply};
 use axum::body::{Body, Bytes};
 use axum::extract::{MatchedPath, Request};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -26,7 +26,7 @@ use std::convert::Infallible;
 use std::future::{Future, IntoFuture};
 use std::net::SocketAddr;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::{mpsc, oneshot};
@@ -249,7 +249,10 @@ async fn predict_route<A: InferenceApi>(ep: Arc<Endpoint<A>>, headers: HeaderMap
 /// Builds an inference server: add endpoints, then `bind` or `serve`.
 pub struct Server {
     shared: Arc<Shared>,
-    readiness: Arc<Readiness>,
+    /// Per endpoint, how many of its workers serve (`/health` needs one in each).
+    serving: Vec<Arc<AtomicUsize>>,
+    /// Set once the server stops: workers retrying a failed setup give up.
+    stopping: Arc<AtomicBool>,
     endpoints: Router,
     paths: Vec<String>,
     info: Vec<Value>,
@@ -262,7 +265,8 @@ impl Server {
     pub fn new(config: ServerConfig) -> Self {
         Server {
             shared: Arc::new(Shared { config, metrics: Arc::new(Metrics::new()) }),
-            readiness: Arc::new(Readiness::default()),
+            serving: Vec::new(),
+            stopping: Arc::new(AtomicBool::new(false)),
             endpoints: Router::new(),
             paths: Vec::new(),
             info: Vec::new(),
@@ -303,8 +307,15 @@ impl Server {
         let api = Arc::new(api);
         let route_metrics = self.shared.metrics.for_route(&config.path);
         self.route_metrics.insert(config.path.clone(), route_metrics.clone());
-        let (queue, handles) =
-            worker::start(Arc::clone(&api), &config, route_metrics, Arc::clone(&self.readiness))?;
+        let serving = Arc::new(AtomicUsize::new(0));
+        let (queue, handles) = worker::start(
+            Arc::clone(&api),
+            &config,
+            route_metrics,
+            Arc::clone(&serving),
+            Arc::clone(&self.stopping),
+        )?;
+        self.serving.push(serving);
         self.workers.extend(handles);
         self.info.push(json!({"path": config.path, "config": config, "model": api.info()}));
         self.paths.push(config.path.clone());
@@ -324,7 +335,7 @@ impl Server {
             "endpoints": self.info,
         });
         let metrics = Arc::clone(&self.shared.metrics);
-        let readiness = Arc::clone(&self.readiness);
+        let serving = self.serving.clone();
         let mut protected = std::mem::take(&mut self.endpoints)
             .route("/info", get(move || async move { Json(info.clone()) }))
             .route(
@@ -340,7 +351,7 @@ impl Server {
         let health = Router::new().route(
             "/health",
             get(move || async move {
-                if readiness.all_ready() {
+                if serving.iter().all(|n| n.load(Ordering::SeqCst) > 0) {
                     (StatusCode::OK, Json(json!({"status": "ok"})))
                 } else {
                     (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "starting"})))
@@ -416,7 +427,7 @@ impl Server {
         };
         // Dropping the router (inside `server`) closes the queues; workers finish and exit.
         drop(server);
-        self.readiness.shutting_down.store(true, Ordering::SeqCst);
+        self.stopping.store(true, Ordering::SeqCst);
         let workers = std::mem::take(&mut self.workers);
         let _ = tokio::task::spawn_blocking(move || {
             for w in workers {

@@ -210,7 +210,7 @@ async fn a_panic_in_predict_fails_only_its_batch_and_the_worker_recovers() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn health_is_503_until_every_worker_has_finished_setup() {
+async fn health_is_503_until_a_worker_has_finished_setup() {
     let api = Doubler { setup_delay: Duration::from_millis(400), ..Doubler::default() };
     let server = Server::new(config())
         .endpoint(EndpointConfig { workers_per_device: 2, ..EndpointConfig::at("/predict") }, api.clone())
