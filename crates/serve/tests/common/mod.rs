@@ -53,7 +53,8 @@ impl InferenceApi for Doubler {
     }
 }
 
-/// `{"n": k}` → k chunks `{"i": 0}`, `{"i": 1}`, ... one every `delay`.
+/// `{"n": k}` → k chunks `{"i": 0}`, `{"i": 1}`, ... one every `delay`; with
+/// `"fail_after": f`, predict_stream fails after sending f chunks.
 #[derive(Clone, Default)]
 pub struct Counter {
     pub delay: Duration,
@@ -62,32 +63,43 @@ pub struct Counter {
 
 impl InferenceApi for Counter {
     type Model = ();
-    type Input = usize;
+    type Input = (usize, Option<usize>);
     type Output = usize;
     fn setup(&self, _device: Device) -> Result<(), ApiError> {
         Ok(())
     }
-    fn decode_request(&self, body: &Value) -> Result<usize, ApiError> {
-        body.get("n")
+    fn decode_request(&self, body: &Value) -> Result<(usize, Option<usize>), ApiError> {
+        let n = body
+            .get("n")
             .and_then(Value::as_u64)
             .map(|n| n as usize)
-            .ok_or_else(|| ApiError::field("n", "expected a count"))
+            .ok_or_else(|| ApiError::field("n", "expected a count"))?;
+        let fail_after = match body.get("fail_after") {
+            None => None,
+            Some(f) => {
+                Some(f.as_u64().ok_or_else(|| ApiError::field("fail_after", "expected a count"))? as usize)
+            }
+        };
+        Ok((n, fail_after))
     }
-    fn predict(&self, _: &mut (), _: Vec<usize>) -> Result<Vec<usize>, ApiError> {
+    fn predict(&self, _: &mut (), _: Vec<(usize, Option<usize>)>) -> Result<Vec<usize>, ApiError> {
         Err(ApiError::Internal("streaming only".into()))
     }
     fn predict_stream(
         &self,
         _: &mut (),
-        inputs: Vec<usize>,
+        inputs: Vec<(usize, Option<usize>)>,
         out: &mut StreamOutput<usize>,
     ) -> Result<(), ApiError> {
-        let longest = inputs.iter().copied().max().unwrap_or(0);
+        let longest = inputs.iter().map(|(n, _)| *n).max().unwrap_or(0);
         for i in 0..longest {
             if out.all_cancelled() {
                 break;
             }
-            for (k, &n) in inputs.iter().enumerate() {
+            for (k, &(n, fail_after)) in inputs.iter().enumerate() {
+                if fail_after == Some(i) {
+                    return Err(ApiError::Internal(format!("the counter broke at {i}")));
+                }
                 if i < n && out.send(k, i) {
                     self.produced.fetch_add(1, Ordering::SeqCst);
                 }
