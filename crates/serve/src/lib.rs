@@ -13,8 +13,10 @@ pub mod client;
 mod config;
 mod error;
 pub mod metrics;
+mod metrics_layer;
 pub mod openai;
 mod server;
+mod stream;
 mod worker;
 
 pub use api::{Device, InferenceApi, StreamOutput};

@@ -7,7 +7,8 @@
 use crate::api::{Device, InferenceApi, StreamOutput};
 use crate::config::EndpointConfig;
 use crate::error::{ApiError, HttpError, ServeError};
-use crate::server::{chunks_until, stream_response, Endpoint, Framing, Server};
+use crate::server::{Endpoint, Server};
+use crate::stream::{chunks_until, stream_response, Framing};
 use axum::body::Body;
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
@@ -312,7 +313,7 @@ fn stream_chat(
     let first = chunk_object(&id, created, &model, json!({"role": "assistant", "content": ""}), None);
     let (mut prompt, mut completion, mut finished) = (0usize, 0usize, false);
     let body = chunks.map(Some).chain(futures_util::stream::once(async { None })).flat_map(move |item| {
-        let mut out: Vec<Value> = Vec::new();
+        let mut out: Vec<Result<Value, HttpError>> = Vec::new();
         if finished {
             return futures_util::stream::iter(out);
         }
@@ -322,41 +323,41 @@ fn stream_chat(
                 completion += usize::from(!delta.text.is_empty());
                 let (text, hit_stop) = stop.push(&delta.text);
                 if !text.is_empty() {
-                    out.push(chunk_object(&id, created, &model, json!({"content": text}), None));
+                    out.push(Ok(chunk_object(&id, created, &model, json!({"content": text}), None)));
                 }
                 let finish = if hit_stop { Some("stop".to_owned()) } else { delta.finish_reason };
                 if let Some(reason) = finish {
                     let rest = if hit_stop { String::new() } else { stop.rest() };
                     if !rest.is_empty() {
-                        out.push(chunk_object(&id, created, &model, json!({"content": rest}), None));
+                        out.push(Ok(chunk_object(&id, created, &model, json!({"content": rest}), None)));
                     }
-                    out.push(chunk_object(&id, created, &model, json!({}), Some(&reason)));
+                    out.push(Ok(chunk_object(&id, created, &model, json!({}), Some(&reason))));
                     if include_usage {
                         let mut u = chunk_object(&id, created, &model, json!({}), None);
                         u["choices"] = json!([]);
                         u["usage"] = usage(prompt, completion);
-                        out.push(u);
+                        out.push(Ok(u));
                     }
                     finished = true;
                 }
             }
             Some(Err(e)) => {
-                out.push(e.body());
+                out.push(Err(e));
                 finished = true;
             }
             None => {
                 let rest = stop.rest();
                 if !rest.is_empty() {
-                    out.push(chunk_object(&id, created, &model, json!({"content": rest}), None));
+                    out.push(Ok(chunk_object(&id, created, &model, json!({"content": rest}), None)));
                 }
-                out.push(chunk_object(&id, created, &model, json!({}), Some("stop")));
+                out.push(Ok(chunk_object(&id, created, &model, json!({}), Some("stop"))));
                 finished = true;
             }
         }
         futures_util::stream::iter(out)
     });
     // Ending the body once finished drops the receiver, which stops generation.
-    stream_response(framing, futures_util::stream::once(async move { first }).chain(body))
+    stream_response(framing, futures_util::stream::once(async move { Ok(first) }).chain(body))
 }
 
 async fn collect_chat(

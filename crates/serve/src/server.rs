@@ -10,19 +10,17 @@ use crate::api::InferenceApi;
 use crate::auth::{self, ApiKeys};
 use crate::config::{EndpointConfig, ServerConfig};
 use crate::error::{panic_message, ApiError, HttpError, ServeError};
-use crate::metrics::{ErrorLabels, Metrics, RouteMetrics};
+use crate::metrics::{Metrics, RouteMetrics};
+use crate::metrics_layer::{RecordMetrics, Recorder};
+use crate::stream::{self, chunks_until, stream_response, Framing};
 use crate::worker::{self, Job, Queue, Rejected, Reply};
 use axum::body::{Body, Bytes};
-use axum::extract::{MatchedPath, Request};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
-use axum::response::sse::{Event, Sse};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, MethodRouter};
 use axum::{Json, Router};
-use futures_util::{Stream, StreamExt};
 use serde_json::{json, Value};
 use std::collections::HashMap;
-use std::convert::Infallible;
 use std::future::{Future, IntoFuture};
 use std::net::SocketAddr;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -161,69 +159,6 @@ pub(crate) fn parse_json(bytes: &[u8]) -> Result<Value, HttpError> {
     serde_json::from_slice(bytes).map_err(|e| HttpError::bad_request(format!("malformed JSON body: {e}")))
 }
 
-/// Which framing a streaming client asked for.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Framing {
-    Sse,
-    NdJson,
-}
-
-impl Framing {
-    pub(crate) fn from_headers(headers: &HeaderMap) -> Self {
-        let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("");
-        if accept.contains("application/x-ndjson") || accept.contains("application/jsonl") {
-            Framing::NdJson
-        } else {
-            Framing::Sse
-        }
-    }
-}
-
-/// A stream of JSON values as SSE events (ending with `data: [DONE]`) or NDJSON lines.
-pub(crate) fn stream_response<S>(framing: Framing, values: S) -> Response
-where
-    S: Stream<Item = Value> + Send + 'static,
-{
-    match framing {
-        Framing::Sse => {
-            let events = values
-                .map(|v| Ok::<_, Infallible>(Event::default().data(v.to_string())))
-                .chain(futures_util::stream::once(async { Ok(Event::default().data("[DONE]")) }));
-            Sse::new(events).into_response()
-        }
-        Framing::NdJson => {
-            let lines = values.map(|v| Ok::<_, Infallible>(Bytes::from(format!("{v}\n"))));
-            let mut response = Response::new(Body::from_stream(lines));
-            response
-                .headers_mut()
-                .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/x-ndjson"));
-            response
-        }
-    }
-}
-
-/// Chunks of a stream until it ends, fails or reaches the deadline; an error becomes a
-/// final `{"error": ...}` value.
-pub(crate) fn chunks_until<O: Send + 'static>(
-    rx: mpsc::UnboundedReceiver<Result<O, ApiError>>,
-    deadline: Instant,
-) -> impl Stream<Item = Result<O, HttpError>> + Send + 'static {
-    let timeout = Box::pin(tokio::time::sleep_until(deadline.into()));
-    futures_util::stream::unfold((rx, timeout, false), |(mut rx, mut timeout, done)| async move {
-        if done {
-            return None;
-        }
-        tokio::select! {
-            item = rx.recv() => match item {
-                Some(Ok(o)) => Some((Ok(o), (rx, timeout, false))),
-                Some(Err(e)) => Some((Err(HttpError::from(e)), (rx, timeout, true))),
-                None => None,
-            },
-            _ = &mut timeout => Some((Err(HttpError::timeout("the request's deadline passed while streaming")), (rx, timeout, true))),
-        }
-    })
-}
-
 /// The handler of a plain or streaming endpoint.
 async fn predict_route<A: InferenceApi>(ep: Arc<Endpoint<A>>, headers: HeaderMap, body: Body) -> Response {
     let deadline = ep.deadline();
@@ -232,12 +167,7 @@ async fn predict_route<A: InferenceApi>(ep: Arc<Endpoint<A>>, headers: HeaderMap
         let input = ep.decode(&value)?;
         if ep.config.stream {
             let rx = ep.call_stream(input, deadline)?;
-            let ep2 = Arc::clone(&ep);
-            let values =
-                chunks_until(rx, deadline).map(move |chunk| match chunk.and_then(|o| ep2.encode(o)) {
-                    Ok(v) => v,
-                    Err(e) => e.body(),
-                });
+            let values = stream::encoded(Arc::clone(&ep), chunks_until(rx, deadline));
             return Ok::<Response, HttpError>(stream_response(Framing::from_headers(&headers), values));
         }
         let output = ep.call(input, deadline).await?;
@@ -494,92 +424,4 @@ async fn shutdown_signal() {
         _ = term => {},
     }
     tracing::info!("shutdown signal received; finishing in-flight requests");
-}
-
-/// Each route's metric handles, for the metrics layer.
-struct Recorder {
-    metrics: Arc<Metrics>,
-    routes: HashMap<String, Arc<RouteMetrics>>,
-}
-
-/// A tower layer that counts every response by route and status, times it, and counts
-/// error types. Hand-written rather than `middleware::from_fn`, which boxes a future per
-/// request: this sits on every request's path.
-#[derive(Clone)]
-struct RecordMetrics(Arc<Recorder>);
-
-impl<S> tower::Layer<S> for RecordMetrics {
-    type Service = RecordMetricsService<S>;
-    fn layer(&self, inner: S) -> Self::Service {
-        RecordMetricsService { inner, recorder: Arc::clone(&self.0) }
-    }
-}
-
-#[derive(Clone)]
-struct RecordMetricsService<S> {
-    inner: S,
-    recorder: Arc<Recorder>,
-}
-
-impl<S> tower::Service<Request> for RecordMetricsService<S>
-where
-    S: tower::Service<Request, Response = Response>,
-{
-    type Response = Response;
-    type Error = S::Error;
-    type Future = RecordMetricsFuture<S::Future>;
-
-    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), S::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: Request) -> Self::Future {
-        let routes = &self.recorder.routes;
-        let route = request
-            .extensions()
-            .get::<MatchedPath>()
-            .and_then(|p| routes.get(p.as_str()))
-            .or_else(|| routes.get("unmatched"))
-            .cloned();
-        RecordMetricsFuture {
-            inner: self.inner.call(request),
-            route,
-            recorder: Arc::clone(&self.recorder),
-            start: Instant::now(),
-        }
-    }
-}
-
-pin_project_lite::pin_project! {
-    struct RecordMetricsFuture<F> {
-        #[pin]
-        inner: F,
-        route: Option<Arc<RouteMetrics>>,
-        recorder: Arc<Recorder>,
-        start: Instant,
-    }
-}
-
-impl<F, E> Future for RecordMetricsFuture<F>
-where
-    F: Future<Output = Result<Response, E>>,
-{
-    type Output = Result<Response, E>;
-
-    fn poll(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Self::Output> {
-        let this = self.project();
-        let result = std::task::ready!(this.inner.poll(cx));
-        if let (Ok(response), Some(route)) = (&result, this.route.as_ref()) {
-            route.status(&this.recorder.metrics, response.status().as_u16()).inc();
-            route.latency.observe(this.start.elapsed().as_secs_f64());
-            if let Some(kind) = response.extensions().get::<crate::error::ErrorKind>() {
-                let labels = ErrorLabels { route: route.name().to_owned(), kind: kind.0.to_owned() };
-                this.recorder.metrics.errors.get_or_create(&labels).inc();
-            }
-        }
-        std::task::Poll::Ready(result)
-    }
 }
