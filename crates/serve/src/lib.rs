@@ -9,6 +9,7 @@
 
 mod api;
 pub mod auth;
+mod body;
 pub mod client;
 mod config;
 mod error;

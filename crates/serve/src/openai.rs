@@ -272,7 +272,7 @@ async fn chat_route<C: ChatApi>(
 ) -> Response {
     let deadline = ep.deadline();
     let result = async {
-        let value = ep.read_json(body).await?;
+        let value = ep.read_json(&headers, body).await?;
         let request = ep.decode(&value)?;
         let model = if request.model.is_empty() { ep.api.0.model_name() } else { request.model.clone() };
         let (stream, include_usage) = (request.stream, request.include_usage);
@@ -458,10 +458,14 @@ enum EmbeddingInput {
     Many(Vec<String>),
 }
 
-async fn embeddings_route<E: EmbeddingsApi>(ep: Arc<Endpoint<EmbeddingsAdapter<E>>>, body: Body) -> Response {
+async fn embeddings_route<E: EmbeddingsApi>(
+    ep: Arc<Endpoint<EmbeddingsAdapter<E>>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     let deadline = ep.deadline();
     let result = async {
-        let value = ep.read_json(body).await?;
+        let value = ep.read_json(&headers, body).await?;
         let raw: RawEmbeddingsRequest = serde_json::from_value(value)
             .map_err(|e| HttpError::bad_request(format!("invalid request: {e}")))?;
         let texts = match raw.input {
@@ -523,7 +527,9 @@ impl Server {
         api: E,
     ) -> Result<Self, ServeError> {
         config.stream = false;
-        self.add(config, EmbeddingsAdapter(api), |ep| post(move |body: Body| embeddings_route(ep, body)))
+        self.add(config, EmbeddingsAdapter(api), |ep| {
+            post(move |headers: HeaderMap, body: Body| embeddings_route(ep, headers, body))
+        })
     }
 }
 

@@ -8,13 +8,14 @@
 //! whole path runs under the request's deadline (504).
 use crate::api::InferenceApi;
 use crate::auth::{self, ApiKeys};
+use crate::body;
 use crate::config::{EndpointConfig, ServerConfig};
 use crate::error::{panic_message, ApiError, HttpError, ServeError};
 use crate::metrics::{Metrics, RouteMetrics};
 use crate::metrics_layer::{RecordMetrics, Recorder};
 use crate::stream::{self, chunks_until, stream_response, Framing};
 use crate::worker::{self, Job, Queue, Rejected, Reply};
-use axum::body::{Body, Bytes};
+use axum::body::Body;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, MethodRouter};
@@ -130,40 +131,17 @@ impl<A: InferenceApi> Endpoint<A> {
     }
 
     /// Reads and parses a JSON body within the payload limit.
-    pub(crate) async fn read_json(&self, body: Body) -> Result<Value, HttpError> {
-        let bytes = read_body(body, self.shared.config.max_payload_bytes).await?;
-        parse_json(&bytes)
+    pub(crate) async fn read_json(&self, headers: &HeaderMap, body: Body) -> Result<Value, HttpError> {
+        let bytes = body::read_body(headers, body, self.shared.config.max_payload_bytes).await?;
+        body::parse_json(&bytes)
     }
-}
-
-/// The body's bytes, or 413 when it is larger than `limit`.
-pub(crate) async fn read_body(body: Body, limit: usize) -> Result<Bytes, HttpError> {
-    axum::body::to_bytes(body, limit).await.map_err(|e| {
-        let too_large = std::error::Error::source(&e)
-            .is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
-            || e.to_string().contains("length limit");
-        if too_large {
-            HttpError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "invalid_request_error",
-                format!("request body is larger than max_payload_bytes = {limit}"),
-            )
-        } else {
-            HttpError::bad_request(format!("cannot read request body: {e}"))
-        }
-    })
-}
-
-/// Parses JSON, with serde's message (line, column, what was expected) on failure.
-pub(crate) fn parse_json(bytes: &[u8]) -> Result<Value, HttpError> {
-    serde_json::from_slice(bytes).map_err(|e| HttpError::bad_request(format!("malformed JSON body: {e}")))
 }
 
 /// The handler of a plain or streaming endpoint.
 async fn predict_route<A: InferenceApi>(ep: Arc<Endpoint<A>>, headers: HeaderMap, body: Body) -> Response {
     let deadline = ep.deadline();
     let work = async {
-        let value = ep.read_json(body).await?;
+        let value = ep.read_json(&headers, body).await?;
         let input = ep.decode(&value)?;
         if ep.config.stream {
             let rx = ep.call_stream(input, deadline)?;
