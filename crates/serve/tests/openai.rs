@@ -1,6 +1,10 @@
 //! The OpenAI-compatible specs, read by the official `openai` Python client.
+mod common;
+
 use serde_json::{json, Value};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 use volt_serve::client::Client;
 use volt_serve::openai::{ChatApi, ChatDelta, ChatRequest, Embedding, EmbeddingsApi};
@@ -164,6 +168,98 @@ async fn embeddings_take_a_string_or_a_list_and_keep_the_order() {
         .await
         .expect("request");
     assert_eq!(r.status, 400);
+    server.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_request_of_up_to_2048_texts_is_admitted_whole_on_an_idle_server() {
+    // The queue holds 1,024 items by default: one request's 1,500 texts still go in.
+    let server = server().await;
+    let client = Client::new(server.url());
+    for n in [1500, 2048] {
+        let texts: Vec<String> = (0..n).map(|i| "o".repeat(i % 50 + 1)).collect();
+        let r = client.post("/v1/embeddings", &json!({"input": texts})).await.expect("request");
+        assert_eq!(r.status, 200, "{n} inputs: {}", r.text);
+        let data = r.json()["data"].as_array().cloned().expect("data");
+        assert_eq!(data.len(), n);
+        for (i, d) in data.iter().enumerate() {
+            assert_eq!(
+                (d["index"].clone(), d["embedding"][0].clone()),
+                (json!(i), json!((i % 50 + 1) as f64))
+            );
+        }
+    }
+    let texts = vec!["a"; 2049];
+    let r = client.post("/v1/embeddings", &json!({"input": texts})).await.expect("request");
+    assert_eq!(r.status, 400, "{}", r.text);
+    assert!(r.text.contains("`input`") && r.text.contains("2048"), "{}", r.text);
+    server.shutdown().await.expect("shutdown");
+}
+
+/// Embeds like [`Bag`], but each batch waits until `open` is set.
+#[derive(Clone, Default)]
+struct GatedBag {
+    open: Arc<AtomicBool>,
+}
+
+impl EmbeddingsApi for GatedBag {
+    type Model = ();
+    fn setup(&self, _: Device) -> Result<(), ApiError> {
+        Ok(())
+    }
+    fn embed(&self, model: &mut (), texts: Vec<String>) -> Result<Vec<Embedding>, ApiError> {
+        while !self.open.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        Bag.embed(model, texts)
+    }
+    fn model_name(&self) -> String {
+        "gated-bag".into()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_embeddings_queue_refuses_new_requests_but_not_the_rest_of_an_admitted_one() {
+    let api = GatedBag::default();
+    let endpoint =
+        EndpointConfig { max_queue: 4, max_batch_size: 64, ..EndpointConfig::at("/v1/embeddings") };
+    let server = Server::new(ServerConfig { port: 0, ..ServerConfig::default() })
+        .openai_embeddings(endpoint, api.clone())
+        .expect("endpoint")
+        .bind()
+        .await
+        .expect("bind");
+    let client = Client::new(server.url());
+    let texts: Vec<String> = (0..1000).map(|i| "a".repeat(i % 7 + 1)).collect();
+    let admitted = {
+        let (client, texts) = (client.clone(), texts.clone());
+        tokio::spawn(async move {
+            client.post("/v1/embeddings", &json!({"input": texts})).await.expect("request")
+        })
+    };
+    // Wait until its texts are queued behind the first (held) batch.
+    let depth = "volt_queue_depth{route=\"/v1/embeddings\"}";
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let s = common::parse_prometheus(&client.get("/metrics").await.expect("metrics").text);
+        if common::sample(&s, depth) >= 4.0 {
+            break;
+        }
+        assert!(!admitted.is_finished(), "the 1,000 texts were answered before any was embedded");
+        assert!(std::time::Instant::now() < deadline, "the texts never queued");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let r = client.post("/v1/embeddings", &json!({"input": "one more"})).await.expect("request");
+    assert_eq!((r.status, r.retry_after.as_deref()), (503, Some("1")), "{}", r.text);
+    api.open.store(true, Ordering::SeqCst);
+    let r = admitted.await.expect("task");
+    assert_eq!(r.status, 200, "{}", r.text);
+    let data = r.json()["data"].as_array().cloned().expect("data");
+    assert_eq!(data.len(), 1000);
+    assert!(data.iter().enumerate().all(|(i, d)| d["embedding"][0] == json!((i % 7 + 1) as f64)));
+    // Room again: the refused request succeeds when retried.
+    let r = client.post("/v1/embeddings", &json!({"input": "one more"})).await.expect("request");
+    assert_eq!((r.status, r.json()["data"][0]["embedding"].clone()), (200, json!([8.0, 2.0, 1.0])));
     server.shutdown().await.expect("shutdown");
 }
 
