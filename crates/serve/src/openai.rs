@@ -438,24 +438,80 @@ impl<E: EmbeddingsApi> InferenceApi for EmbeddingsAdapter<E> {
     }
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawEmbeddingsRequest {
-    input: EmbeddingInput,
-    model: Option<String>,
-    #[serde(default)]
-    encoding_format: Option<String>,
-    #[allow(dead_code)]
-    user: Option<String>,
-    #[allow(dead_code)]
-    dimensions: Option<usize>,
+/// Most texts one embeddings request may hold (OpenAI's limit).
+pub const MAX_EMBEDDING_INPUTS: usize = 2048;
+
+/// An embeddings request, parsed.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EmbeddingsRequest {
+    /// The texts, in order.
+    pub input: Vec<String>,
+    /// The `model` field, when given.
+    pub model: Option<String>,
+    /// `encoding_format: "base64"`: vectors as base64 of little-endian f32s.
+    pub base64: bool,
 }
 
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum EmbeddingInput {
-    One(String),
-    Many(Vec<String>),
+const EMBEDDINGS_FIELDS: [&str; 5] = ["input", "model", "encoding_format", "user", "dimensions"];
+
+impl EmbeddingsRequest {
+    /// Parses an OpenAI embeddings body; errors name the bad field.
+    pub fn from_json(body: &Value) -> Result<Self, ApiError> {
+        let Some(fields) = body.as_object() else {
+            return Err(ApiError::BadRequest("the body must be a JSON object".into()));
+        };
+        if let Some(unknown) = fields.keys().find(|k| !EMBEDDINGS_FIELDS.contains(&k.as_str())) {
+            return Err(ApiError::field(unknown, "is not a field of an embeddings request"));
+        }
+        let input = match fields.get("input") {
+            None | Some(Value::Null) => return Err(ApiError::field("input", "is missing")),
+            Some(Value::String(s)) => vec![s.clone()],
+            Some(Value::Array(items)) if items.is_empty() => {
+                return Err(ApiError::field("input", "must not be an empty list"))
+            }
+            Some(Value::Array(items)) if items.len() > MAX_EMBEDDING_INPUTS => {
+                return Err(ApiError::field(
+                    "input",
+                    format!(
+                        "{} texts are more than the {MAX_EMBEDDING_INPUTS} one request may hold",
+                        items.len()
+                    ),
+                ))
+            }
+            Some(Value::Array(items)) => items
+                .iter()
+                .enumerate()
+                .map(|(i, v)| {
+                    v.as_str()
+                        .map(str::to_owned)
+                        .ok_or_else(|| ApiError::field("input", format!("item {i} is not a string")))
+                })
+                .collect::<Result<_, _>>()?,
+            Some(_) => return Err(ApiError::field("input", "must be a string or a list of strings")),
+        };
+        let model = optional_str(body, "model")?.map(str::to_owned);
+        optional_str(body, "user")?;
+        let base64 = match optional_str(body, "encoding_format")? {
+            None | Some("float") => false,
+            Some("base64") => true,
+            Some(other) => {
+                return Err(ApiError::field(
+                    "encoding_format",
+                    format!("\"{other}\" is not \"float\" or \"base64\""),
+                ))
+            }
+        };
+        Ok(EmbeddingsRequest { input, model, base64 })
+    }
+}
+
+/// A field that is absent, null or a string.
+fn optional_str<'a>(body: &'a Value, field: &str) -> Result<Option<&'a str>, ApiError> {
+    match body.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(other) => Err(ApiError::field(field, format!("must be a string, not {other}"))),
+    }
 }
 
 async fn embeddings_route<E: EmbeddingsApi>(
@@ -466,27 +522,10 @@ async fn embeddings_route<E: EmbeddingsApi>(
     let deadline = ep.deadline();
     let result = async {
         let value = ep.read_json(&headers, body).await?;
-        let raw: RawEmbeddingsRequest = serde_json::from_value(value)
-            .map_err(|e| HttpError::bad_request(format!("invalid request: {e}")))?;
-        let texts = match raw.input {
-            EmbeddingInput::One(s) => vec![s],
-            EmbeddingInput::Many(v) if v.is_empty() => {
-                return Err(HttpError::bad_request("`input`: must not be an empty list"))
-            }
-            EmbeddingInput::Many(v) => v,
-        };
-        let base64 = match raw.encoding_format.as_deref() {
-            None | Some("float") => false,
-            Some("base64") => true,
-            Some(other) => {
-                return Err(HttpError::bad_request(format!(
-                    "`encoding_format`: \"{other}\" is not \"float\" or \"base64\""
-                )))
-            }
-        };
+        let request = EmbeddingsRequest::from_json(&value)?;
+        let base64 = request.base64;
         // Each text is its own queue item, so the workers batch them across requests.
-        let calls = texts.into_iter().map(|t| ep.call(t, deadline));
-        let embeddings = futures_util::future::try_join_all(calls).await?;
+        let embeddings = ep.call_all(request.input, deadline).await?;
         let prompt_tokens: usize = embeddings.iter().map(|e| e.tokens).sum();
         let data: Vec<Value> = embeddings
             .into_iter()
@@ -503,7 +542,7 @@ async fn embeddings_route<E: EmbeddingsApi>(
             .collect();
         Ok(Json(json!({
             "object": "list", "data": data,
-            "model": raw.model.unwrap_or_else(|| ep.api.0.model_name()),
+            "model": request.model.unwrap_or_else(|| ep.api.0.model_name()),
             "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens},
         }))
         .into_response())
@@ -572,5 +611,31 @@ mod tests {
             ChatRequest::from_json(&json!({"messages": [{"role": "user", "content": "hi"}], "stop": "\n"}))
                 .expect("valid");
         assert_eq!(r.stop, vec!["\n"]);
+    }
+
+    #[test]
+    fn embeddings_requests_name_their_bad_fields() {
+        let named = |body: Value, field: &str| {
+            let e = EmbeddingsRequest::from_json(&body).expect_err("refused");
+            assert!(e.to_string().starts_with(&format!("`{field}`: ")), "{body} -> {e}");
+        };
+        named(json!({}), "input");
+        named(json!({"input": null}), "input");
+        named(json!({"input": 5}), "input");
+        named(json!({"input": []}), "input");
+        named(json!({"input": ["a", 1]}), "input");
+        named(json!({"input": [[1, 2]]}), "input");
+        named(json!({"input": vec!["a"; MAX_EMBEDDING_INPUTS + 1]}), "input");
+        named(json!({"input": "a", "encoding_format": "hex"}), "encoding_format");
+        named(json!({"input": "a", "encoding_format": 1}), "encoding_format");
+        named(json!({"input": "a", "model": 3}), "model");
+        named(json!({"input": "a", "user": []}), "user");
+        named(json!({"input": "a", "temperature": 1}), "temperature");
+        assert!(EmbeddingsRequest::from_json(&json!(["a"])).is_err());
+        let r = EmbeddingsRequest::from_json(
+            &json!({"input": vec![""; MAX_EMBEDDING_INPUTS], "encoding_format": "base64"}),
+        )
+        .expect("valid");
+        assert_eq!((r.input.len(), r.base64, r.model), (MAX_EMBEDDING_INPUTS, true, None));
     }
 }

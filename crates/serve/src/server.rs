@@ -74,12 +74,13 @@ impl<A: InferenceApi> Endpoint<A> {
         self.guard("encode_response", || self.api.encode_response(output))
     }
 
-    fn enqueue(&self, input: A::Input, reply: Reply<A::Output>, deadline: Instant) -> Result<(), HttpError> {
-        match self.queue.submit(Job { input, reply, deadline }) {
+    /// Queues the jobs of one request (see [`Queue::submit`]).
+    fn enqueue(&self, jobs: Vec<Job<A::Input, A::Output>>) -> Result<(), HttpError> {
+        match self.queue.submit(jobs) {
             Ok(()) => Ok(()),
             Err(Rejected::Full) => Err(HttpError::overloaded(
                 format!(
-                    "{} is at capacity ({} requests queued); retry shortly",
+                    "{} is at capacity ({} queued); retry shortly",
                     self.config.path, self.config.max_queue
                 ),
                 1,
@@ -111,12 +112,32 @@ impl<A: InferenceApi> Endpoint<A> {
 
     /// Queues one input and waits for its output.
     pub(crate) async fn call(&self, input: A::Input, deadline: Instant) -> Result<A::Output, HttpError> {
-        let (tx, rx) = oneshot::channel();
-        self.enqueue(input, Reply::Once(tx), deadline)?;
-        match rx.await {
-            Ok(result) => result.map_err(HttpError::from),
-            Err(_) => Err(HttpError::internal("the worker dropped the request")),
-        }
+        let mut outputs = self.call_all(vec![input], deadline).await?;
+        outputs.pop().ok_or_else(|| HttpError::internal("the worker dropped the request"))
+    }
+
+    /// Queues the inputs of one request together (each its own job, so that workers
+    /// batch them with others) and waits for their outputs, in order.
+    pub(crate) async fn call_all(
+        &self,
+        inputs: Vec<A::Input>,
+        deadline: Instant,
+    ) -> Result<Vec<A::Output>, HttpError> {
+        let (jobs, replies): (Vec<_>, Vec<_>) = inputs
+            .into_iter()
+            .map(|input| {
+                let (tx, rx) = oneshot::channel();
+                (Job { input, reply: Reply::Once(tx), deadline }, rx)
+            })
+            .unzip();
+        self.enqueue(jobs)?;
+        let outputs = futures_util::future::try_join_all(replies.into_iter().map(|rx| async move {
+            match rx.await {
+                Ok(result) => result.map_err(HttpError::from),
+                Err(_) => Err(HttpError::internal("the worker dropped the request")),
+            }
+        }));
+        outputs.await
     }
 
     /// Queues one input for streaming; chunks arrive on the returned receiver.
@@ -126,7 +147,7 @@ impl<A: InferenceApi> Endpoint<A> {
         deadline: Instant,
     ) -> Result<mpsc::UnboundedReceiver<Result<A::Output, ApiError>>, HttpError> {
         let (tx, rx) = mpsc::unbounded_channel();
-        self.enqueue(input, Reply::Stream(tx), deadline)?;
+        self.enqueue(vec![Job { input, reply: Reply::Stream(tx), deadline }])?;
         Ok(rx)
     }
 

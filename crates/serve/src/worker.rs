@@ -4,7 +4,7 @@ use crate::api::{Device, InferenceApi, StreamOutput};
 use crate::config::EndpointConfig;
 use crate::error::{panic_message, ApiError};
 use crate::metrics::RouteMetrics;
-use crossbeam_channel::{Receiver, Sender, TryRecvError, TrySendError};
+use crossbeam_channel::{Receiver, Sender, TryRecvError};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -79,6 +79,7 @@ impl Drop for Serving {
 /// The sending side of an endpoint's queue.
 pub(crate) struct Queue<I, O> {
     tx: Sender<Job<I, O>>,
+    max_queue: usize,
     metrics: RouteMetrics,
 }
 
@@ -89,15 +90,26 @@ pub(crate) enum Rejected {
 }
 
 impl<I, O> Queue<I, O> {
-    pub fn submit(&self, job: Job<I, O>) -> Result<(), Rejected> {
-        match self.tx.try_send(job) {
-            Ok(()) => {
-                self.metrics.queue_depth.inc();
-                Ok(())
+    /// Queues the jobs of one request. The request is admitted while fewer than
+    /// `max_queue` jobs wait, and then all of its jobs go in: a request is refused for
+    /// the load it meets, never for its own size (which its parser bounds). The depth
+    /// gauge is the count admission reads, so the two cannot disagree.
+    pub fn submit(&self, jobs: Vec<Job<I, O>>) -> Result<(), Rejected> {
+        let n = jobs.len() as i64;
+        let max = self.max_queue as i64;
+        let depth = self.metrics.queue_depth.inner();
+        depth
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |d| (d < max).then_some(d + n))
+            .map_err(|_| Rejected::Full)?;
+        let mut left = n;
+        for job in jobs {
+            if self.tx.send(job).is_err() {
+                self.metrics.queue_depth.dec_by(left);
+                return Err(Rejected::Closed);
             }
-            Err(TrySendError::Full(_)) => Err(Rejected::Full),
-            Err(TrySendError::Disconnected(_)) => Err(Rejected::Closed),
+            left -= 1;
         }
+        Ok(())
     }
 }
 
@@ -113,7 +125,8 @@ pub(crate) fn start<A: InferenceApi>(
     serving: Arc<AtomicUsize>,
     stopping: Arc<AtomicBool>,
 ) -> std::io::Result<Started<A>> {
-    let (tx, rx) = crossbeam_channel::bounded(config.max_queue);
+    // Unbounded: `Queue::submit` bounds what waits, per request.
+    let (tx, rx) = crossbeam_channel::unbounded();
     let mut handles = Vec::new();
     for device in &config.devices {
         for n in 0..config.workers_per_device {
@@ -133,7 +146,7 @@ pub(crate) fn start<A: InferenceApi>(
             handles.push(std::thread::Builder::new().name(name).spawn(move || worker.run(serving))?);
         }
     }
-    Ok((Queue { tx, metrics }, handles))
+    Ok((Queue { tx, max_queue: config.max_queue, metrics }, handles))
 }
 
 struct Worker<A: InferenceApi> {
