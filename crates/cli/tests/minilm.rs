@@ -156,8 +156,18 @@ fn concurrent_requests_are_batched_together_and_each_gets_its_own_vector() {
         assert!(c >= 0.9999, "request {i}: cosine {c}");
         assert_eq!(body["usage"]["prompt_tokens"], r.tokens[i]);
     }
-    let metrics = http::post_all(&format!("{}/v1/embeddings", served.url), vec![json!({"input": 5})]);
-    assert_eq!(metrics[0].0, 400, "a non-string input is refused: {}", metrics[0].1);
+    let refused = http::post_all(
+        &format!("{}/v1/embeddings", served.url),
+        vec![json!({"input": 5}), json!({"input": "hi", "dimensions": 128})],
+    );
+    assert_eq!(refused[0].0, 400, "a non-string input is refused: {}", refused[0].1);
+    // MiniLM was not trained for shortened vectors: `dimensions` is refused, not ignored.
+    assert_eq!(refused[1].0, 400, "{}", refused[1].1);
+    assert!(
+        refused[1].1["error"]["message"].as_str().is_some_and(|m| m.contains("`dimensions`")),
+        "{}",
+        refused[1].1
+    );
 }
 
 #[test]

@@ -196,6 +196,26 @@ async fn one_request_of_up_to_2048_texts_is_admitted_whole_on_an_idle_server() {
     server.shutdown().await.expect("shutdown");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dimensions_are_refused_by_name_for_a_model_not_trained_to_shorten_its_vectors() {
+    let server = server().await;
+    let client = Client::new(server.url());
+    for d in [json!(128), json!(3), json!(1), json!(0), json!(-1), json!(2.5), json!("2")] {
+        let r =
+            client.post("/v1/embeddings", &json!({"input": "a b", "dimensions": d})).await.expect("request");
+        assert_eq!(r.status, 400, "dimensions {d}: {}", r.text);
+        assert!(
+            r.json()["error"]["message"].as_str().is_some_and(|m| m.starts_with("`dimensions`: ")),
+            "{}",
+            r.text
+        );
+    }
+    let r =
+        client.post("/v1/embeddings", &json!({"input": "a b", "dimensions": null})).await.expect("request");
+    assert_eq!((r.status, r.json()["data"][0]["embedding"].clone()), (200, json!([3.0, 1.0, 1.0])));
+    server.shutdown().await.expect("shutdown");
+}
+
 /// Embeds like [`Bag`], but each batch waits until `open` is set.
 #[derive(Clone, Default)]
 struct GatedBag {
