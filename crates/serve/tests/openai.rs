@@ -216,6 +216,70 @@ async fn dimensions_are_refused_by_name_for_a_model_not_trained_to_shorten_its_v
     server.shutdown().await.expect("shutdown");
 }
 
+/// A 4-wide "embedding" trained, as it were, to be shortened: [1, 2, 2, 4] / 5.
+struct Nested;
+
+impl EmbeddingsApi for Nested {
+    type Model = ();
+    fn setup(&self, _: Device) -> Result<(), ApiError> {
+        Ok(())
+    }
+    fn embed(&self, _: &mut (), texts: Vec<String>) -> Result<Vec<Embedding>, ApiError> {
+        Ok(texts.iter().map(|_| Embedding { vector: vec![0.2, 0.4, 0.4, 0.8], tokens: 1 }).collect())
+    }
+    fn model_name(&self) -> String {
+        "nested".into()
+    }
+    fn supported_dimensions(&self) -> Option<usize> {
+        Some(4)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_that_can_shorten_its_vectors_returns_them_shortened_and_renormalised() {
+    let server = Server::new(ServerConfig { port: 0, ..ServerConfig::default() })
+        .openai_embeddings(EndpointConfig::at("/v1/embeddings"), Nested)
+        .expect("endpoint")
+        .bind()
+        .await
+        .expect("bind");
+    let client = Client::new(server.url());
+    let vector = |r: &volt_serve::client::Reply| -> Vec<f64> {
+        serde_json::from_value(r.json()["data"][0]["embedding"].clone()).expect("a float vector")
+    };
+    let close = |got: Vec<f64>, want: &[f64]| {
+        got.len() == want.len() && got.iter().zip(want).all(|(a, b)| (a - b).abs() < 1e-6)
+    };
+    let r = client.post("/v1/embeddings", &json!({"input": "x", "dimensions": 2})).await.expect("request");
+    assert_eq!(r.status, 200, "{}", r.text);
+    let s5 = 5f64.sqrt();
+    assert!(close(vector(&r), &[1.0 / s5, 2.0 / s5]), "{}", r.text);
+    let r = client.post("/v1/embeddings", &json!({"input": "x", "dimensions": 1})).await.expect("request");
+    assert!(close(vector(&r), &[1.0]), "{}", r.text);
+    let r = client.post("/v1/embeddings", &json!({"input": "x", "dimensions": 4})).await.expect("request");
+    assert!(close(vector(&r), &[0.2, 0.4, 0.4, 0.8]), "{}", r.text);
+    let r = client
+        .post("/v1/embeddings", &json!({"input": ["x", "y"], "dimensions": 3, "encoding_format": "base64"}))
+        .await
+        .expect("request");
+    for d in r.json()["data"].as_array().expect("data") {
+        use base64::Engine;
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(d["embedding"].as_str().expect("base64"))
+            .expect("decode");
+        let got: Vec<f64> =
+            bytes.chunks(4).map(|b| f64::from(f32::from_le_bytes([b[0], b[1], b[2], b[3]]))).collect();
+        assert!(close(got, &[1.0 / 3.0, 2.0 / 3.0, 2.0 / 3.0]), "{d}");
+    }
+    for d in [json!(0), json!(5), json!(-4), json!(1.5)] {
+        let r =
+            client.post("/v1/embeddings", &json!({"input": "x", "dimensions": d})).await.expect("request");
+        assert_eq!(r.status, 400, "{d}: {}", r.text);
+        assert!(r.text.contains("`dimensions`: ") && r.text.contains("from 1 to 4"), "{}", r.text);
+    }
+    server.shutdown().await.expect("shutdown");
+}
+
 /// Embeds like [`Bag`], but each batch waits until `open` is set.
 #[derive(Clone, Default)]
 struct GatedBag {

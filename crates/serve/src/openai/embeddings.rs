@@ -31,6 +31,14 @@ pub trait EmbeddingsApi: Send + Sync + 'static {
     fn embed(&self, model: &mut Self::Model, texts: Vec<String>) -> Result<Vec<Embedding>, ApiError>;
     /// The model's name in responses.
     fn model_name(&self) -> String;
+    /// The width of the vectors when the model was trained so that their leading `d`
+    /// components are an embedding too (as Matryoshka representation learning does),
+    /// which lets a request ask for `dimensions: d` (1 to this width). `None`, the
+    /// default: it was not, and a request giving `dimensions` is refused by name, since
+    /// shortened vectors of such a model are not embeddings.
+    fn supported_dimensions(&self) -> Option<usize> {
+        None
+    }
 }
 
 /// The [`InferenceApi`] that puts an [`EmbeddingsApi`] behind the core: one queue item per text.
@@ -69,13 +77,17 @@ pub struct EmbeddingsRequest {
     pub model: Option<String>,
     /// `encoding_format: "base64"`: vectors as base64 of little-endian f32s.
     pub base64: bool,
+    /// Shorten each vector to this many leading components, renormalised.
+    pub dimensions: Option<usize>,
 }
 
 const EMBEDDINGS_FIELDS: [&str; 5] = ["input", "model", "encoding_format", "user", "dimensions"];
 
 impl EmbeddingsRequest {
-    /// Parses an OpenAI embeddings body; errors name the bad field.
-    pub fn from_json(body: &Value) -> Result<Self, ApiError> {
+    /// Parses an OpenAI embeddings body for a model whose
+    /// [`EmbeddingsApi::supported_dimensions`] is `supported_dimensions`; errors name
+    /// the bad field.
+    pub fn from_json(body: &Value, supported_dimensions: Option<usize>) -> Result<Self, ApiError> {
         let Some(fields) = body.as_object() else {
             return Err(ApiError::BadRequest("the body must be a JSON object".into()));
         };
@@ -120,8 +132,36 @@ impl EmbeddingsRequest {
                 ))
             }
         };
-        Ok(EmbeddingsRequest { input, model, base64 })
+        let dimensions = match (body.get("dimensions"), supported_dimensions) {
+            (None | Some(Value::Null), _) => None,
+            (Some(_), None) => {
+                return Err(ApiError::field(
+                    "dimensions",
+                    "this model was not trained to shorten its vectors; leave `dimensions` out",
+                ))
+            }
+            (Some(d), Some(width)) => match d.as_u64() {
+                Some(d) if d >= 1 && d <= width as u64 => Some(d as usize),
+                _ => {
+                    return Err(ApiError::field(
+                        "dimensions",
+                        format!("{d} is not an integer from 1 to {width}"),
+                    ))
+                }
+            },
+        };
+        Ok(EmbeddingsRequest { input, model, base64, dimensions })
     }
+}
+
+/// The leading `d` components of `v`, scaled back to unit length.
+fn shortened(mut v: Vec<f32>, d: usize) -> Vec<f32> {
+    v.truncate(d);
+    let norm = v.iter().map(|x| f64::from(*x) * f64::from(*x)).sum::<f64>().sqrt();
+    if norm > 0.0 {
+        v.iter_mut().for_each(|x| *x = (f64::from(*x) / norm) as f32);
+    }
+    v
 }
 
 /// A field that is absent, null or a string.
@@ -141,8 +181,8 @@ async fn embeddings_route<E: EmbeddingsApi>(
     let deadline = ep.deadline();
     let result = async {
         let value = ep.read_json(&headers, body).await?;
-        let request = EmbeddingsRequest::from_json(&value)?;
-        let base64 = request.base64;
+        let request = EmbeddingsRequest::from_json(&value, ep.api.0.supported_dimensions())?;
+        let (base64, dimensions) = (request.base64, request.dimensions);
         // Each text is its own queue item, so the workers batch them across requests.
         let embeddings = ep.call_all(request.input, deadline).await?;
         let prompt_tokens: usize = embeddings.iter().map(|e| e.tokens).sum();
@@ -150,11 +190,15 @@ async fn embeddings_route<E: EmbeddingsApi>(
             .into_iter()
             .enumerate()
             .map(|(i, e)| {
+                let vector = match dimensions {
+                    Some(d) => shortened(e.vector, d),
+                    None => e.vector,
+                };
                 let embedding = if base64 {
-                    let bytes: Vec<u8> = e.vector.iter().flat_map(|x| x.to_le_bytes()).collect();
+                    let bytes: Vec<u8> = vector.iter().flat_map(|x| x.to_le_bytes()).collect();
                     json!(base64::engine::general_purpose::STANDARD.encode(bytes))
                 } else {
-                    json!(e.vector)
+                    json!(vector)
                 };
                 json!({"object": "embedding", "index": i, "embedding": embedding})
             })
@@ -190,7 +234,7 @@ mod tests {
     #[test]
     fn embeddings_requests_name_their_bad_fields() {
         let named = |body: Value, field: &str| {
-            let e = EmbeddingsRequest::from_json(&body).expect_err("refused");
+            let e = EmbeddingsRequest::from_json(&body, None).expect_err("refused");
             assert!(e.to_string().starts_with(&format!("`{field}`: ")), "{body} -> {e}");
         };
         named(json!({}), "input");
@@ -205,11 +249,27 @@ mod tests {
         named(json!({"input": "a", "model": 3}), "model");
         named(json!({"input": "a", "user": []}), "user");
         named(json!({"input": "a", "temperature": 1}), "temperature");
-        assert!(EmbeddingsRequest::from_json(&json!(["a"])).is_err());
+        assert!(EmbeddingsRequest::from_json(&json!(["a"]), None).is_err());
+        named(json!({"input": "a", "dimensions": 2}), "dimensions");
         let r = EmbeddingsRequest::from_json(
             &json!({"input": vec![""; MAX_EMBEDDING_INPUTS], "encoding_format": "base64"}),
+            None,
         )
         .expect("valid");
         assert_eq!((r.input.len(), r.base64, r.model), (MAX_EMBEDDING_INPUTS, true, None));
+    }
+
+    #[test]
+    fn dimensions_from_1_to_the_width_of_a_model_that_can_shorten_its_vectors() {
+        let parse = |d: Value| EmbeddingsRequest::from_json(&json!({"input": "a", "dimensions": d}), Some(8));
+        assert_eq!(parse(json!(1)).expect("1").dimensions, Some(1));
+        assert_eq!(parse(json!(8)).expect("8").dimensions, Some(8));
+        assert_eq!(parse(json!(null)).expect("null").dimensions, None);
+        for d in [json!(0), json!(9), json!(-1), json!(2.5), json!("2"), json!(u64::MAX)] {
+            let e = parse(d.clone()).expect_err("refused");
+            assert!(e.to_string().starts_with("`dimensions`: "), "{d} -> {e}");
+        }
+        assert_eq!(shortened(vec![3.0, 4.0, 12.0], 2), vec![0.6, 0.8]);
+        assert_eq!(shortened(vec![0.0, 0.0, 1.0], 2), vec![0.0, 0.0], "a zero vector stays zero");
     }
 }
