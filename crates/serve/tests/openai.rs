@@ -144,6 +144,47 @@ async fn chat_completions_plain_streamed_and_stopped() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chat_refuses_by_name_the_options_it_would_otherwise_ignore() {
+    let server = server().await;
+    let client = Client::new(server.url());
+    let ask = |extra: Value| {
+        let mut body = json!({"messages": [{"role": "user", "content": "abc"}]});
+        for (k, v) in extra.as_object().expect("object") {
+            body[k] = v.clone();
+        }
+        body
+    };
+    for (extra, field) in [
+        (json!({"n": 2}), "n"),
+        (json!({"n": 0}), "n"),
+        (json!({"n": -1}), "n"),
+        (json!({"n": "1"}), "n"),
+        (json!({"presence_penalty": 2.5}), "presence_penalty"),
+        (json!({"frequency_penalty": -2.01}), "frequency_penalty"),
+        (json!({"presence_penalty": "high"}), "presence_penalty"),
+        // In range, but the reverser does not implement penalties: refused, not ignored.
+        (json!({"presence_penalty": 0.5}), "presence_penalty"),
+        (json!({"frequency_penalty": -2.0}), "frequency_penalty"),
+    ] {
+        let r = client.post("/v1/chat/completions", &ask(extra.clone())).await.expect("request");
+        assert_eq!(r.status, 400, "{extra}: {}", r.text);
+        let message = r.json()["error"]["message"].as_str().map(str::to_owned).unwrap_or_default();
+        assert!(message.starts_with(&format!("`{field}`")), "{extra}: {message}");
+    }
+    for extra in
+        [json!({"n": 1}), json!({"n": null}), json!({"presence_penalty": 0, "frequency_penalty": 0.0})]
+    {
+        let r = client.post("/v1/chat/completions", &ask(extra.clone())).await.expect("request");
+        assert_eq!(
+            (r.status, r.json()["choices"][0]["message"]["content"].clone()),
+            (200, json!("cba")),
+            "{extra}"
+        );
+    }
+    server.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn embeddings_take_a_string_or_a_list_and_keep_the_order() {
     let server = server().await;
     let client = Client::new(server.url());
