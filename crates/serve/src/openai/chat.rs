@@ -47,6 +47,11 @@ pub struct ChatRequest {
     pub stream: bool,
     /// Send a final chunk with `usage` (`stream_options.include_usage`).
     pub include_usage: bool,
+    /// OpenAI's presence penalty, in [-2, 2] (0 when absent). Non-zero only reaches a
+    /// model whose [`ChatApi::supports_penalties`] is true.
+    pub presence_penalty: f64,
+    /// OpenAI's frequency penalty, in [-2, 2] (0 when absent); as `presence_penalty`.
+    pub frequency_penalty: f64,
 }
 
 #[derive(Deserialize)]
@@ -64,15 +69,12 @@ struct RawChatRequest {
     #[serde(default)]
     stream: bool,
     stream_options: Option<StreamOptions>,
-    // Accepted and ignored, as many OpenAI clients send them.
-    #[allow(dead_code)]
-    n: Option<u32>,
+    n: Option<i64>,
+    presence_penalty: Option<f64>,
+    frequency_penalty: Option<f64>,
+    // Accepted and ignored: it only identifies the end user to the provider.
     #[allow(dead_code)]
     user: Option<String>,
-    #[allow(dead_code)]
-    presence_penalty: Option<f64>,
-    #[allow(dead_code)]
-    frequency_penalty: Option<f64>,
 }
 
 #[derive(Deserialize)]
@@ -110,8 +112,14 @@ struct StreamOptions {
 impl ChatRequest {
     /// Parses an OpenAI chat completions body; errors name the bad field.
     pub fn from_json(body: &Value) -> Result<Self, ApiError> {
-        let raw: RawChatRequest = serde_json::from_value(body.clone())
-            .map_err(|e| ApiError::BadRequest(format!("invalid request: {e}")))?;
+        let raw: RawChatRequest = serde_path_to_error::deserialize(body).map_err(|e| {
+            let path = e.path().to_string();
+            if path == "." {
+                ApiError::BadRequest(format!("invalid request: {}", e.inner()))
+            } else {
+                ApiError::field(&path, e.inner())
+            }
+        })?;
         if raw.messages.is_empty() {
             return Err(ApiError::field("messages", "must hold at least one message"));
         }
@@ -123,6 +131,18 @@ impl ChatRequest {
         if let Some(p) = raw.top_p {
             if !(p > 0.0 && p <= 1.0) {
                 return Err(ApiError::field("top_p", format!("{p} is not in (0, 1]")));
+            }
+        }
+        // One choice per request: more would need as many generations, and clients
+        // that ask for them read `choices[1..]`.
+        if let Some(n) = raw.n.filter(|&n| n != 1) {
+            return Err(ApiError::field("n", format!("only 1 choice per request is served, not {n}")));
+        }
+        for (field, p) in
+            [("presence_penalty", raw.presence_penalty), ("frequency_penalty", raw.frequency_penalty)]
+        {
+            if let Some(p) = p.filter(|p| !(-2.0..=2.0).contains(p)) {
+                return Err(ApiError::field(field, format!("{p} is not between -2 and 2")));
             }
         }
         Ok(ChatRequest {
@@ -150,7 +170,26 @@ impl ChatRequest {
             },
             stream: raw.stream,
             include_usage: raw.stream_options.is_some_and(|o| o.include_usage),
+            presence_penalty: raw.presence_penalty.unwrap_or(0.0),
+            frequency_penalty: raw.frequency_penalty.unwrap_or(0.0),
         })
+    }
+
+    /// Refuses by name what a model that does not implement penalties would ignore.
+    pub fn refuse_unsupported(&self, supports_penalties: bool) -> Result<(), ApiError> {
+        if !supports_penalties {
+            for (field, p) in
+                [("presence_penalty", self.presence_penalty), ("frequency_penalty", self.frequency_penalty)]
+            {
+                if p != 0.0 {
+                    return Err(ApiError::field(
+                        field,
+                        "this model does not implement it; leave it out or at 0",
+                    ));
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -181,6 +220,14 @@ pub trait ChatApi: Send + Sync + 'static {
     ) -> Result<(), ApiError>;
     /// The model's name in responses.
     fn model_name(&self) -> String;
+    /// Whether `generate` applies [`ChatRequest::presence_penalty`] and
+    /// [`ChatRequest::frequency_penalty`] as OpenAI does: before each draw,
+    /// `logit[j] -= count[j] * frequency_penalty + (count[j] > 0) * presence_penalty`,
+    /// counting the tokens generated so far. When false (the default), a request with a
+    /// non-zero penalty is refused by name rather than silently ignored.
+    fn supports_penalties(&self) -> bool {
+        false
+    }
 }
 
 /// The [`InferenceApi`] that puts a [`ChatApi`] behind the core.
@@ -194,7 +241,9 @@ impl<C: ChatApi> InferenceApi for ChatAdapter<C> {
         self.0.setup(device)
     }
     fn decode_request(&self, body: &Value) -> Result<ChatRequest, ApiError> {
-        ChatRequest::from_json(body)
+        let request = ChatRequest::from_json(body)?;
+        request.refuse_unsupported(self.0.supports_penalties())?;
+        Ok(request)
     }
     fn predict(&self, _: &mut C::Model, _: Vec<ChatRequest>) -> Result<Vec<ChatDelta>, ApiError> {
         Err(ApiError::Internal("chat completions always stream internally".into()))
@@ -432,5 +481,39 @@ mod tests {
             ChatRequest::from_json(&json!({"messages": [{"role": "user", "content": "hi"}], "stop": "\n"}))
                 .expect("valid");
         assert_eq!(r.stop, vec!["\n"]);
+    }
+
+    #[test]
+    fn n_and_penalties_are_checked_and_unsupported_penalties_refused() {
+        let ask = |extra: Value| {
+            let mut body = json!({"messages": [{"role": "user", "content": "hi"}]});
+            for (k, v) in extra.as_object().expect("object") {
+                body[k] = v.clone();
+            }
+            ChatRequest::from_json(&body)
+        };
+        for (extra, field) in [
+            (json!({"n": 0}), "n"),
+            (json!({"n": 3}), "n"),
+            (json!({"n": -1}), "n"),
+            (json!({"n": 1e30}), "n"),
+            (json!({"presence_penalty": 2.5}), "presence_penalty"),
+            (json!({"presence_penalty": -2.000001}), "presence_penalty"),
+            (json!({"frequency_penalty": 9}), "frequency_penalty"),
+            (json!({"frequency_penalty": [1]}), "frequency_penalty"),
+            (json!({"max_tokens": "x"}), "max_tokens"),
+        ] {
+            let e = ask(extra.clone()).expect_err("refused");
+            assert!(e.to_string().starts_with(&format!("`{field}`: ")), "{extra} -> {e}");
+        }
+        let r = ask(json!({"n": 1, "presence_penalty": -2, "frequency_penalty": 2.0})).expect("valid");
+        assert_eq!((r.presence_penalty, r.frequency_penalty), (-2.0, 2.0));
+        assert!(r.refuse_unsupported(true).is_ok());
+        let e = r.refuse_unsupported(false).expect_err("refused");
+        assert!(e.to_string().starts_with("`presence_penalty`: "), "{e}");
+        let r = ask(json!({"presence_penalty": 0.0, "frequency_penalty": 0})).expect("valid");
+        assert!(r.refuse_unsupported(false).is_ok(), "zero penalties change nothing");
+        let e = ChatRequest::from_json(&json!({"messages": [{"role": "user"}]})).expect_err("refused");
+        assert!(e.to_string().starts_with("`messages[0]`: "), "{e}");
     }
 }
