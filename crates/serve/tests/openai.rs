@@ -269,7 +269,7 @@ impl EmbeddingsApi for Nested {
         Ok(texts.iter().map(|_| Embedding { vector: vec![0.2, 0.4, 0.4, 0.8], tokens: 1 }).collect())
     }
     fn model_name(&self) -> String {
-        "nested".into()
+        "volt/nested".into()
     }
     fn supported_dimensions(&self) -> Option<usize> {
         Some(4)
@@ -434,5 +434,93 @@ async fn the_official_openai_python_client_reads_both_specs() {
         "the client's default base64 decodes"
     );
     assert_eq!(v["float"], json!([3.0, 1.0, 0.0]));
+    server.shutdown().await.expect("shutdown");
+}
+
+const MODELS_SCRIPT: &str = r#"
+import json, sys
+import openai
+from openai import OpenAI
+client = OpenAI(base_url=sys.argv[1] + "/v1", api_key="s3cret", max_retries=0)
+out = {"list": [[m.id, m.object, m.owned_by, m.created] for m in client.models.list()]}
+m = client.models.retrieve("volt/nested")
+out["one"] = [m.id, m.object, m.owned_by]
+try:
+    client.models.retrieve("gpt-4o")
+    out["unknown"] = "found"
+except openai.NotFoundError as e:
+    out["unknown"] = [e.status_code, str(e)]
+try:
+    OpenAI(base_url=sys.argv[1] + "/v1", api_key="wrong", max_retries=0).models.list()
+    out["wrong_key"] = "accepted"
+except openai.AuthenticationError as e:
+    out["wrong_key"] = e.status_code
+print(json.dumps(out))
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v1_models_lists_the_models_of_the_openai_endpoints_for_the_official_client() {
+    let python =
+        Path::new(&std::env::var_os("CARGO_MANIFEST_DIR").expect("run by cargo")).join("../../.python");
+    assert!(python.exists(), "{} is missing: run scripts/setup", python.display());
+    let at = |path: &str| EndpointConfig::at(path);
+    let server =
+        Server::new(ServerConfig { port: 0, api_keys: vec!["s3cret".into()], ..ServerConfig::default() })
+            .openai_chat(at("/v1/chat/completions"), Reverser)
+            .and_then(|s| s.openai_embeddings(at("/v1/embeddings"), Nested))
+            .and_then(|s| s.openai_embeddings(at("/bag/embeddings"), Bag))
+            .and_then(|s| s.openai_embeddings(at("/bag2/embeddings"), Bag))
+            .and_then(|s| s.endpoint(at("/predict"), common::Doubler::default()))
+            .expect("endpoints")
+            .bind()
+            .await
+            .expect("bind");
+    let url = server.url();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(python).args(["-c", MODELS_SCRIPT, &url]).output().expect("run python")
+    })
+    .await
+    .expect("join");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: Value = serde_json::from_slice(&out.stdout).expect("json");
+    let ids: Vec<&str> = v["list"].as_array().expect("list").iter().filter_map(|m| m[0].as_str()).collect();
+    assert_eq!(ids, ["reverser", "volt/nested", "bag"], "one entry per model, in endpoint order");
+    assert!(v["list"]
+        .as_array()
+        .expect("list")
+        .iter()
+        .all(|m| m[1] == "model" && m[2] == "volt" && m[3].as_u64() > Some(1_700_000_000)));
+    assert_eq!(v["one"], json!(["volt/nested", "model", "volt"]));
+    assert_eq!(v["unknown"][0], 404);
+    assert!(v["unknown"][1].as_str().is_some_and(|m| m.contains("gpt-4o")), "{}", v["unknown"]);
+    assert_eq!(v["wrong_key"], 401);
+
+    // The shapes, exactly, and the refused cases.
+    let client = Client::new(server.url()).with_api_key("s3cret");
+    let list = client.get("/v1/models").await.expect("request").json();
+    let first = list["data"][0].as_object().expect("model object");
+    assert_eq!(list["object"], "list");
+    assert_eq!(first.keys().collect::<Vec<_>>(), ["created", "id", "object", "owned_by"]);
+    let one = client.get("/v1/models/reverser").await.expect("request").json();
+    assert_eq!(one, list["data"][0]);
+    let r = client.get("/v1/models/nope").await.expect("request");
+    assert_eq!(r.status, 404);
+    assert_eq!(r.json()["error"]["type"], "invalid_request_error");
+    assert_eq!(r.json()["error"]["code"], 404);
+    assert_eq!(client.get("/v1/models/").await.expect("request").status, 404);
+    assert_eq!(Client::new(server.url()).get("/v1/models").await.expect("request").status, 401);
+    assert_eq!(Client::new(server.url()).get("/v1/models/bag").await.expect("request").status, 401);
+    assert_eq!(client.post("/v1/models", &json!({})).await.expect("request").status, 405);
+    server.shutdown().await.expect("shutdown");
+
+    // A server without OpenAI endpoints lists no models.
+    let server = Server::new(ServerConfig { port: 0, ..ServerConfig::default() })
+        .endpoint(at("/predict"), common::Doubler::default())
+        .expect("endpoint")
+        .bind()
+        .await
+        .expect("bind");
+    let r = Client::new(server.url()).get("/v1/models").await.expect("request");
+    assert_eq!((r.status, r.json()), (200, json!({"object": "list", "data": []})));
     server.shutdown().await.expect("shutdown");
 }
