@@ -76,6 +76,7 @@ for name, extra in [("presence", dict(presence_penalty=2.5)), ("n", dict(n=2))]:
     except openai.BadRequestError as e:
         refused[name] = [e.status_code, str(e)]
 out["refused"] = refused
+out["models"] = [m.id for m in client.models.list()]
 print(json.dumps(out))
 "#;
 
@@ -123,6 +124,7 @@ fn the_openai_client_streams_and_completes_char_gpt_text() {
         assert_eq!(r[0], 400, "{name}: {r}");
         assert!(r[1].as_str().is_some_and(|m| m.contains(field)), "{name}: {r}");
     }
+    assert_eq!(v["models"], serde_json::json!(["char-gpt"]));
 }
 
 #[test]

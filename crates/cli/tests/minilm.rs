@@ -102,6 +102,7 @@ try:
     out["empty"] = "accepted"
 except openai.BadRequestError as e:
     out["empty"] = e.status_code
+out["models"] = [m.id for m in client.models.list()]
 print(json.dumps(out))
 "#;
 
@@ -140,6 +141,7 @@ fn the_openai_client_gets_sentence_transformers_vectors_in_order() {
     let one: Vec<f64> = serde_json::from_value(v["one"].clone()).expect("float vector");
     assert!(cosine(&one, &r.embeddings[4]) >= 0.9999);
     assert_eq!(v["empty"], 400);
+    assert_eq!(v["models"], json!(["sentence-transformers/all-MiniLM-L6-v2"]));
 }
 
 #[test]

@@ -13,6 +13,7 @@ use crate::config::{EndpointConfig, ServerConfig};
 use crate::error::{panic_message, ApiError, HttpError, ServeError};
 use crate::metrics::{Metrics, RouteMetrics};
 use crate::metrics_layer::{RecordMetrics, Recorder};
+use crate::openai::ModelList;
 use crate::stream::{self, chunks_until, stream_response, Framing};
 use crate::worker::{self, Job, Queue, Rejected, Reply};
 use axum::body::Body;
@@ -30,8 +31,9 @@ use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::{mpsc, oneshot};
 
-/// Routes the server answers itself.
-pub const BUILTIN_ROUTES: [&str; 3] = ["/health", "/info", "/metrics"];
+/// Routes the server answers itself (`/v1/models` lists the models of its OpenAI
+/// endpoints, none when it has none).
+pub const BUILTIN_ROUTES: [&str; 5] = ["/health", "/info", "/metrics", "/v1/models", "/v1/models/{*id}"];
 
 /// What every request handler of the server shares.
 pub(crate) struct Shared {
@@ -187,6 +189,7 @@ pub struct Server {
     info: Vec<Value>,
     workers: Vec<std::thread::JoinHandle<()>>,
     route_metrics: HashMap<String, RouteMetrics>,
+    openai_models: ModelList,
 }
 
 impl Server {
@@ -201,6 +204,7 @@ impl Server {
             info: Vec::new(),
             workers: Vec::new(),
             route_metrics: HashMap::new(),
+            openai_models: ModelList::default(),
         }
     }
 
@@ -224,7 +228,7 @@ impl Server {
         route: impl FnOnce(Arc<Endpoint<A>>) -> MethodRouter,
     ) -> Result<Self, ServeError> {
         config.validate()?;
-        if BUILTIN_ROUTES.contains(&config.path.as_str()) {
+        if BUILTIN_ROUTES.contains(&config.path.as_str()) || config.path.starts_with("/v1/models/") {
             return Err(ServeError::Config(format!(
                 "endpoint path {} collides with a built-in route",
                 config.path
@@ -254,6 +258,12 @@ impl Server {
         Ok(self)
     }
 
+    /// Lists `id` at `/v1/models` (the OpenAI specs call this for their endpoints).
+    pub(crate) fn with_openai_model(mut self, id: String) -> Self {
+        self.openai_models.add(id);
+        self
+    }
+
     fn router(&mut self) -> Router {
         let keys = ApiKeys::from_config_and_env(&self.shared.config.api_keys);
         let info = json!({
@@ -266,6 +276,7 @@ impl Server {
         let metrics = Arc::clone(&self.shared.metrics);
         let serving = self.serving.clone();
         let mut protected = std::mem::take(&mut self.endpoints)
+            .merge(std::mem::take(&mut self.openai_models).routes())
             .route("/info", get(move || async move { Json(info.clone()) }))
             .route(
                 "/metrics",

@@ -329,6 +329,13 @@ fn colliding_paths_are_rejected_at_startup() {
         .err()
         .expect("error");
     assert!(e.to_string().contains("collides with a built-in route"), "{e}");
+    for path in ["/v1/models", "/v1/models/mine"] {
+        let e = Server::new(config())
+            .endpoint(EndpointConfig::at(path), Doubler::default())
+            .err()
+            .expect("error");
+        assert!(e.to_string().contains("collides with a built-in route"), "{path}: {e}");
+    }
     let e = Server::new(config())
         .endpoint(EndpointConfig::at("/a"), Doubler::default())
         .and_then(|s| s.endpoint(EndpointConfig::at("/a"), Doubler::default()))

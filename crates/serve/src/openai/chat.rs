@@ -436,9 +436,11 @@ impl Server {
     /// Serves `api` at `/v1/chat/completions` (or `config.path`), streamed or not.
     pub fn openai_chat<C: ChatApi>(self, mut config: EndpointConfig, api: C) -> Result<Self, ServeError> {
         config.stream = true;
-        self.add(config, ChatAdapter(api), |ep| {
+        let model = api.model_name();
+        let server = self.add(config, ChatAdapter(api), |ep| {
             post(move |headers: HeaderMap, body: Body| chat_route(ep, headers, body))
-        })
+        })?;
+        Ok(server.with_openai_model(model))
     }
 }
 

@@ -221,9 +221,11 @@ impl Server {
         api: E,
     ) -> Result<Self, ServeError> {
         config.stream = false;
-        self.add(config, EmbeddingsAdapter(api), |ep| {
+        let model = api.model_name();
+        let server = self.add(config, EmbeddingsAdapter(api), |ep| {
             post(move |headers: HeaderMap, body: Body| embeddings_route(ep, headers, body))
-        })
+        })?;
+        Ok(server.with_openai_model(model))
     }
 }
 
