@@ -42,7 +42,7 @@ pub struct ServeArgs {
     /// Deadline of a whole request.
     #[arg(long, default_value_t = 30_000)]
     timeout_ms: u64,
-    /// Requests queued before 503.
+    /// Inputs queued before new requests get 503.
     #[arg(long, default_value_t = 1024)]
     max_queue: usize,
     /// Largest request body.

@@ -50,6 +50,7 @@ fn serve(checkpoint: &Path) -> (Served, String) {
 
 const CLIENT_SCRIPT: &str = r#"
 import json, sys
+import openai
 from openai import OpenAI
 client = OpenAI(base_url=sys.argv[1] + "/v1", api_key="unused", max_retries=0)
 ask = dict(model="char-gpt", messages=[{"role": "user", "content": "ROMEO:\n"}], max_tokens=40, seed=5,
@@ -63,6 +64,19 @@ chunks = [c.choices[0].delta.content for c in client.chat.completions.create(str
 out["stream"] = chunks
 s = client.chat.completions.create(**dict(ask, max_tokens=200, stop=["e", "E"]))
 out["stop"] = [s.choices[0].message.content, s.choices[0].finish_reason]
+greedy = dict(model="char-gpt", messages=[{"role": "user", "content": "ROMEO:\n"}], max_tokens=60, temperature=0)
+out["greedy"] = client.chat.completions.create(**greedy).choices[0].message.content
+out["penalised"] = client.chat.completions.create(
+    **greedy, presence_penalty=2.0, frequency_penalty=2.0).choices[0].message.content
+refused = {}
+for name, extra in [("presence", dict(presence_penalty=2.5)), ("n", dict(n=2))]:
+    try:
+        client.chat.completions.create(**greedy, **extra)
+        refused[name] = "accepted"
+    except openai.BadRequestError as e:
+        refused[name] = [e.status_code, str(e)]
+out["refused"] = refused
+out["models"] = [m.id for m in client.models.list()]
 print(json.dumps(out))
 "#;
 
@@ -98,6 +112,19 @@ fn the_openai_client_streams_and_completes_char_gpt_text() {
     assert!(!stopped.contains(['e', 'E']), "{stopped:?}");
     assert!(stopped.chars().count() < 200);
     assert_eq!(v["stop"][1], "stop");
+    // Greedy decoding with presence and frequency penalties: characters already used
+    // lose 2 + 2 per use, so the text differs and spreads over more characters.
+    let (greedy, penalised) =
+        (v["greedy"].as_str().expect("greedy"), v["penalised"].as_str().expect("penalised"));
+    assert_eq!((greedy.chars().count(), penalised.chars().count()), (60, 60));
+    let distinct = |t: &str| t.chars().collect::<std::collections::HashSet<_>>().len();
+    assert!(distinct(penalised) > distinct(greedy), "{greedy:?} vs penalised {penalised:?}");
+    for (name, field) in [("presence", "presence_penalty"), ("n", "`n`")] {
+        let r = &v["refused"][name];
+        assert_eq!(r[0], 400, "{name}: {r}");
+        assert!(r[1].as_str().is_some_and(|m| m.contains(field)), "{name}: {r}");
+    }
+    assert_eq!(v["models"], serde_json::json!(["char-gpt"]));
 }
 
 #[test]

@@ -102,6 +102,7 @@ try:
     out["empty"] = "accepted"
 except openai.BadRequestError as e:
     out["empty"] = e.status_code
+out["models"] = [m.id for m in client.models.list()]
 print(json.dumps(out))
 "#;
 
@@ -140,6 +141,7 @@ fn the_openai_client_gets_sentence_transformers_vectors_in_order() {
     let one: Vec<f64> = serde_json::from_value(v["one"].clone()).expect("float vector");
     assert!(cosine(&one, &r.embeddings[4]) >= 0.9999);
     assert_eq!(v["empty"], 400);
+    assert_eq!(v["models"], json!(["sentence-transformers/all-MiniLM-L6-v2"]));
 }
 
 #[test]
@@ -156,8 +158,15 @@ fn concurrent_requests_are_batched_together_and_each_gets_its_own_vector() {
         assert!(c >= 0.9999, "request {i}: cosine {c}");
         assert_eq!(body["usage"]["prompt_tokens"], r.tokens[i]);
     }
-    let metrics = http::post_all(&format!("{}/v1/embeddings", served.url), vec![json!({"input": 5})]);
-    assert_eq!(metrics[0].0, 400, "a non-string input is refused: {}", metrics[0].1);
+    let refused = http::post_all(
+        &format!("{}/v1/embeddings", served.url),
+        vec![json!({"input": 5}), json!({"input": "hi", "dimensions": 128})],
+    );
+    assert_eq!(refused[0].0, 400, "a non-string input is refused: {}", refused[0].1);
+    // MiniLM was not trained for shortened vectors: `dimensions` is refused, not ignored.
+    let (status, body) = (refused[1].0, format!("{:.300}", refused[1].1.to_string()));
+    assert_eq!(status, 400, "{body}");
+    assert!(refused[1].1["error"]["message"].as_str().is_some_and(|m| m.contains("`dimensions`")), "{body}");
 }
 
 #[test]

@@ -53,7 +53,9 @@ pub struct EndpointConfig {
     /// How long a worker waits to fill a batch after its first request.
     #[serde(with = "millis")]
     pub batch_timeout: Duration,
-    /// Requests waiting for a worker before new ones get 503.
+    /// Inputs waiting for a worker before new requests get 503. A request is admitted
+    /// while fewer wait, and then all its inputs go in (an embeddings request may hold
+    /// up to 2,048), so one request is never refused for its own size.
     pub max_queue: usize,
     /// Serve through `predict_stream` (SSE, or NDJSON when the client asks for it).
     pub stream: bool,

@@ -9,12 +9,15 @@
 
 mod api;
 pub mod auth;
+mod body;
 pub mod client;
 mod config;
 mod error;
 pub mod metrics;
+mod metrics_layer;
 pub mod openai;
 mod server;
+mod stream;
 mod worker;
 
 pub use api::{Device, InferenceApi, StreamOutput};

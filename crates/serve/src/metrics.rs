@@ -58,6 +58,8 @@ pub struct Metrics {
     pub errors: Family<ErrorLabels, Counter>,
     /// Calls of the user's predict (or predict_stream) by route.
     pub predict_calls: Family<RouteLabels, Counter>,
+    /// Streamed responses whose client left before the end, by route.
+    pub stream_disconnects: Family<RouteLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -79,6 +81,7 @@ impl Metrics {
         let worker_busy = Family::<RouteLabels, Counter<f64, AtomicU64>>::default();
         let errors = Family::<ErrorLabels, Counter>::default();
         let predict_calls = Family::<RouteLabels, Counter>::default();
+        let stream_disconnects = Family::<RouteLabels, Counter>::default();
         registry.register("requests", "HTTP requests by route and status", requests.clone());
         registry.register("request_duration_seconds", "Request latency by route", latency.clone());
         registry.register("queue_depth", "Requests waiting for a worker", queue_depth.clone());
@@ -86,7 +89,22 @@ impl Metrics {
         registry.register("worker_busy_seconds", "Time workers spent predicting", worker_busy.clone());
         registry.register("errors", "Error responses by route and type", errors.clone());
         registry.register("predict_calls", "Calls of predict by route", predict_calls.clone());
-        Metrics { registry, requests, latency, queue_depth, batch_size, worker_busy, errors, predict_calls }
+        registry.register(
+            "stream_disconnects",
+            "Streamed responses whose client left before the end",
+            stream_disconnects.clone(),
+        );
+        Metrics {
+            registry,
+            requests,
+            latency,
+            queue_depth,
+            batch_size,
+            worker_busy,
+            errors,
+            predict_calls,
+            stream_disconnects,
+        }
     }
 
     /// The Prometheus text exposition.
@@ -113,6 +131,7 @@ impl Metrics {
             batch_size: self.batch_size.get_or_create(&labels).clone(),
             worker_busy: self.worker_busy.get_or_create(&labels).clone(),
             predict_calls: self.predict_calls.get_or_create(&labels).clone(),
+            stream_disconnects: self.stream_disconnects.get_or_create(&labels).clone(),
             statuses: Default::default(),
         }
     }
@@ -132,6 +151,8 @@ pub struct RouteMetrics {
     pub worker_busy: Counter<f64, AtomicU64>,
     /// Calls of predict.
     pub predict_calls: Counter,
+    /// Streamed responses whose client left before the end.
+    pub stream_disconnects: Counter,
     statuses: std::sync::Arc<std::sync::RwLock<Vec<(u16, Counter)>>>,
 }
 

@@ -8,31 +8,32 @@
 //! whole path runs under the request's deadline (504).
 use crate::api::InferenceApi;
 use crate::auth::{self, ApiKeys};
+use crate::body;
 use crate::config::{EndpointConfig, ServerConfig};
 use crate::error::{panic_message, ApiError, HttpError, ServeError};
-use crate::metrics::{ErrorLabels, Metrics, RouteMetrics};
-use crate::worker::{self, Job, Queue, Readiness, Rejected, Reply};
-use axum::body::{Body, Bytes};
-use axum::extract::{MatchedPath, Request};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
-use axum::response::sse::{Event, Sse};
+use crate::metrics::{Metrics, RouteMetrics};
+use crate::metrics_layer::{RecordMetrics, Recorder};
+use crate::openai::ModelList;
+use crate::stream::{self, chunks_until, stream_response, Framing};
+use crate::worker::{self, Job, Queue, Rejected, Reply};
+use axum::body::Body;
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, MethodRouter};
 use axum::{Json, Router};
-use futures_util::{Stream, StreamExt};
 use serde_json::{json, Value};
 use std::collections::HashMap;
-use std::convert::Infallible;
 use std::future::{Future, IntoFuture};
 use std::net::SocketAddr;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::{mpsc, oneshot};
 
-/// Routes the server answers itself.
-pub const BUILTIN_ROUTES: [&str; 3] = ["/health", "/info", "/metrics"];
+/// Routes the server answers itself (`/v1/models` lists the models of its OpenAI
+/// endpoints, none when it has none).
+pub const BUILTIN_ROUTES: [&str; 5] = ["/health", "/info", "/metrics", "/v1/models", "/v1/models/{*id}"];
 
 /// What every request handler of the server shares.
 pub(crate) struct Shared {
@@ -75,12 +76,13 @@ impl<A: InferenceApi> Endpoint<A> {
         self.guard("encode_response", || self.api.encode_response(output))
     }
 
-    fn enqueue(&self, input: A::Input, reply: Reply<A::Output>, deadline: Instant) -> Result<(), HttpError> {
-        match self.queue.submit(Job { input, reply, deadline }) {
+    /// Queues the jobs of one request (see [`Queue::submit`]).
+    fn enqueue(&self, jobs: Vec<Job<A::Input, A::Output>>) -> Result<(), HttpError> {
+        match self.queue.submit(jobs) {
             Ok(()) => Ok(()),
             Err(Rejected::Full) => Err(HttpError::overloaded(
                 format!(
-                    "{} is at capacity ({} requests queued); retry shortly",
+                    "{} is at capacity ({} queued); retry shortly",
                     self.config.path, self.config.max_queue
                 ),
                 1,
@@ -112,12 +114,32 @@ impl<A: InferenceApi> Endpoint<A> {
 
     /// Queues one input and waits for its output.
     pub(crate) async fn call(&self, input: A::Input, deadline: Instant) -> Result<A::Output, HttpError> {
-        let (tx, rx) = oneshot::channel();
-        self.enqueue(input, Reply::Once(tx), deadline)?;
-        match rx.await {
-            Ok(result) => result.map_err(HttpError::from),
-            Err(_) => Err(HttpError::internal("the worker dropped the request")),
-        }
+        let mut outputs = self.call_all(vec![input], deadline).await?;
+        outputs.pop().ok_or_else(|| HttpError::internal("the worker dropped the request"))
+    }
+
+    /// Queues the inputs of one request together (each its own job, so that workers
+    /// batch them with others) and waits for their outputs, in order.
+    pub(crate) async fn call_all(
+        &self,
+        inputs: Vec<A::Input>,
+        deadline: Instant,
+    ) -> Result<Vec<A::Output>, HttpError> {
+        let (jobs, replies): (Vec<_>, Vec<_>) = inputs
+            .into_iter()
+            .map(|input| {
+                let (tx, rx) = oneshot::channel();
+                (Job { input, reply: Reply::Once(tx), deadline }, rx)
+            })
+            .unzip();
+        self.enqueue(jobs)?;
+        let outputs = futures_util::future::try_join_all(replies.into_iter().map(|rx| async move {
+            match rx.await {
+                Ok(result) => result.map_err(HttpError::from),
+                Err(_) => Err(HttpError::internal("the worker dropped the request")),
+            }
+        }));
+        outputs.await
     }
 
     /// Queues one input for streaming; chunks arrive on the returned receiver.
@@ -127,117 +149,26 @@ impl<A: InferenceApi> Endpoint<A> {
         deadline: Instant,
     ) -> Result<mpsc::UnboundedReceiver<Result<A::Output, ApiError>>, HttpError> {
         let (tx, rx) = mpsc::unbounded_channel();
-        self.enqueue(input, Reply::Stream(tx), deadline)?;
+        self.enqueue(vec![Job { input, reply: Reply::Stream(tx), deadline }])?;
         Ok(rx)
     }
 
     /// Reads and parses a JSON body within the payload limit.
-    pub(crate) async fn read_json(&self, body: Body) -> Result<Value, HttpError> {
-        let bytes = read_body(body, self.shared.config.max_payload_bytes).await?;
-        parse_json(&bytes)
+    pub(crate) async fn read_json(&self, headers: &HeaderMap, body: Body) -> Result<Value, HttpError> {
+        let bytes = body::read_body(headers, body, self.shared.config.max_payload_bytes).await?;
+        body::parse_json(&bytes)
     }
-}
-
-/// The body's bytes, or 413 when it is larger than `limit`.
-pub(crate) async fn read_body(body: Body, limit: usize) -> Result<Bytes, HttpError> {
-    axum::body::to_bytes(body, limit).await.map_err(|e| {
-        let too_large = std::error::Error::source(&e)
-            .is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
-            || e.to_string().contains("length limit");
-        if too_large {
-            HttpError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "invalid_request_error",
-                format!("request body is larger than max_payload_bytes = {limit}"),
-            )
-        } else {
-            HttpError::bad_request(format!("cannot read request body: {e}"))
-        }
-    })
-}
-
-/// Parses JSON, with serde's message (line, column, what was expected) on failure.
-pub(crate) fn parse_json(bytes: &[u8]) -> Result<Value, HttpError> {
-    serde_json::from_slice(bytes).map_err(|e| HttpError::bad_request(format!("malformed JSON body: {e}")))
-}
-
-/// Which framing a streaming client asked for.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Framing {
-    Sse,
-    NdJson,
-}
-
-impl Framing {
-    pub(crate) fn from_headers(headers: &HeaderMap) -> Self {
-        let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("");
-        if accept.contains("application/x-ndjson") || accept.contains("application/jsonl") {
-            Framing::NdJson
-        } else {
-            Framing::Sse
-        }
-    }
-}
-
-/// A stream of JSON values as SSE events (ending with `data: [DONE]`) or NDJSON lines.
-pub(crate) fn stream_response<S>(framing: Framing, values: S) -> Response
-where
-    S: Stream<Item = Value> + Send + 'static,
-{
-    match framing {
-        Framing::Sse => {
-            let events = values
-                .map(|v| Ok::<_, Infallible>(Event::default().data(v.to_string())))
-                .chain(futures_util::stream::once(async { Ok(Event::default().data("[DONE]")) }));
-            Sse::new(events).into_response()
-        }
-        Framing::NdJson => {
-            let lines = values.map(|v| Ok::<_, Infallible>(Bytes::from(format!("{v}\n"))));
-            let mut response = Response::new(Body::from_stream(lines));
-            response
-                .headers_mut()
-                .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/x-ndjson"));
-            response
-        }
-    }
-}
-
-/// Chunks of a stream until it ends, fails or reaches the deadline; an error becomes a
-/// final `{"error": ...}` value.
-pub(crate) fn chunks_until<O: Send + 'static>(
-    rx: mpsc::UnboundedReceiver<Result<O, ApiError>>,
-    deadline: Instant,
-) -> impl Stream<Item = Result<O, HttpError>> + Send + 'static {
-    let timeout = Box::pin(tokio::time::sleep_until(deadline.into()));
-    futures_util::stream::unfold((rx, timeout, false), |(mut rx, mut timeout, done)| async move {
-        if done {
-            return None;
-        }
-        tokio::select! {
-            item = rx.recv() => match item {
-                Some(Ok(o)) => Some((Ok(o), (rx, timeout, false))),
-                Some(Err(e)) => Some((Err(HttpError::from(e)), (rx, timeout, true))),
-                None => None,
-            },
-            _ = &mut timeout => Some((Err(HttpError::timeout("the request's deadline passed while streaming")), (rx, timeout, true))),
-        }
-    })
 }
 
 /// The handler of a plain or streaming endpoint.
 async fn predict_route<A: InferenceApi>(ep: Arc<Endpoint<A>>, headers: HeaderMap, body: Body) -> Response {
     let deadline = ep.deadline();
     let work = async {
-        let value = ep.read_json(body).await?;
+        let value = ep.read_json(&headers, body).await?;
         let input = ep.decode(&value)?;
         if ep.config.stream {
             let rx = ep.call_stream(input, deadline)?;
-            let ep2 = Arc::clone(&ep);
-            let values =
-                chunks_until(rx, deadline).map(move |chunk| match chunk.and_then(|o| ep2.encode(o)) {
-                    Ok(v) => v,
-                    Err(e) => e.body(),
-                });
+            let values = stream::encoded(Arc::clone(&ep), chunks_until(rx, deadline));
             return Ok::<Response, HttpError>(stream_response(Framing::from_headers(&headers), values));
         }
         let output = ep.call(input, deadline).await?;
@@ -249,12 +180,16 @@ async fn predict_route<A: InferenceApi>(ep: Arc<Endpoint<A>>, headers: HeaderMap
 /// Builds an inference server: add endpoints, then `bind` or `serve`.
 pub struct Server {
     shared: Arc<Shared>,
-    readiness: Arc<Readiness>,
+    /// Per endpoint, how many of its workers serve (`/health` needs one in each).
+    serving: Vec<Arc<AtomicUsize>>,
+    /// Set once the server stops: workers retrying a failed setup give up.
+    stopping: Arc<AtomicBool>,
     endpoints: Router,
     paths: Vec<String>,
     info: Vec<Value>,
     workers: Vec<std::thread::JoinHandle<()>>,
     route_metrics: HashMap<String, RouteMetrics>,
+    openai_models: ModelList,
 }
 
 impl Server {
@@ -262,12 +197,14 @@ impl Server {
     pub fn new(config: ServerConfig) -> Self {
         Server {
             shared: Arc::new(Shared { config, metrics: Arc::new(Metrics::new()) }),
-            readiness: Arc::new(Readiness::default()),
+            serving: Vec::new(),
+            stopping: Arc::new(AtomicBool::new(false)),
             endpoints: Router::new(),
             paths: Vec::new(),
             info: Vec::new(),
             workers: Vec::new(),
             route_metrics: HashMap::new(),
+            openai_models: ModelList::default(),
         }
     }
 
@@ -291,7 +228,7 @@ impl Server {
         route: impl FnOnce(Arc<Endpoint<A>>) -> MethodRouter,
     ) -> Result<Self, ServeError> {
         config.validate()?;
-        if BUILTIN_ROUTES.contains(&config.path.as_str()) {
+        if BUILTIN_ROUTES.contains(&config.path.as_str()) || config.path.starts_with("/v1/models/") {
             return Err(ServeError::Config(format!(
                 "endpoint path {} collides with a built-in route",
                 config.path
@@ -303,8 +240,15 @@ impl Server {
         let api = Arc::new(api);
         let route_metrics = self.shared.metrics.for_route(&config.path);
         self.route_metrics.insert(config.path.clone(), route_metrics.clone());
-        let (queue, handles) =
-            worker::start(Arc::clone(&api), &config, route_metrics, Arc::clone(&self.readiness))?;
+        let serving = Arc::new(AtomicUsize::new(0));
+        let (queue, handles) = worker::start(
+            Arc::clone(&api),
+            &config,
+            route_metrics,
+            Arc::clone(&serving),
+            Arc::clone(&self.stopping),
+        )?;
+        self.serving.push(serving);
         self.workers.extend(handles);
         self.info.push(json!({"path": config.path, "config": config, "model": api.info()}));
         self.paths.push(config.path.clone());
@@ -312,6 +256,12 @@ impl Server {
         let ep = Arc::new(Endpoint { api, queue, config, shared: Arc::clone(&self.shared) });
         self.endpoints = self.endpoints.route(&path, route(ep));
         Ok(self)
+    }
+
+    /// Lists `id` at `/v1/models` (the OpenAI specs call this for their endpoints).
+    pub(crate) fn with_openai_model(mut self, id: String) -> Self {
+        self.openai_models.add(id);
+        self
     }
 
     fn router(&mut self) -> Router {
@@ -324,8 +274,9 @@ impl Server {
             "endpoints": self.info,
         });
         let metrics = Arc::clone(&self.shared.metrics);
-        let readiness = Arc::clone(&self.readiness);
+        let serving = self.serving.clone();
         let mut protected = std::mem::take(&mut self.endpoints)
+            .merge(std::mem::take(&mut self.openai_models).routes())
             .route("/info", get(move || async move { Json(info.clone()) }))
             .route(
                 "/metrics",
@@ -340,7 +291,7 @@ impl Server {
         let health = Router::new().route(
             "/health",
             get(move || async move {
-                if readiness.all_ready() {
+                if serving.iter().all(|n| n.load(Ordering::SeqCst) > 0) {
                     (StatusCode::OK, Json(json!({"status": "ok"})))
                 } else {
                     (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "starting"})))
@@ -416,7 +367,7 @@ impl Server {
         };
         // Dropping the router (inside `server`) closes the queues; workers finish and exit.
         drop(server);
-        self.readiness.shutting_down.store(true, Ordering::SeqCst);
+        self.stopping.store(true, Ordering::SeqCst);
         let workers = std::mem::take(&mut self.workers);
         let _ = tokio::task::spawn_blocking(move || {
             for w in workers {
@@ -483,92 +434,4 @@ async fn shutdown_signal() {
         _ = term => {},
     }
     tracing::info!("shutdown signal received; finishing in-flight requests");
-}
-
-/// Each route's metric handles, for the metrics layer.
-struct Recorder {
-    metrics: Arc<Metrics>,
-    routes: HashMap<String, Arc<RouteMetrics>>,
-}
-
-/// A tower layer that counts every response by route and status, times it, and counts
-/// error types. Hand-written rather than `middleware::from_fn`, which boxes a future per
-/// request: this sits on every request's path.
-#[derive(Clone)]
-struct RecordMetrics(Arc<Recorder>);
-
-impl<S> tower::Layer<S> for RecordMetrics {
-    type Service = RecordMetricsService<S>;
-    fn layer(&self, inner: S) -> Self::Service {
-        RecordMetricsService { inner, recorder: Arc::clone(&self.0) }
-    }
-}
-
-#[derive(Clone)]
-struct RecordMetricsService<S> {
-    inner: S,
-    recorder: Arc<Recorder>,
-}
-
-impl<S> tower::Service<Request> for RecordMetricsService<S>
-where
-    S: tower::Service<Request, Response = Response>,
-{
-    type Response = Response;
-    type Error = S::Error;
-    type Future = RecordMetricsFuture<S::Future>;
-
-    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), S::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: Request) -> Self::Future {
-        let routes = &self.recorder.routes;
-        let route = request
-            .extensions()
-            .get::<MatchedPath>()
-            .and_then(|p| routes.get(p.as_str()))
-            .or_else(|| routes.get("unmatched"))
-            .cloned();
-        RecordMetricsFuture {
-            inner: self.inner.call(request),
-            route,
-            recorder: Arc::clone(&self.recorder),
-            start: Instant::now(),
-        }
-    }
-}
-
-pin_project_lite::pin_project! {
-    struct RecordMetricsFuture<F> {
-        #[pin]
-        inner: F,
-        route: Option<Arc<RouteMetrics>>,
-        recorder: Arc<Recorder>,
-        start: Instant,
-    }
-}
-
-impl<F, E> Future for RecordMetricsFuture<F>
-where
-    F: Future<Output = Result<Response, E>>,
-{
-    type Output = Result<Response, E>;
-
-    fn poll(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Self::Output> {
-        let this = self.project();
-        let result = std::task::ready!(this.inner.poll(cx));
-        if let (Ok(response), Some(route)) = (&result, this.route.as_ref()) {
-            route.status(&this.recorder.metrics, response.status().as_u16()).inc();
-            route.latency.observe(this.start.elapsed().as_secs_f64());
-            if let Some(kind) = response.extensions().get::<crate::error::ErrorKind>() {
-                let labels = ErrorLabels { route: route.name().to_owned(), kind: kind.0.to_owned() };
-                this.recorder.metrics.errors.get_or_create(&labels).inc();
-            }
-        }
-        std::task::Poll::Ready(result)
-    }
 }

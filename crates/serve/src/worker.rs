@@ -4,9 +4,9 @@ use crate::api::{Device, InferenceApi, StreamOutput};
 use crate::config::EndpointConfig;
 use crate::error::{panic_message, ApiError};
 use crate::metrics::RouteMetrics;
-use crossbeam_channel::{Receiver, Sender, TryRecvError, TrySendError};
+use crossbeam_channel::{Receiver, Sender, TryRecvError};
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
@@ -47,23 +47,39 @@ impl<I, O> Job<I, O> {
     }
 }
 
-/// How many workers have finished `setup`.
-#[derive(Debug, Default)]
-pub(crate) struct Readiness {
-    pub expected: AtomicUsize,
-    pub ready: AtomicUsize,
-    pub shutting_down: std::sync::atomic::AtomicBool,
+/// One worker's place in its endpoint's count of serving workers, which `/health` reads.
+/// A worker serves from its first successful setup; it still serves while it sets up
+/// again after a panic (requests wait in the queue meanwhile), and stops only when a
+/// setup fails (error or panic), until one succeeds.
+struct Serving {
+    count: Arc<AtomicUsize>,
+    counted: bool,
 }
 
-impl Readiness {
-    pub fn all_ready(&self) -> bool {
-        self.ready.load(Ordering::SeqCst) >= self.expected.load(Ordering::SeqCst)
+impl Serving {
+    fn set(&mut self, serving: bool) {
+        if serving != self.counted {
+            if serving {
+                self.count.fetch_add(1, Ordering::SeqCst);
+            } else {
+                self.count.fetch_sub(1, Ordering::SeqCst);
+            }
+            self.counted = serving;
+        }
+    }
+}
+
+impl Drop for Serving {
+    /// A worker that has exited serves no more.
+    fn drop(&mut self) {
+        self.set(false);
     }
 }
 
 /// The sending side of an endpoint's queue.
 pub(crate) struct Queue<I, O> {
     tx: Sender<Job<I, O>>,
+    max_queue: usize,
     metrics: RouteMetrics,
 }
 
@@ -74,15 +90,26 @@ pub(crate) enum Rejected {
 }
 
 impl<I, O> Queue<I, O> {
-    pub fn submit(&self, job: Job<I, O>) -> Result<(), Rejected> {
-        match self.tx.try_send(job) {
-            Ok(()) => {
-                self.metrics.queue_depth.inc();
-                Ok(())
+    /// Queues the jobs of one request. The request is admitted while fewer than
+    /// `max_queue` jobs wait, and then all of its jobs go in: a request is refused for
+    /// the load it meets, never for its own size (which its parser bounds). The depth
+    /// gauge is the count admission reads, so the two cannot disagree.
+    pub fn submit(&self, jobs: Vec<Job<I, O>>) -> Result<(), Rejected> {
+        let n = jobs.len() as i64;
+        let max = self.max_queue as i64;
+        let depth = self.metrics.queue_depth.inner();
+        depth
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |d| (d < max).then_some(d + n))
+            .map_err(|_| Rejected::Full)?;
+        let mut left = n;
+        for job in jobs {
+            if self.tx.send(job).is_err() {
+                self.metrics.queue_depth.dec_by(left);
+                return Err(Rejected::Closed);
             }
-            Err(TrySendError::Full(_)) => Err(Rejected::Full),
-            Err(TrySendError::Disconnected(_)) => Err(Rejected::Closed),
+            left -= 1;
         }
+        Ok(())
     }
 }
 
@@ -95,13 +122,14 @@ pub(crate) fn start<A: InferenceApi>(
     api: Arc<A>,
     config: &EndpointConfig,
     metrics: RouteMetrics,
-    readiness: Arc<Readiness>,
+    serving: Arc<AtomicUsize>,
+    stopping: Arc<AtomicBool>,
 ) -> std::io::Result<Started<A>> {
-    let (tx, rx) = crossbeam_channel::bounded(config.max_queue);
+    // Unbounded: `Queue::submit` bounds what waits, per request.
+    let (tx, rx) = crossbeam_channel::unbounded();
     let mut handles = Vec::new();
     for device in &config.devices {
         for n in 0..config.workers_per_device {
-            readiness.expected.fetch_add(1, Ordering::SeqCst);
             let worker = Worker {
                 api: Arc::clone(&api),
                 device: *device,
@@ -111,13 +139,14 @@ pub(crate) fn start<A: InferenceApi>(
                 stream: config.stream,
                 route: config.path.clone(),
                 metrics: metrics.clone(),
-                readiness: Arc::clone(&readiness),
+                stopping: Arc::clone(&stopping),
             };
             let name = format!("volt-worker{}-{device}-{n}", config.path.replace('/', "-"));
-            handles.push(std::thread::Builder::new().name(name).spawn(move || worker.run())?);
+            let serving = Serving { count: Arc::clone(&serving), counted: false };
+            handles.push(std::thread::Builder::new().name(name).spawn(move || worker.run(serving))?);
         }
     }
-    Ok((Queue { tx, metrics }, handles))
+    Ok((Queue { tx, max_queue: config.max_queue, metrics }, handles))
 }
 
 struct Worker<A: InferenceApi> {
@@ -129,24 +158,32 @@ struct Worker<A: InferenceApi> {
     stream: bool,
     route: String,
     metrics: RouteMetrics,
-    readiness: Arc<Readiness>,
+    stopping: Arc<AtomicBool>,
 }
 
 impl<A: InferenceApi> Worker<A> {
-    fn setup(&self) -> Option<A::Model> {
+    /// Sets up until it succeeds; `None` when the server stops first.
+    fn setup(&self, serving: &mut Serving) -> Option<A::Model> {
         let mut delay = Duration::from_millis(100);
         loop {
             match catch_unwind(AssertUnwindSafe(|| self.api.setup(self.device))) {
-                Ok(Ok(model)) => return Some(model),
+                Ok(Ok(model)) => {
+                    serving.set(true);
+                    return Some(model);
+                }
                 Ok(Err(e)) => {
                     tracing::error!(route = %self.route, device = %self.device, "setup failed: {e}")
                 }
                 Err(p) => tracing::error!(route = %self.route, "setup panicked: {}", panic_message(&*p)),
             }
-            // Retry with backoff; give up when the server is shutting down.
-            std::thread::sleep(delay);
-            if self.readiness.shutting_down.load(Ordering::SeqCst) {
-                return None;
+            serving.set(false);
+            // Retry with backoff, in slices so that a stopping server need not wait it out.
+            let retry_at = Instant::now() + delay;
+            while Instant::now() < retry_at {
+                if self.stopping.load(Ordering::SeqCst) {
+                    return None;
+                }
+                std::thread::sleep((retry_at - Instant::now()).min(Duration::from_millis(50)));
             }
             delay = (delay * 2).min(Duration::from_secs(10));
         }
@@ -181,9 +218,8 @@ impl<A: InferenceApi> Worker<A> {
         batch
     }
 
-    fn run(self) {
-        let Some(mut model) = self.setup() else { return };
-        self.readiness.ready.fetch_add(1, Ordering::SeqCst);
+    fn run(self, mut serving: Serving) {
+        let Some(mut model) = self.setup(&mut serving) else { return };
         while let Some(first) = self.take() {
             let now = Instant::now();
             let batch: Vec<_> = self.gather(first).into_iter().filter(|j| !j.abandoned(now)).collect();
@@ -201,11 +237,9 @@ impl<A: InferenceApi> Worker<A> {
             self.metrics.worker_busy.inc_by(started.elapsed().as_secs_f64());
             if panicked {
                 // The model may be left half-updated: build a fresh one before the next batch.
-                self.readiness.ready.fetch_sub(1, Ordering::SeqCst);
                 drop(model);
-                let Some(fresh) = self.setup() else { return };
+                let Some(fresh) = self.setup(&mut serving) else { return };
                 model = fresh;
-                self.readiness.ready.fetch_add(1, Ordering::SeqCst);
             }
         }
     }

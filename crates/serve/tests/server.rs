@@ -4,7 +4,8 @@ mod common;
 use common::{parse_prometheus, sample, Counter, Doubler};
 use futures_util::StreamExt;
 use serde_json::json;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use volt_serve::client::Client;
 use volt_serve::{EndpointConfig, RunningServer, Server, ServerConfig};
@@ -209,7 +210,7 @@ async fn a_panic_in_predict_fails_only_its_batch_and_the_worker_recovers() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn health_is_503_until_every_worker_has_finished_setup() {
+async fn health_is_503_until_a_worker_has_finished_setup() {
     let api = Doubler { setup_delay: Duration::from_millis(400), ..Doubler::default() };
     let server = Server::new(config())
         .endpoint(EndpointConfig { workers_per_device: 2, ..EndpointConfig::at("/predict") }, api.clone())
@@ -229,6 +230,98 @@ async fn health_is_503_until_every_worker_has_finished_setup() {
     server.shutdown().await.expect("shutdown");
 }
 
+/// Polls /health until it answers `status` (a wait, not a speed requirement).
+async fn health_becomes(client: &Client, status: u16) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = client.get("/health").await.expect("health");
+        if r.status == status {
+            return r.json();
+        }
+        assert!(Instant::now() < deadline, "/health stayed {} ({}), expected {status}", r.status, r.text);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_stays_200_while_a_panicked_worker_sets_up_again_and_queued_requests_wait_for_it() {
+    let api = Doubler { setup_delay: Duration::from_millis(400), ..Doubler::default() };
+    let (server, client) =
+        start(Server::new(config()).endpoint(EndpointConfig::at("/predict"), api.clone()).expect("ep")).await;
+    let r = client.post("/predict", &json!({"x": -1})).await.expect("request");
+    assert_eq!(r.status, 500, "{}", r.text);
+    // The only worker is in setup again for 400 ms; a request sent now waits for it.
+    let queued = {
+        let client = client.clone();
+        tokio::spawn(async move { client.post("/predict", &json!({"x": 4})).await.expect("request") })
+    };
+    for _ in 0..5 {
+        let r = client.get("/health").await.expect("health");
+        assert_eq!((r.status, r.json()), (200, json!({"status": "ok"})), "during the re-setup");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let r = queued.await.expect("task");
+    assert_eq!((r.status, r.json()), (200, json!({"y": 8})));
+    assert_eq!(api.setups.load(Ordering::SeqCst), 2, "answered by the re-set-up worker");
+    server.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_is_503_once_a_re_setup_fails_and_200_again_when_one_succeeds() {
+    let budget = Arc::new(AtomicUsize::new(1));
+    let api = Doubler { setup_budget: Some(Arc::clone(&budget)), ..Doubler::default() };
+    let (server, client) =
+        start(Server::new(config()).endpoint(EndpointConfig::at("/predict"), api.clone()).expect("ep")).await;
+    assert_eq!(client.post("/predict", &json!({"x": -1})).await.expect("request").status, 500);
+    // The re-setup fails (no budget): the endpoint has no serving worker.
+    assert_eq!(health_becomes(&client, 503).await, json!({"status": "starting"}));
+    budget.store(1, Ordering::SeqCst);
+    assert_eq!(health_becomes(&client, 200).await, json!({"status": "ok"}));
+    let r = client.post("/predict", &json!({"x": 5})).await.expect("request");
+    assert_eq!((r.status, r.json()), (200, json!({"y": 10})));
+    server.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_is_200_when_every_endpoint_has_a_serving_worker() {
+    // Two workers, of which only one setup can ever succeed: the endpoint serves.
+    let one = Doubler { setup_budget: Some(Arc::new(AtomicUsize::new(1))), ..Doubler::default() };
+    let server = Server::new(config())
+        .endpoint(EndpointConfig { workers_per_device: 2, ..EndpointConfig::at("/predict") }, one.clone())
+        .expect("endpoint")
+        .bind()
+        .await
+        .expect("bind");
+    let client = Client::new(server.url());
+    health_becomes(&client, 200).await;
+    assert_eq!(client.post("/predict", &json!({"x": 1})).await.expect("request").json(), json!({"y": 2}));
+    assert_eq!(one.setups.load(Ordering::SeqCst), 1);
+    server.shutdown().await.expect("shutdown");
+
+    // Two endpoints, one of which has no serving worker yet: not healthy.
+    let never = Arc::new(AtomicUsize::new(0));
+    let server = Server::new(config())
+        .endpoint(EndpointConfig::at("/a"), Doubler::default())
+        .and_then(|s| {
+            s.endpoint(
+                EndpointConfig::at("/b"),
+                Doubler { setup_budget: Some(Arc::clone(&never)), ..Doubler::default() },
+            )
+        })
+        .expect("endpoints")
+        .bind()
+        .await
+        .expect("bind");
+    let client = Client::new(server.url());
+    assert_eq!(client.post("/a", &json!({"x": 3})).await.expect("request").json(), json!({"y": 6}));
+    let r = client.get("/health").await.expect("health");
+    assert_eq!((r.status, r.json()), (503, json!({"status": "starting"})), "/b has no serving worker");
+    never.store(1, Ordering::SeqCst);
+    health_becomes(&client, 200).await;
+    assert_eq!(client.post("/b", &json!({"x": 4})).await.expect("request").json(), json!({"y": 8}));
+    server.shutdown().await.expect("shutdown");
+}
+
 #[test]
 fn colliding_paths_are_rejected_at_startup() {
     let e = Server::new(config())
@@ -236,6 +329,13 @@ fn colliding_paths_are_rejected_at_startup() {
         .err()
         .expect("error");
     assert!(e.to_string().contains("collides with a built-in route"), "{e}");
+    for path in ["/v1/models", "/v1/models/mine"] {
+        let e = Server::new(config())
+            .endpoint(EndpointConfig::at(path), Doubler::default())
+            .err()
+            .expect("error");
+        assert!(e.to_string().contains("collides with a built-in route"), "{path}: {e}");
+    }
     let e = Server::new(config())
         .endpoint(EndpointConfig::at("/a"), Doubler::default())
         .and_then(|s| s.endpoint(EndpointConfig::at("/a"), Doubler::default()))
@@ -329,4 +429,12 @@ async fn metrics_parse_and_count_what_was_sent() {
     assert!(sample(&s, "volt_worker_busy_seconds_total{route=\"/predict\"}") > 0.0);
     assert!(text.contains("# TYPE volt_request_duration_seconds histogram"));
     server.shutdown().await.expect("shutdown");
+}
+
+#[test]
+#[should_panic(expected = "no sample named")]
+fn the_metrics_helper_fails_loudly_on_a_missing_series() {
+    // An `== 0` assertion on a misspelt or never-created series must not pass silently.
+    let s = parse_prometheus("volt_predict_calls_total{route=\"/a\"} 0\n");
+    sample(&s, "volt_predict_calls_total{route=\"/b\"}");
 }

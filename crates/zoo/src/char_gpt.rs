@@ -108,11 +108,25 @@ pub struct Sampling {
     pub top_p: Option<f64>,
     /// Seed of the draws.
     pub seed: u64,
+    /// Subtracted once from the logit of every character generated so far (OpenAI's
+    /// `presence_penalty`).
+    pub presence_penalty: f64,
+    /// Subtracted from each character's logit once per time it was generated so far
+    /// (OpenAI's `frequency_penalty`).
+    pub frequency_penalty: f64,
 }
 
 impl Default for Sampling {
     fn default() -> Self {
-        Sampling { max_tokens: 200, temperature: 1.0, top_k: None, top_p: None, seed: 0 }
+        Sampling {
+            max_tokens: 200,
+            temperature: 1.0,
+            top_k: None,
+            top_p: None,
+            seed: 0,
+            presence_penalty: 0.0,
+            frequency_penalty: 0.0,
+        }
     }
 }
 
@@ -275,6 +289,8 @@ pub struct Generation {
     produced: usize,
     sampling: Sampling,
     prompt_tokens: usize,
+    /// How often each character has been generated (not the prompt's), for the penalties.
+    counts: Vec<u32>,
 }
 
 impl Generation {
@@ -284,7 +300,9 @@ impl Generation {
         let start = ids.len().saturating_sub(model.config.block_size as usize);
         let rng = ChaCha8Rng::seed_from_u64(sampling.seed);
         let prompt_tokens = ids.len();
-        Ok(Generation { ids, start, cache: KvCache::default(), rng, produced: 0, sampling, prompt_tokens })
+        let counts = vec![0; model.vocab.len()];
+        let cache = KvCache::default();
+        Ok(Generation { ids, start, cache, rng, produced: 0, sampling, prompt_tokens, counts })
     }
 
     /// Characters of the prompt.
@@ -313,12 +331,30 @@ impl Generation {
                 model.forward_t(&window, false).select(1, -1).squeeze()
             }
         });
-        let logits = Vec::<f32>::try_from(logits.to_kind(Kind::Float).to_device(Device::Cpu))
+        let mut logits = Vec::<f32>::try_from(logits.to_kind(Kind::Float).to_device(Device::Cpu))
             .map_err(|e| e.to_string())?;
+        let s = &self.sampling;
+        apply_penalties(&mut logits, &self.counts, s.presence_penalty, s.frequency_penalty);
         let next = sample(&logits, &self.sampling, &mut self.rng) as i64;
+        if let Some(c) = self.counts.get_mut(next as usize) {
+            *c += 1;
+        }
         self.ids.push(next);
         self.produced += 1;
         Ok(Some(model.vocab.decode(&[next]).chars().next().unwrap_or('\n')))
+    }
+}
+
+/// OpenAI's presence and frequency penalties: `logit[j] -= count[j] * frequency +
+/// (count[j] > 0) * presence`, where `count[j]` is how often `j` was generated so far.
+pub fn apply_penalties(logits: &mut [f32], counts: &[u32], presence: f64, frequency: f64) {
+    if presence == 0.0 && frequency == 0.0 {
+        return;
+    }
+    for (logit, &count) in logits.iter_mut().zip(counts) {
+        if count > 0 {
+            *logit = (f64::from(*logit) - f64::from(count) * frequency - presence) as f32;
+        }
     }
 }
 

@@ -77,6 +77,8 @@ impl ChatApi for CharGptChat {
                 top_k: r.top_k,
                 top_p: r.top_p,
                 seed: r.seed.unwrap_or_else(rand::random),
+                presence_penalty: r.presence_penalty,
+                frequency_penalty: r.frequency_penalty,
             };
             live.push((i, Generation::new(model, &self.prompt(r), sampling).map_err(ApiError::BadRequest)?));
         }
@@ -111,5 +113,10 @@ impl ChatApi for CharGptChat {
 
     fn model_name(&self) -> String {
         "char-gpt".into()
+    }
+
+    /// [`Generation`] applies them at each character.
+    fn supports_penalties(&self) -> bool {
+        true
     }
 }

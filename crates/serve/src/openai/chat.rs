@@ -1,24 +1,19 @@
-//! OpenAI-compatible specs as adapters over the same core: `/v1/chat/completions`
-//! (plain and streamed) and `/v1/embeddings`.
-//!
-//! The user implements [`ChatApi`] or [`EmbeddingsApi`]; the adapters parse OpenAI's
-//! request bodies, queue work on the endpoint's workers (batched across requests), and
-//! answer in OpenAI's response and chunk formats.
+//! `/v1/chat/completions`: OpenAI's chat completions, plain and streamed, over a [`ChatApi`].
+use super::now_secs;
 use crate::api::{Device, InferenceApi, StreamOutput};
 use crate::config::EndpointConfig;
 use crate::error::{ApiError, HttpError, ServeError};
-use crate::server::{chunks_until, stream_response, Endpoint, Framing, Server};
+use crate::server::{Endpoint, Server};
+use crate::stream::{chunks_until, stream_response, Framing};
 use axum::body::Body;
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::Json;
-use base64::Engine;
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 /// One chat message.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -52,6 +47,11 @@ pub struct ChatRequest {
     pub stream: bool,
     /// Send a final chunk with `usage` (`stream_options.include_usage`).
     pub include_usage: bool,
+    /// OpenAI's presence penalty, in [-2, 2] (0 when absent). Non-zero only reaches a
+    /// model whose [`ChatApi::supports_penalties`] is true.
+    pub presence_penalty: f64,
+    /// OpenAI's frequency penalty, in [-2, 2] (0 when absent); as `presence_penalty`.
+    pub frequency_penalty: f64,
 }
 
 #[derive(Deserialize)]
@@ -69,15 +69,12 @@ struct RawChatRequest {
     #[serde(default)]
     stream: bool,
     stream_options: Option<StreamOptions>,
-    // Accepted and ignored, as many OpenAI clients send them.
-    #[allow(dead_code)]
-    n: Option<u32>,
+    n: Option<i64>,
+    presence_penalty: Option<f64>,
+    frequency_penalty: Option<f64>,
+    // Accepted and ignored: it only identifies the end user to the provider.
     #[allow(dead_code)]
     user: Option<String>,
-    #[allow(dead_code)]
-    presence_penalty: Option<f64>,
-    #[allow(dead_code)]
-    frequency_penalty: Option<f64>,
 }
 
 #[derive(Deserialize)]
@@ -115,8 +112,14 @@ struct StreamOptions {
 impl ChatRequest {
     /// Parses an OpenAI chat completions body; errors name the bad field.
     pub fn from_json(body: &Value) -> Result<Self, ApiError> {
-        let raw: RawChatRequest = serde_json::from_value(body.clone())
-            .map_err(|e| ApiError::BadRequest(format!("invalid request: {e}")))?;
+        let raw: RawChatRequest = serde_path_to_error::deserialize(body).map_err(|e| {
+            let path = e.path().to_string();
+            if path == "." {
+                ApiError::BadRequest(format!("invalid request: {}", e.inner()))
+            } else {
+                ApiError::field(&path, e.inner())
+            }
+        })?;
         if raw.messages.is_empty() {
             return Err(ApiError::field("messages", "must hold at least one message"));
         }
@@ -128,6 +131,18 @@ impl ChatRequest {
         if let Some(p) = raw.top_p {
             if !(p > 0.0 && p <= 1.0) {
                 return Err(ApiError::field("top_p", format!("{p} is not in (0, 1]")));
+            }
+        }
+        // One choice per request: more would need as many generations, and clients
+        // that ask for them read `choices[1..]`.
+        if let Some(n) = raw.n.filter(|&n| n != 1) {
+            return Err(ApiError::field("n", format!("only 1 choice per request is served, not {n}")));
+        }
+        for (field, p) in
+            [("presence_penalty", raw.presence_penalty), ("frequency_penalty", raw.frequency_penalty)]
+        {
+            if let Some(p) = p.filter(|p| !(-2.0..=2.0).contains(p)) {
+                return Err(ApiError::field(field, format!("{p} is not between -2 and 2")));
             }
         }
         Ok(ChatRequest {
@@ -155,7 +170,26 @@ impl ChatRequest {
             },
             stream: raw.stream,
             include_usage: raw.stream_options.is_some_and(|o| o.include_usage),
+            presence_penalty: raw.presence_penalty.unwrap_or(0.0),
+            frequency_penalty: raw.frequency_penalty.unwrap_or(0.0),
         })
+    }
+
+    /// Refuses by name what a model that does not implement penalties would ignore.
+    pub fn refuse_unsupported(&self, supports_penalties: bool) -> Result<(), ApiError> {
+        if !supports_penalties {
+            for (field, p) in
+                [("presence_penalty", self.presence_penalty), ("frequency_penalty", self.frequency_penalty)]
+            {
+                if p != 0.0 {
+                    return Err(ApiError::field(
+                        field,
+                        "this model does not implement it; leave it out or at 0",
+                    ));
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -186,6 +220,14 @@ pub trait ChatApi: Send + Sync + 'static {
     ) -> Result<(), ApiError>;
     /// The model's name in responses.
     fn model_name(&self) -> String;
+    /// Whether `generate` applies [`ChatRequest::presence_penalty`] and
+    /// [`ChatRequest::frequency_penalty`] as OpenAI does: before each draw,
+    /// `logit[j] -= count[j] * frequency_penalty + (count[j] > 0) * presence_penalty`,
+    /// counting the tokens generated so far. When false (the default), a request with a
+    /// non-zero penalty is refused by name rather than silently ignored.
+    fn supports_penalties(&self) -> bool {
+        false
+    }
 }
 
 /// The [`InferenceApi`] that puts a [`ChatApi`] behind the core.
@@ -199,7 +241,9 @@ impl<C: ChatApi> InferenceApi for ChatAdapter<C> {
         self.0.setup(device)
     }
     fn decode_request(&self, body: &Value) -> Result<ChatRequest, ApiError> {
-        ChatRequest::from_json(body)
+        let request = ChatRequest::from_json(body)?;
+        request.refuse_unsupported(self.0.supports_penalties())?;
+        Ok(request)
     }
     fn predict(&self, _: &mut C::Model, _: Vec<ChatRequest>) -> Result<Vec<ChatDelta>, ApiError> {
         Err(ApiError::Internal("chat completions always stream internally".into()))
@@ -218,10 +262,6 @@ impl<C: ChatApi> InferenceApi for ChatAdapter<C> {
     fn info(&self) -> Value {
         json!({"spec": "openai.chat.completions", "model": self.0.model_name()})
     }
-}
-
-fn now_secs() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 fn completion_id() -> String {
@@ -271,7 +311,7 @@ async fn chat_route<C: ChatApi>(
 ) -> Response {
     let deadline = ep.deadline();
     let result = async {
-        let value = ep.read_json(body).await?;
+        let value = ep.read_json(&headers, body).await?;
         let request = ep.decode(&value)?;
         let model = if request.model.is_empty() { ep.api.0.model_name() } else { request.model.clone() };
         let (stream, include_usage) = (request.stream, request.include_usage);
@@ -312,7 +352,7 @@ fn stream_chat(
     let first = chunk_object(&id, created, &model, json!({"role": "assistant", "content": ""}), None);
     let (mut prompt, mut completion, mut finished) = (0usize, 0usize, false);
     let body = chunks.map(Some).chain(futures_util::stream::once(async { None })).flat_map(move |item| {
-        let mut out: Vec<Value> = Vec::new();
+        let mut out: Vec<Result<Value, HttpError>> = Vec::new();
         if finished {
             return futures_util::stream::iter(out);
         }
@@ -322,41 +362,41 @@ fn stream_chat(
                 completion += usize::from(!delta.text.is_empty());
                 let (text, hit_stop) = stop.push(&delta.text);
                 if !text.is_empty() {
-                    out.push(chunk_object(&id, created, &model, json!({"content": text}), None));
+                    out.push(Ok(chunk_object(&id, created, &model, json!({"content": text}), None)));
                 }
                 let finish = if hit_stop { Some("stop".to_owned()) } else { delta.finish_reason };
                 if let Some(reason) = finish {
                     let rest = if hit_stop { String::new() } else { stop.rest() };
                     if !rest.is_empty() {
-                        out.push(chunk_object(&id, created, &model, json!({"content": rest}), None));
+                        out.push(Ok(chunk_object(&id, created, &model, json!({"content": rest}), None)));
                     }
-                    out.push(chunk_object(&id, created, &model, json!({}), Some(&reason)));
+                    out.push(Ok(chunk_object(&id, created, &model, json!({}), Some(&reason))));
                     if include_usage {
                         let mut u = chunk_object(&id, created, &model, json!({}), None);
                         u["choices"] = json!([]);
                         u["usage"] = usage(prompt, completion);
-                        out.push(u);
+                        out.push(Ok(u));
                     }
                     finished = true;
                 }
             }
             Some(Err(e)) => {
-                out.push(e.body());
+                out.push(Err(e));
                 finished = true;
             }
             None => {
                 let rest = stop.rest();
                 if !rest.is_empty() {
-                    out.push(chunk_object(&id, created, &model, json!({"content": rest}), None));
+                    out.push(Ok(chunk_object(&id, created, &model, json!({"content": rest}), None)));
                 }
-                out.push(chunk_object(&id, created, &model, json!({}), Some("stop")));
+                out.push(Ok(chunk_object(&id, created, &model, json!({}), Some("stop"))));
                 finished = true;
             }
         }
         futures_util::stream::iter(out)
     });
     // Ending the body once finished drops the receiver, which stops generation.
-    stream_response(framing, futures_util::stream::once(async move { first }).chain(body))
+    stream_response(framing, futures_util::stream::once(async move { Ok(first) }).chain(body))
 }
 
 async fn collect_chat(
@@ -392,137 +432,15 @@ async fn collect_chat(
     .into_response())
 }
 
-/// One embedding and the tokens its input took.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Embedding {
-    /// The vector.
-    pub vector: Vec<f32>,
-    /// Tokens of the input (after truncation).
-    pub tokens: usize,
-}
-
-/// An embedding model behind `/v1/embeddings`.
-pub trait EmbeddingsApi: Send + Sync + 'static {
-    /// A worker's model.
-    type Model: Send + 'static;
-    /// Loads the model on `device`.
-    fn setup(&self, device: Device) -> Result<Self::Model, ApiError>;
-    /// Embeds a batch of texts (gathered across requests), one vector per text, in order.
-    fn embed(&self, model: &mut Self::Model, texts: Vec<String>) -> Result<Vec<Embedding>, ApiError>;
-    /// The model's name in responses.
-    fn model_name(&self) -> String;
-}
-
-/// The [`InferenceApi`] that puts an [`EmbeddingsApi`] behind the core: one queue item per text.
-pub struct EmbeddingsAdapter<E>(pub E);
-
-impl<E: EmbeddingsApi> InferenceApi for EmbeddingsAdapter<E> {
-    type Model = E::Model;
-    type Input = String;
-    type Output = Embedding;
-    fn setup(&self, device: Device) -> Result<E::Model, ApiError> {
-        self.0.setup(device)
-    }
-    fn decode_request(&self, body: &Value) -> Result<String, ApiError> {
-        body.as_str().map(str::to_owned).ok_or_else(|| ApiError::field("input", "must be a string"))
-    }
-    fn predict(&self, model: &mut E::Model, inputs: Vec<String>) -> Result<Vec<Embedding>, ApiError> {
-        self.0.embed(model, inputs)
-    }
-    fn encode_response(&self, output: Embedding) -> Result<Value, ApiError> {
-        Ok(json!(output.vector))
-    }
-    fn info(&self) -> Value {
-        json!({"spec": "openai.embeddings", "model": self.0.model_name()})
-    }
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawEmbeddingsRequest {
-    input: EmbeddingInput,
-    model: Option<String>,
-    #[serde(default)]
-    encoding_format: Option<String>,
-    #[allow(dead_code)]
-    user: Option<String>,
-    #[allow(dead_code)]
-    dimensions: Option<usize>,
-}
-
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum EmbeddingInput {
-    One(String),
-    Many(Vec<String>),
-}
-
-async fn embeddings_route<E: EmbeddingsApi>(ep: Arc<Endpoint<EmbeddingsAdapter<E>>>, body: Body) -> Response {
-    let deadline = ep.deadline();
-    let result = async {
-        let value = ep.read_json(body).await?;
-        let raw: RawEmbeddingsRequest = serde_json::from_value(value)
-            .map_err(|e| HttpError::bad_request(format!("invalid request: {e}")))?;
-        let texts = match raw.input {
-            EmbeddingInput::One(s) => vec![s],
-            EmbeddingInput::Many(v) if v.is_empty() => {
-                return Err(HttpError::bad_request("`input`: must not be an empty list"))
-            }
-            EmbeddingInput::Many(v) => v,
-        };
-        let base64 = match raw.encoding_format.as_deref() {
-            None | Some("float") => false,
-            Some("base64") => true,
-            Some(other) => {
-                return Err(HttpError::bad_request(format!(
-                    "`encoding_format`: \"{other}\" is not \"float\" or \"base64\""
-                )))
-            }
-        };
-        // Each text is its own queue item, so the workers batch them across requests.
-        let calls = texts.into_iter().map(|t| ep.call(t, deadline));
-        let embeddings = futures_util::future::try_join_all(calls).await?;
-        let prompt_tokens: usize = embeddings.iter().map(|e| e.tokens).sum();
-        let data: Vec<Value> = embeddings
-            .into_iter()
-            .enumerate()
-            .map(|(i, e)| {
-                let embedding = if base64 {
-                    let bytes: Vec<u8> = e.vector.iter().flat_map(|x| x.to_le_bytes()).collect();
-                    json!(base64::engine::general_purpose::STANDARD.encode(bytes))
-                } else {
-                    json!(e.vector)
-                };
-                json!({"object": "embedding", "index": i, "embedding": embedding})
-            })
-            .collect();
-        Ok(Json(json!({
-            "object": "list", "data": data,
-            "model": raw.model.unwrap_or_else(|| ep.api.0.model_name()),
-            "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens},
-        }))
-        .into_response())
-    };
-    ep.answer_by(deadline, result).await
-}
-
 impl Server {
     /// Serves `api` at `/v1/chat/completions` (or `config.path`), streamed or not.
     pub fn openai_chat<C: ChatApi>(self, mut config: EndpointConfig, api: C) -> Result<Self, ServeError> {
         config.stream = true;
-        self.add(config, ChatAdapter(api), |ep| {
+        let model = api.model_name();
+        let server = self.add(config, ChatAdapter(api), |ep| {
             post(move |headers: HeaderMap, body: Body| chat_route(ep, headers, body))
-        })
-    }
-
-    /// Serves `api` at `/v1/embeddings` (or `config.path`).
-    pub fn openai_embeddings<E: EmbeddingsApi>(
-        self,
-        mut config: EndpointConfig,
-        api: E,
-    ) -> Result<Self, ServeError> {
-        config.stream = false;
-        self.add(config, EmbeddingsAdapter(api), |ep| post(move |body: Body| embeddings_route(ep, body)))
+        })?;
+        Ok(server.with_openai_model(model))
     }
 }
 
@@ -565,5 +483,39 @@ mod tests {
             ChatRequest::from_json(&json!({"messages": [{"role": "user", "content": "hi"}], "stop": "\n"}))
                 .expect("valid");
         assert_eq!(r.stop, vec!["\n"]);
+    }
+
+    #[test]
+    fn n_and_penalties_are_checked_and_unsupported_penalties_refused() {
+        let ask = |extra: Value| {
+            let mut body = json!({"messages": [{"role": "user", "content": "hi"}]});
+            for (k, v) in extra.as_object().expect("object") {
+                body[k] = v.clone();
+            }
+            ChatRequest::from_json(&body)
+        };
+        for (extra, field) in [
+            (json!({"n": 0}), "n"),
+            (json!({"n": 3}), "n"),
+            (json!({"n": -1}), "n"),
+            (json!({"n": 1e30}), "n"),
+            (json!({"presence_penalty": 2.5}), "presence_penalty"),
+            (json!({"presence_penalty": -2.000001}), "presence_penalty"),
+            (json!({"frequency_penalty": 9}), "frequency_penalty"),
+            (json!({"frequency_penalty": [1]}), "frequency_penalty"),
+            (json!({"max_tokens": "x"}), "max_tokens"),
+        ] {
+            let e = ask(extra.clone()).expect_err("refused");
+            assert!(e.to_string().starts_with(&format!("`{field}`: ")), "{extra} -> {e}");
+        }
+        let r = ask(json!({"n": 1, "presence_penalty": -2, "frequency_penalty": 2.0})).expect("valid");
+        assert_eq!((r.presence_penalty, r.frequency_penalty), (-2.0, 2.0));
+        assert!(r.refuse_unsupported(true).is_ok());
+        let e = r.refuse_unsupported(false).expect_err("refused");
+        assert!(e.to_string().starts_with("`presence_penalty`: "), "{e}");
+        let r = ask(json!({"presence_penalty": 0.0, "frequency_penalty": 0})).expect("valid");
+        assert!(r.refuse_unsupported(false).is_ok(), "zero penalties change nothing");
+        let e = ChatRequest::from_json(&json!({"messages": [{"role": "user"}]})).expect_err("refused");
+        assert!(e.to_string().starts_with("`messages[0]`: "), "{e}");
     }
 }
