@@ -118,3 +118,21 @@ fn parse_state(json: Option<&str>) -> Result<TrainingState, FormatError> {
         json.ok_or_else(|| FormatError::new("not a volt checkpoint (no `volt` entry in its metadata)"))?;
     serde_json::from_str(json).map_err(|e| FormatError::new(format!("unreadable trainer state: {e}")))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_checkpoint_without_tensors_reads_back() {
+        // A module without parameters still checkpoints its trainer state.
+        let state =
+            TrainingState { volt_version: "x".into(), format: FORMAT_VERSION, ..TrainingState::default() };
+        let bytes =
+            serialize(Vec::<(&str, safetensors::tensor::TensorView<'_>)>::new(), &state).expect("write");
+        let (read, tensors) = parse(&bytes).expect("read");
+        assert_eq!(read, state);
+        assert!(tensors.tensors().is_empty());
+        assert_eq!(read_state(&mut &bytes[..]).expect("header"), state);
+    }
+}

@@ -13,6 +13,7 @@ mod body;
 pub mod client;
 mod config;
 mod error;
+pub mod fields;
 pub mod metrics;
 mod metrics_layer;
 pub mod openai;

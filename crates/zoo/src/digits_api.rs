@@ -67,23 +67,7 @@ impl InferenceApi for DigitsApi {
     }
 
     fn decode_request(&self, body: &Value) -> Result<[f32; PIXELS], ApiError> {
-        let pixels = body.get("pixels").ok_or_else(|| ApiError::field("pixels", "is missing"))?;
-        let list =
-            pixels.as_array().ok_or_else(|| ApiError::field("pixels", "must be a list of 64 numbers"))?;
-        if list.len() != PIXELS {
-            return Err(ApiError::field("pixels", format!("expected 64 numbers, got {}", list.len())));
-        }
-        let mut out = [0f32; PIXELS];
-        for (i, (slot, v)) in out.iter_mut().zip(list).enumerate() {
-            let x = v
-                .as_f64()
-                .ok_or_else(|| ApiError::field("pixels", format!("item {i} is not a number: {v}")))?;
-            if !(0.0..=f64::from(MAX_PIXEL)).contains(&x) {
-                return Err(ApiError::field("pixels", format!("item {i} = {x} is outside 0..16")));
-            }
-            *slot = x as f32 / MAX_PIXEL;
-        }
-        Ok(out)
+        decode_pixels(body)
     }
 
     fn predict(
@@ -116,4 +100,14 @@ impl InferenceApi for DigitsApi {
     fn info(&self) -> Value {
         json!({"model": "digits-mlp", "checkpoint": self.checkpoint, "hparams": self.config})
     }
+}
+
+/// `{"pixels": [64 numbers in 0..16]}` as the model's input (scaled to 0..1).
+pub fn decode_pixels(body: &Value) -> Result<[f32; PIXELS], ApiError> {
+    let pixels = volt_serve::fields::number_list(body, "pixels", PIXELS, 0.0..=f64::from(MAX_PIXEL))?;
+    let mut out = [0f32; PIXELS];
+    for (slot, x) in out.iter_mut().zip(pixels) {
+        *slot = x as f32 / MAX_PIXEL;
+    }
+    Ok(out)
 }
