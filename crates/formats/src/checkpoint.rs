@@ -104,7 +104,7 @@ pub fn serialize<V: View>(tensors: Vec<(&str, V)>, state: &TrainingState) -> Res
     let json =
         serde_json::to_string(&state).map_err(|e| FormatError::new(format!("cannot encode state: {e}")))?;
     let metadata = HashMap::from([(METADATA_KEY.to_owned(), json), ("format".to_owned(), "pt".to_owned())]);
-    safetensors::tensor::serialize(tensors, &Some(metadata))
+    safetensors::tensor::serialize(tensors, Some(metadata))
         .map_err(|e| FormatError::new(format!("cannot encode: {e}")))
 }
 

@@ -113,7 +113,7 @@ pub fn checkpoint_file(data: &[u8]) {
         assert_eq!(header.as_ref().ok(), Some(state), "the header read must agree with the full parse");
         for (name, view) in tensors.tensors() {
             let elements: usize = view.shape().iter().product();
-            assert_eq!(view.data().len(), elements * view.dtype().size(), "tensor {name}");
+            assert_eq!(view.data().len(), (elements * view.dtype().bitsize()).div_ceil(8), "tensor {name}");
         }
     }
     if let Ok(state) = header {

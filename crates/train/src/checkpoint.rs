@@ -44,9 +44,34 @@ impl View for &Bytes {
     }
 }
 
+/// libtorch's element types as safetensors names them (tch's own conversion is for the
+/// older safetensors it depends on).
+const DTYPES: [(Kind, Dtype); 11] = [
+    (Kind::Bool, Dtype::BOOL),
+    (Kind::Uint8, Dtype::U8),
+    (Kind::Int8, Dtype::I8),
+    (Kind::Int16, Dtype::I16),
+    (Kind::Int, Dtype::I32),
+    (Kind::Int64, Dtype::I64),
+    (Kind::Half, Dtype::F16),
+    (Kind::BFloat16, Dtype::BF16),
+    (Kind::Float, Dtype::F32),
+    (Kind::Double, Dtype::F64),
+    (Kind::Float8e4m3fn, Dtype::F8_E4M3),
+];
+
+fn dtype_of(kind: Kind) -> Option<Dtype> {
+    DTYPES.iter().find(|(k, _)| *k == kind).map(|(_, d)| *d)
+}
+
+fn kind_of(dtype: Dtype) -> Option<Kind> {
+    DTYPES.iter().find(|(_, d)| *d == dtype).map(|(k, _)| *k)
+}
+
 fn to_bytes(name: &str, t: &Tensor) -> Result<Bytes> {
     let t = t.f_to_device(tch::Device::Cpu)?.f_contiguous()?;
-    let dtype = Dtype::try_from(t.kind()).map_err(|e| Error::User(format!("tensor {name}: {e}")))?;
+    let dtype = dtype_of(t.kind())
+        .ok_or_else(|| Error::User(format!("tensor {name}: {:?} has no safetensors dtype", t.kind())))?;
     let shape = t.size().iter().map(|&d| d as usize).collect();
     let numel = t.numel();
     let mut data = vec![0u8; numel * t.kind().elt_size_in_bytes()];
@@ -76,8 +101,9 @@ impl Checkpoint {
         let (state, st) = format::parse(&buffer).map_err(|e| Error::checkpoint(path, e.to_string()))?;
         let mut tensors = Vec::new();
         for (name, view) in st.tensors() {
-            let kind = Kind::try_from(view.dtype())
-                .map_err(|e| Error::checkpoint(path, format!("tensor {name}: {e}")))?;
+            let kind = kind_of(view.dtype()).ok_or_else(|| {
+                Error::checkpoint(path, format!("tensor {name}: dtype {:?} is not supported", view.dtype()))
+            })?;
             let size: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
             let t = Tensor::f_from_data_size(view.data(), &size, kind)?;
             tensors.push((name, t));
