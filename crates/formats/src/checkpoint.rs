@@ -135,4 +135,16 @@ mod tests {
         assert!(tensors.tensors().is_empty());
         assert_eq!(read_state(&mut &bytes[..]).expect("header"), state);
     }
+
+    #[test]
+    fn metrics_read_back_to_the_bit() {
+        // Found by fuzzing: a value that JSON's fast float parsing reads back one ulp off (0.9583333333373333 here).
+        let state = TrainingState {
+            metrics: [("val_acc".to_owned(), 0.9583333333373333)].into(),
+            ..TrainingState::default()
+        };
+        let bytes = serialize(Vec::<(&str, safetensors::tensor::TensorView<'_>)>::new(), &state).expect("write");
+        let read = read_state(&mut &bytes[..]).expect("read");
+        assert_eq!(read.metrics["val_acc"].to_bits(), 0.9583333333373333f64.to_bits());
+    }
 }
