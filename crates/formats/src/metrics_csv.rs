@@ -28,6 +28,11 @@ pub fn write<'a>(
     rows: &[Metrics],
     header: bool,
 ) -> Result<Vec<u8>, FormatError> {
+    // A record of no fields would be written as `""`, one column named "": with no
+    // columns there is nothing to write (and rows without columns hold no values).
+    if keys.clone().into_iter().next().is_none() {
+        return Ok(Vec::new());
+    }
     let mut writer = csv::WriterBuilder::new().has_headers(false).from_writer(Vec::new());
     if header {
         writer.write_record(keys.clone()).map_err(bad)?;
