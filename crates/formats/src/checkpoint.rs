@@ -143,7 +143,8 @@ mod tests {
             metrics: [("val_acc".to_owned(), 0.9583333333373333)].into(),
             ..TrainingState::default()
         };
-        let bytes = serialize(Vec::<(&str, safetensors::tensor::TensorView<'_>)>::new(), &state).expect("write");
+        let bytes =
+            serialize(Vec::<(&str, safetensors::tensor::TensorView<'_>)>::new(), &state).expect("write");
         let read = read_state(&mut &bytes[..]).expect("read");
         assert_eq!(read.metrics["val_acc"].to_bits(), 0.9583333333373333f64.to_bits());
     }

@@ -31,7 +31,18 @@ impl Callback for EarlyStopping {
         self.validate()?;
         // Lightning decides this in its setup too: validation more often than once an
         // epoch is checked after each validation run.
-        self.check_on_train_epoch_end.get_or_insert(plan.validates_once_per_epoch);
+        let at_epoch_end = *self.check_on_train_epoch_end.get_or_insert(plan.validates_once_per_epoch);
+        if !plan.has_validation && !plan.fast_dev_run {
+            let m = &self.monitor;
+            if at_epoch_end {
+                tracing::warn!(
+                    "no validation will run, so EarlyStopping(monitor=\"{m}\") checks at the end of each training \
+                     epoch and needs a training metric named \"{m}\""
+                );
+            } else {
+                tracing::warn!("no validation will run, so EarlyStopping(monitor=\"{m}\") never checks");
+            }
+        }
         Ok(())
     }
     fn on_validation_end(&mut self, ctx: &mut CallbackContext) -> Result<()> {
