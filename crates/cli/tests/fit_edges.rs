@@ -1,25 +1,10 @@
 //! `volt fit` where new users go past the happy path: runs without validation, fast_dev_run,
 //! checkpointing switched off, out-of-range numbers, and problems found mid-run (exit 1,
 //! what was saved stays) against problems found before training (exit 2, nothing written).
+mod support;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-
-fn volt(args: &[&str], root: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_volt"))
-        .args(args)
-        .args(["--trainer.default_root_dir", &root.display().to_string()])
-        .args(["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"])
-        .output()
-        .expect("run volt")
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
+use support::{stderr, stdout, volt};
 
 /// Every file under `dir`, recursively, relative to it.
 fn files(dir: &Path) -> Vec<PathBuf> {

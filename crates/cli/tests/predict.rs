@@ -1,19 +1,12 @@
 //! `volt predict` writes its predictions: JSON Lines, one file per rank, each line a
 //! sample's index in the predict set and its prediction.
+mod support;
+
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::process::{Command, Output};
+use support::{stderr, volt};
 use volt_train::{DataModule, Sampler};
 use volt_zoo::{DigitsData, DigitsDataConfig};
-
-fn volt(args: &[&str], root: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_volt"))
-        .args(args)
-        .args(["--trainer.default_root_dir", &root.display().to_string()])
-        .args(["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"])
-        .output()
-        .expect("run volt")
-}
 
 /// The labels of the digits' predict set, in its order.
 fn labels() -> Vec<i64> {
@@ -46,11 +39,11 @@ fn predict_writes_every_sample_with_its_index_and_they_are_right() {
     let dir = tempfile::tempdir().expect("tempdir");
     let root = dir.path().join("runs");
     let o = volt(&["fit", "--model", "digits-mlp", "--trainer.max_epochs", "3"], &root);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(o.status.success(), "{}", stderr(&o));
 
     let o = volt(&["predict", "--model", "digits-mlp", "--ckpt_path", "last"], &root);
-    let out = String::from_utf8_lossy(&o.stdout);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let out = support::stdout(&o);
+    assert!(o.status.success(), "{}", stderr(&o));
     let file = root.join("lightning_logs/predictions/predictions-rank0.jsonl");
     assert!(out.contains(&format!("wrote 360 predictions to {}", file.display())), "{out}");
     let rows = read(&file);
@@ -80,7 +73,7 @@ fn predict_writes_every_sample_with_its_index_and_they_are_right() {
             ],
             &root,
         );
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        assert!(o.status.success(), "{}", stderr(&o));
     }
     assert_eq!(read(&elsewhere.join("predictions-rank0.jsonl")).len(), 360);
 }
@@ -90,7 +83,7 @@ fn under_ddp_each_rank_writes_its_shard() {
     let dir = tempfile::tempdir().expect("tempdir");
     let root = dir.path().join("runs");
     let o = volt(&["fit", "--model", "digits-mlp", "--trainer.max_epochs", "1"], &root);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(o.status.success(), "{}", stderr(&o));
     let o = volt(
         &[
             "predict",
@@ -105,7 +98,7 @@ fn under_ddp_each_rank_writes_its_shard() {
         ],
         &root,
     );
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(o.status.success(), "{}", stderr(&o));
     let dir = root.join("lightning_logs/predictions");
     let (a, b) = (read(&dir.join("predictions-rank0.jsonl")), read(&dir.join("predictions-rank1.jsonl")));
     assert_eq!((a.len(), b.len()), (180, 180), "360 samples split evenly");

@@ -1,0 +1,24 @@
+//! Running the `volt` binary from the CLI's tests, quietly, under a root folder.
+#![allow(dead_code)]
+use std::path::Path;
+use std::process::{Command, Output};
+
+/// `volt ARGS` with its runs under `root`, without progress bar or model summary.
+pub fn volt(args: &[&str], root: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_volt"))
+        .args(args)
+        .args(["--trainer.default_root_dir", &root.display().to_string()])
+        .args(["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"])
+        .output()
+        .expect("run volt")
+}
+
+/// What it printed on stdout.
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// What it printed on stderr.
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
