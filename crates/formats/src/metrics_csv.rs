@@ -73,4 +73,16 @@ mod tests {
         let bytes = write(&header, &rows, true).expect("write");
         assert_eq!(parse(&bytes).expect("read"), (vec![], vec![]));
     }
+
+    #[test]
+    fn step_and_epoch_values_read_back_exactly_however_large_or_signed() {
+        // Found by fuzzing: an epoch of 1e173 was written as i64::MAX.
+        for v in [1e20, 1.8e173, -0.0, -3.0, 9007199254740993.0, 12.0] {
+            let rows = vec![Metrics::from([("epoch".to_owned(), v), ("step".to_owned(), v)])];
+            let keys = vec!["epoch".to_owned(), "step".to_owned()];
+            let (_, back) = parse(&write(&keys, &rows, true).expect("write")).expect("read");
+            assert_eq!(back[0]["epoch"].to_bits(), v.to_bits(), "{v}");
+            assert_eq!(back[0]["step"].to_bits(), v.to_bits(), "{v}");
+        }
+    }
 }
