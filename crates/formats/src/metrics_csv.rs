@@ -48,9 +48,12 @@ pub fn write<'a>(
     writer.into_inner().map_err(|e| FormatError::new(e.to_string()))
 }
 
-/// `step` and `epoch` as integers, everything else as Rust prints floats.
+/// `step` and `epoch` as integers (Lightning writes `3`, not `3.0`) when they are exactly
+/// one, everything else as Rust prints floats, which reads back to the bit.
 fn format_value(key: &str, v: f64) -> String {
-    if (key == "step" || key == "epoch") && v.fract() == 0.0 {
+    // Below 2^53 every whole f64 is an exact i64; -0 must stay -0.
+    let whole = v.fract() == 0.0 && v.abs() < 9_007_199_254_740_992.0 && !(v == 0.0 && v.is_sign_negative());
+    if (key == "step" || key == "epoch") && whole {
         format!("{}", v as i64)
     } else {
         format!("{v}")
