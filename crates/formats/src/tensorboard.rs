@@ -193,3 +193,28 @@ impl<'a> Iterator for Fields<'a> {
         Some((key >> 3, value))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_record_whose_field_claims_more_bytes_than_exist_is_no_panic() {
+        // A length-delimited field (the summary, field 5) claiming u64::MAX bytes, inside a
+        // record whose CRCs are right: the length must not overflow the position.
+        let mut payload = vec![(5 << 3) | 2];
+        put_varint(&mut payload, u64::MAX);
+        let mut fixed = vec![(1 << 3) | 1];
+        fixed.extend_from_slice(&[0; 3]);
+        for p in [payload, fixed] {
+            let file = record(&p);
+            assert!(read_scalars(&file).is_ok_and(|s| s.is_empty()), "{p:?}");
+        }
+        // A record header claiming u64::MAX bytes, with its length CRC right.
+        let len = u64::MAX.to_le_bytes();
+        let mut file = len.to_vec();
+        file.extend_from_slice(&masked_crc(&len).to_le_bytes());
+        file.extend_from_slice(b"short");
+        assert!(read_scalars(&file).is_err());
+    }
+}
