@@ -69,8 +69,12 @@ pub fn read_scalars(data: &[u8]) -> Result<Vec<Scalar>, FormatError> {
         {
             return Err(bad("length CRC mismatch"));
         }
-        let len = u64::from_le_bytes(len_bytes) as usize;
-        let payload = data.get(pos + 12..pos + 12 + len).ok_or_else(|| bad("truncated record"))?;
+        // The length comes from the file: the record must fit in what is left of it.
+        let len = usize::try_from(u64::from_le_bytes(len_bytes))
+            .ok()
+            .filter(|len| data.len() - pos - 12 >= *len)
+            .ok_or_else(|| bad("truncated record"))?;
+        let payload = &data[pos + 12..pos + 12 + len];
         let crc = data.get(pos + 12 + len..pos + 16 + len).ok_or_else(|| bad("truncated CRC"))?;
         if masked_crc(payload) != u32::from_le_bytes(crc.try_into().map_err(|_| bad("bad crc"))?) {
             return Err(bad("payload CRC mismatch"));
@@ -174,17 +178,17 @@ impl<'a> Iterator for Fields<'a> {
         let value = match key & 7 {
             0 => Wire::Varint(self.varint()?),
             1 => {
-                self.pos += 8;
+                self.pos = self.pos.saturating_add(8);
                 Wire::Fixed64
             }
             2 => {
                 let len = self.varint()? as usize;
-                let b = self.data.get(self.pos..self.pos + len)?;
+                let b = self.data.get(self.pos..self.pos.checked_add(len)?)?;
                 self.pos += len;
                 Wire::Bytes(b)
             }
             5 => {
-                let b = self.data.get(self.pos..self.pos + 4)?;
+                let b = self.data.get(self.pos..self.pos.checked_add(4)?)?;
                 self.pos += 4;
                 Wire::Fixed32(u32::from_le_bytes(b.try_into().ok()?))
             }
