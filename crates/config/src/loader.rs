@@ -282,4 +282,15 @@ mod tests {
         );
         assert!(set(&mut tree, "trainer.max_epochs.x", json!(1)).is_err());
     }
+
+    #[test]
+    fn whole_numbers_beyond_what_toml_holds_are_refused_by_key() {
+        // Found by review: YAML reads u64 values TOML cannot print, so --print_config
+        // and config.toml failed with a message naming no key.
+        let tree =
+            parse_text(Path::new("x.yaml"), "trainer:\n  max_steps: 9223372036854775808\n").expect("yaml");
+        let defaults = crate::run::RunConfig::<Value, Value>::default();
+        let e = load(&defaults, vec![tree], &[]).unwrap_err().to_string();
+        assert!(e.contains("`trainer.max_steps` = 9223372036854775808"), "{e}");
+    }
 }
