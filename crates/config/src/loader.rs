@@ -252,7 +252,25 @@ pub fn load<T: DeserializeOwned + Serialize + Default>(
     for (key, raw) in overrides {
         set(&mut tree, key, parse_value(raw))?;
     }
+    within_toml(&tree, "")?;
     resolve(tree)
+}
+
+/// TOML's integers are i64: a larger whole number (YAML reads up to u64) could be loaded
+/// but not printed back as `--print_config` and `config.toml`, so it is refused here.
+fn within_toml(v: &Value, at: &str) -> Result<(), ConfigError> {
+    match v {
+        Value::Number(n) if n.is_u64() && n.as_i64().is_none() => Err(ConfigError::OutOfRange {
+            key: at.to_owned(),
+            value: n.to_string(),
+            why: format!("must be at most {} (the largest whole number a config file holds)", i64::MAX),
+        }),
+        Value::Object(m) => m.iter().try_for_each(|(k, v)| {
+            within_toml(v, &if at.is_empty() { k.clone() } else { format!("{at}.{k}") })
+        }),
+        Value::Array(a) => a.iter().enumerate().try_for_each(|(i, v)| within_toml(v, &format!("{at}[{i}]"))),
+        _ => Ok(()),
+    }
 }
 
 #[cfg(test)]
