@@ -282,6 +282,13 @@ impl Trainer {
         if self.config.enable_progress_bar && !self.callbacks.iter().any(|c| c.name() == "ProgressBar") {
             self.callbacks.push(Box::new(ProgressBar::default()));
         }
+        if let Some(ckpt) = &restored {
+            for cb in &mut self.callbacks {
+                if let Some(state) = ckpt.state.callbacks.get(&cb.name()) {
+                    cb.load_state_dict(state)?;
+                }
+            }
+        }
         // What the callbacks can check before anything is written.
         let plan = FitPlan {
             log_dir: log_dir.as_deref(),
@@ -306,13 +313,6 @@ impl Trainer {
             }
             if !self.config.loggers.is_empty() {
                 save_hparams(dir, &module.hparams())?;
-            }
-        }
-        if let Some(ckpt) = &restored {
-            for cb in &mut self.callbacks {
-                if let Some(state) = ckpt.state.callbacks.get(&cb.name()) {
-                    cb.load_state_dict(state)?;
-                }
             }
         }
         if self.config.enable_model_summary && self.fabric.is_global_zero() {
