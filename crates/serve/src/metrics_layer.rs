@@ -131,14 +131,15 @@ struct StreamEnd {
 
 impl Drop for StreamEnd {
     fn drop(&mut self) {
-        if !self.ended {
-            self.route.stream_disconnects.inc();
-        }
         let (status, kind) = match self.report.error() {
             Some((status, kind)) => (status.as_u16(), Some(kind)),
             None => (self.status, None),
         };
         self.recorder.record(&self.route, status, kind, self.start);
+        // Last, so that a reader who sees the disconnect also sees the stream recorded.
+        if !self.ended {
+            self.route.stream_disconnects.inc();
+        }
     }
 }
 

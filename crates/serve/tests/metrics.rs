@@ -84,7 +84,10 @@ async fn a_stream_whose_client_leaves_is_timed_when_its_body_is_dropped() {
     }
     drop(events);
     let gone = "volt_stream_disconnects_total{route=\"/stream\"}";
-    let s = metrics_once(&client, |s| sample_if_any(s, gone).is_some_and(|n| n >= 1.0)).await;
+    let s = metrics_once(&client, |s| {
+        sample_if_any(s, gone).is_some_and(|n| n >= 1.0) && sample_if_any(s, COUNT).is_some_and(|n| n >= 1.0)
+    })
+    .await;
     assert_eq!(sample(&s, gone), 1.0);
     assert_eq!(sample(&s, COUNT), 1.0);
     assert!(sample(&s, SUM) >= 0.02, "3 chunks 10 ms apart were read; recorded {}", sample(&s, SUM));
