@@ -1,9 +1,11 @@
 //! volt-formats: the files volt reads and writes, free of libtorch so that they build
 //! fast and can be fuzzed: checkpoint headers ([`checkpoint`]), TensorBoard event files
-//! ([`tensorboard`]) and Lightning's `metrics.csv` ([`metrics_csv`]).
+//! ([`tensorboard`]), Lightning's `metrics.csv` ([`metrics_csv`]) and the GGUF files LLMs
+//! are downloaded as ([`gguf`]).
 #![warn(missing_docs)]
 
 pub mod checkpoint;
+pub mod gguf;
 pub mod metrics_csv;
 pub mod tensorboard;
 

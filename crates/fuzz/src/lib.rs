@@ -10,6 +10,7 @@ use serde_json::Value;
 use std::path::Path;
 use volt_config::loader::{self, ConfigError};
 use volt_config::{OptimizerConfig, OptimizerSpec, RunConfig};
+use volt_formats::gguf::Gguf;
 use volt_formats::{checkpoint, metrics_csv, tensorboard, Metrics};
 use volt_serve::openai::{ChatRequest, EmbeddingsRequest};
 
@@ -17,7 +18,7 @@ use volt_serve::openai::{ChatRequest, EmbeddingsRequest};
 pub type Target = fn(&[u8]);
 
 /// Every target, by the name `cargo fuzz` and the corpus folders use.
-pub const TARGETS: [(&str, Target); 7] = [
+pub const TARGETS: [(&str, Target); 8] = [
     ("config", config),
     ("checkpoint", checkpoint_file),
     ("tensorboard", tensorboard_events),
@@ -25,6 +26,7 @@ pub const TARGETS: [(&str, Target); 7] = [
     ("chat_request", chat_request),
     ("embeddings_request", embeddings_request),
     ("digits_request", digits_request),
+    ("gguf", gguf_file),
 ];
 
 /// A model section like digits-mlp's, with the other shapes model configs have.
@@ -199,5 +201,16 @@ pub fn digits_request(data: &[u8]) {
     let Some(body) = json(data) else { return };
     if let Ok(pixels) = volt_serve::fields::number_list(&body, "pixels", 64, 0.0..=16.0) {
         assert!(pixels.len() == 64 && pixels.iter().all(|x| (0.0..=16.0).contains(x)));
+    }
+}
+
+/// A GGUF file: the header reads or is refused, and every tensor whose data is there
+/// dequantizes to exactly as many values as its dimensions say.
+pub fn gguf_file(data: &[u8]) {
+    let Ok(g) = Gguf::parse(data) else { return };
+    for t in &g.tensors {
+        if let Ok(values) = g.dequantize(data, t) {
+            assert_eq!(values.len() as u64, t.len(), "tensor {}", t.name);
+        }
     }
 }
