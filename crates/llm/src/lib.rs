@@ -4,8 +4,10 @@
 
 pub mod chat_template;
 mod error;
+pub mod llama;
 pub mod tokenizer;
 
 pub use chat_template::{ChatTemplate, Message};
 pub use error::{LlmError, Result};
+pub use llama::{KvCache, Llama, LlamaConfig};
 pub use tokenizer::GgufTokenizer;

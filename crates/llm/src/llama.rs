@@ -1,0 +1,264 @@
+//! The Llama architecture in tch, reading a GGUF file's tensors: RMSNorm, rotary position
+//! embeddings, grouped-query attention, a SwiGLU feed-forward, and an output head tied
+//! to the embeddings when the file has no `output.weight` (SmolLM2's case).
+//!
+//! llama.cpp's converter stores each head's Q and K rows permuted so that the two halves
+//! a rotation pairs are adjacent rows (GGUF row 2j+t is Hugging Face's row t·d/2 + j); so
+//! RoPE here rotates adjacent pairs (llama.cpp's "normal" RoPE) on the weights as stored,
+//! which gives the same attention as transformers' `rotate_half` on the unpermuted ones.
+//! This is the float path: every tensor dequantized to f32 at load.
+use crate::error::{LlmError, Result};
+use tch::{Device, Kind, Tensor};
+use volt_formats::gguf::Gguf;
+
+/// The numbers a Llama model is made of, from the file's `llama.*` metadata.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LlamaConfig {
+    /// Transformer blocks.
+    pub n_layers: usize,
+    /// Width of the residual stream.
+    pub dim: usize,
+    /// Query heads.
+    pub n_heads: usize,
+    /// Key/value heads (fewer than query heads: grouped-query attention).
+    pub n_kv_heads: usize,
+    /// Width of each head.
+    pub head_dim: usize,
+    /// Inner width of the feed-forward block.
+    pub ffn_dim: usize,
+    /// Base of the rotary frequencies.
+    pub rope_base: f64,
+    /// RMSNorm's epsilon.
+    pub eps: f64,
+    /// Tokens in the vocabulary.
+    pub vocab: usize,
+    /// Longest sequence the model was trained for.
+    pub context_len: usize,
+}
+
+impl LlamaConfig {
+    /// The configuration in `g`'s metadata, or an error naming what is missing.
+    pub fn from_gguf(g: &Gguf) -> Result<Self> {
+        let arch = g.get("general.architecture")?.as_str().unwrap_or_default().to_owned();
+        if arch != "llama" {
+            return Err(LlmError::model(format!(
+                "general.architecture = \"{arch}\": volt serves the llama architecture only"
+            )));
+        }
+        let n = |key: &str| -> Result<usize> {
+            let k = format!("llama.{key}");
+            g.get(&k)?
+                .as_u64()
+                .map(|v| v as usize)
+                .ok_or_else(|| LlmError::model(format!("metadata {k} is not a number")))
+        };
+        let f = |key: &str, default: f64| -> f64 {
+            g.metadata.get(&format!("llama.{key}")).and_then(|v| v.as_f64()).unwrap_or(default)
+        };
+        let dim = n("embedding_length")?;
+        let n_heads = n("attention.head_count")?;
+        let n_kv_heads = n("attention.head_count_kv").unwrap_or(n_heads);
+        if n_heads == 0 || n_kv_heads == 0 || dim % n_heads != 0 || n_heads % n_kv_heads != 0 {
+            return Err(LlmError::model(format!(
+                "{n_heads} heads ({n_kv_heads} for keys and values) do not divide a width of {dim}"
+            )));
+        }
+        let vocab = g.get("tokenizer.ggml.tokens")?.as_array().map_or(0, <[_]>::len);
+        Ok(LlamaConfig {
+            n_layers: n("block_count")?,
+            dim,
+            n_heads,
+            n_kv_heads,
+            head_dim: dim / n_heads,
+            ffn_dim: n("feed_forward_length")?,
+            rope_base: f("rope.freq_base", 10_000.0),
+            eps: f("attention.layer_norm_rms_epsilon", 1e-5),
+            vocab,
+            context_len: n("context_length")?,
+        })
+    }
+}
+
+struct Layer {
+    attn_norm: Tensor,
+    wq: Tensor,
+    wk: Tensor,
+    wv: Tensor,
+    wo: Tensor,
+    ffn_norm: Tensor,
+    w_gate: Tensor,
+    w_up: Tensor,
+    w_down: Tensor,
+}
+
+/// The keys and values of one sequence so far, per layer (`[kv_heads, len, head_dim]`).
+pub struct KvCache {
+    k: Vec<Option<Tensor>>,
+    v: Vec<Option<Tensor>>,
+    len: usize,
+}
+
+impl KvCache {
+    /// Positions cached so far.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    /// Whether nothing is cached yet.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+/// A Llama model on a device, every weight in f32.
+pub struct Llama {
+    config: LlamaConfig,
+    embed: Tensor,
+    head: Tensor,
+    layers: Vec<Layer>,
+    norm: Tensor,
+    /// Rotary angles' cosines and sines, `[context_len, head_dim / 2]`.
+    cos: Tensor,
+    sin: Tensor,
+}
+
+impl Llama {
+    /// The model in a GGUF file's `bytes` (header `g`), dequantized onto `device`.
+    pub fn from_gguf(bytes: &[u8], g: &Gguf, device: Device) -> Result<Self> {
+        let config = LlamaConfig::from_gguf(g)?;
+        let tensor = |name: &str, shape: &[i64]| -> Result<Tensor> {
+            let info = g.tensor(name)?;
+            if info.shape() != shape {
+                return Err(LlmError::model(format!(
+                    "tensor {name} has shape {:?}, the metadata makes it {shape:?}",
+                    info.shape()
+                )));
+            }
+            let values = g.dequantize(bytes, info)?;
+            Ok(Tensor::from_slice(&values).view(shape).to_device(device))
+        };
+        let (d, kv, ff) =
+            (config.dim as i64, (config.n_kv_heads * config.head_dim) as i64, config.ffn_dim as i64);
+        let embed = tensor("token_embd.weight", &[config.vocab as i64, d])?;
+        let head = match g.tensor("output.weight") {
+            Ok(_) => tensor("output.weight", &[config.vocab as i64, d])?,
+            Err(_) => embed.shallow_clone(),
+        };
+        let layers = (0..config.n_layers)
+            .map(|i| {
+                let t = |part: &str, shape: &[i64]| tensor(&format!("blk.{i}.{part}.weight"), shape);
+                Ok(Layer {
+                    attn_norm: t("attn_norm", &[d])?,
+                    wq: t("attn_q", &[d, d])?,
+                    wk: t("attn_k", &[kv, d])?,
+                    wv: t("attn_v", &[kv, d])?,
+                    wo: t("attn_output", &[d, d])?,
+                    ffn_norm: t("ffn_norm", &[d])?,
+                    w_gate: t("ffn_gate", &[ff, d])?,
+                    w_up: t("ffn_up", &[ff, d])?,
+                    w_down: t("ffn_down", &[d, ff])?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let norm = tensor("output_norm.weight", &[d])?;
+        let half = (config.head_dim / 2) as i64;
+        let options = (Kind::Float, device);
+        let inv_freq = (Tensor::arange(half, (Kind::Double, device))
+            * (-2.0 / config.head_dim as f64)
+            * config.rope_base.ln())
+        .exp();
+        let angles = Tensor::arange(config.context_len as i64, (Kind::Double, device)).outer(&inv_freq);
+        let (cos, sin) = (angles.cos().to_kind(options.0), angles.sin().to_kind(options.0));
+        Ok(Llama { config, embed, head, layers, norm, cos, sin })
+    }
+
+    /// The model's numbers.
+    pub fn config(&self) -> &LlamaConfig {
+        &self.config
+    }
+
+    /// An empty cache for one sequence.
+    pub fn new_cache(&self) -> KvCache {
+        let empty = || (0..self.config.n_layers).map(|_| None).collect();
+        KvCache { k: empty(), v: empty(), len: 0 }
+    }
+
+    fn rms_norm(&self, x: &Tensor, weight: &Tensor) -> Tensor {
+        let variance = x.pow_tensor_scalar(2).mean_dim(-1, true, Kind::Float);
+        x * (variance + self.config.eps).rsqrt() * weight
+    }
+
+    /// Rotates adjacent pairs of `x` (`[n, heads, head_dim]`) by the angles of positions
+    /// `start..start + n`.
+    fn rope(&self, x: &Tensor, start: usize) -> Tensor {
+        let (n, heads, hd) = x.size3().unwrap_or((0, 0, 0));
+        let pairs = x.view([n, heads, hd / 2, 2]);
+        let (x0, x1) = (pairs.select(3, 0), pairs.select(3, 1));
+        let cos = self.cos.narrow(0, start as i64, n).unsqueeze(1);
+        let sin = self.sin.narrow(0, start as i64, n).unsqueeze(1);
+        Tensor::stack(&[&x0 * &cos - &x1 * &sin, &x0 * &sin + &x1 * &cos], 3).view([n, heads, hd])
+    }
+
+    /// The logits (`[tokens.len(), vocab]`) of `tokens`, which follow what `cache` holds;
+    /// the cache grows by them.
+    pub fn forward(&self, tokens: &[u32], cache: &mut KvCache) -> Result<Tensor> {
+        let n = tokens.len();
+        let start = cache.len;
+        if n == 0 || start + n > self.config.context_len {
+            return Err(LlmError::input(format!(
+                "{} positions are past the model's context of {}",
+                start + n,
+                self.config.context_len
+            )));
+        }
+        if let Some(bad) = tokens.iter().find(|&&t| t as usize >= self.config.vocab) {
+            return Err(LlmError::input(format!(
+                "token {bad} is not below the vocabulary's {}",
+                self.config.vocab
+            )));
+        }
+        let c = &self.config;
+        let (heads, kv_heads, hd) = (c.n_heads as i64, c.n_kv_heads as i64, c.head_dim as i64);
+        let ids: Vec<i64> = tokens.iter().map(|&t| i64::from(t)).collect();
+        let ids = Tensor::from_slice(&ids).to_device(self.embed.device());
+        let mut x = self.embed.index_select(0, &ids);
+        let total = (start + n) as i64;
+        // Position start + i sees every position up to itself.
+        let mask = Tensor::ones([n as i64, total], (Kind::Bool, x.device())).tril(start as i64);
+        for (layer, (k_cache, v_cache)) in self.layers.iter().zip(cache.k.iter_mut().zip(cache.v.iter_mut()))
+        {
+            let h = self.rms_norm(&x, &layer.attn_norm);
+            let q = self.rope(&h.matmul(&layer.wq.tr()).view([n as i64, heads, hd]), start);
+            let k = self.rope(&h.matmul(&layer.wk.tr()).view([n as i64, kv_heads, hd]), start);
+            let v = h.matmul(&layer.wv.tr()).view([n as i64, kv_heads, hd]);
+            let (k, v) = (k.transpose(0, 1), v.transpose(0, 1));
+            let k = match k_cache.take() {
+                Some(old) => Tensor::cat(&[old, k], 1),
+                None => k,
+            };
+            let v = match v_cache.take() {
+                Some(old) => Tensor::cat(&[old, v], 1),
+                None => v,
+            };
+            let groups = heads / kv_heads;
+            let attn = Tensor::scaled_dot_product_attention(
+                &q.transpose(0, 1),
+                &k.repeat_interleave_self_int(groups, 0, None),
+                &v.repeat_interleave_self_int(groups, 0, None),
+                Some(&mask),
+                0.0,
+                false,
+                None,
+                false,
+            );
+            *k_cache = Some(k);
+            *v_cache = Some(v);
+            let o = attn.transpose(0, 1).reshape([n as i64, heads * hd]).matmul(&layer.wo.tr());
+            x += o;
+            let h = self.rms_norm(&x, &layer.ffn_norm);
+            let gate = h.matmul(&layer.w_gate.tr()).silu();
+            x += (gate * h.matmul(&layer.w_up.tr())).matmul(&layer.w_down.tr());
+        }
+        cache.len = start + n;
+        Ok(self.rms_norm(&x, &self.norm).matmul(&self.head.tr()))
+    }
+}
