@@ -9,5 +9,5 @@ pub mod tokenizer;
 
 pub use chat_template::{ChatTemplate, Message};
 pub use error::{LlmError, Result};
-pub use llama::{KvCache, Llama, LlamaConfig};
+pub use llama::{KvCache, Llama, LlamaConfig, Step};
 pub use tokenizer::GgufTokenizer;

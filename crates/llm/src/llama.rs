@@ -187,78 +187,138 @@ impl Llama {
         x * (variance + self.config.eps).rsqrt() * weight
     }
 
-    /// Rotates adjacent pairs of `x` (`[n, heads, head_dim]`) by the angles of positions
-    /// `start..start + n`.
-    fn rope(&self, x: &Tensor, start: usize) -> Tensor {
+    /// Rotates adjacent pairs of `x` (`[rows, heads, head_dim]`) by the angles of each
+    /// row's position (`positions`, `[rows]`).
+    fn rope(&self, x: &Tensor, positions: &Tensor) -> Tensor {
         let (n, heads, hd) = x.size3().unwrap_or((0, 0, 0));
         let pairs = x.view([n, heads, hd / 2, 2]);
         let (x0, x1) = (pairs.select(3, 0), pairs.select(3, 1));
-        let cos = self.cos.narrow(0, start as i64, n).unsqueeze(1);
-        let sin = self.sin.narrow(0, start as i64, n).unsqueeze(1);
+        let cos = self.cos.index_select(0, positions).unsqueeze(1);
+        let sin = self.sin.index_select(0, positions).unsqueeze(1);
         Tensor::stack(&[&x0 * &cos - &x1 * &sin, &x0 * &sin + &x1 * &cos], 3).view([n, heads, hd])
     }
 
     /// The logits (`[tokens.len(), vocab]`) of `tokens`, which follow what `cache` holds;
     /// the cache grows by them.
     pub fn forward(&self, tokens: &[u32], cache: &mut KvCache) -> Result<Tensor> {
-        let n = tokens.len();
-        let start = cache.len;
-        if n == 0 || start + n > self.config.context_len {
-            return Err(LlmError::input(format!(
-                "{} positions are past the model's context of {}",
-                start + n,
-                self.config.context_len
-            )));
-        }
-        if let Some(bad) = tokens.iter().find(|&&t| t as usize >= self.config.vocab) {
-            return Err(LlmError::input(format!(
-                "token {bad} is not below the vocabulary's {}",
-                self.config.vocab
-            )));
-        }
+        let mut out = self.step(&mut [Step { tokens, cache, all_logits: true }])?;
+        Ok(out.remove(0))
+    }
+
+    /// One forward pass over several sequences at once, each `Step` giving the tokens
+    /// that follow what its cache holds (a prompt chunk, or the one token to decode).
+    /// The matrix products run once over every new token of every sequence, so a decode
+    /// step reads the weights once however many sequences it serves; attention runs per
+    /// sequence over its own cache. Returns each sequence's logits: every new position's
+    /// when it asks for `all_logits`, else its last one's (`[1, vocab]`).
+    pub fn step(&self, seqs: &mut [Step<'_>]) -> Result<Vec<Tensor>> {
         let c = &self.config;
+        for s in seqs.iter() {
+            let (n, start) = (s.tokens.len(), s.cache.len);
+            if n == 0 || start + n > c.context_len {
+                return Err(LlmError::input(format!(
+                    "{} positions are past the model's context of {}",
+                    start + n,
+                    c.context_len
+                )));
+            }
+            if let Some(bad) = s.tokens.iter().find(|&&t| t as usize >= c.vocab) {
+                return Err(LlmError::input(format!(
+                    "token {bad} is not below the vocabulary's {}",
+                    c.vocab
+                )));
+            }
+        }
+        let device = self.embed.device();
         let (heads, kv_heads, hd) = (c.n_heads as i64, c.n_kv_heads as i64, c.head_dim as i64);
-        let ids: Vec<i64> = tokens.iter().map(|&t| i64::from(t)).collect();
-        let ids = Tensor::from_slice(&ids).to_device(self.embed.device());
-        let mut x = self.embed.index_select(0, &ids);
-        let total = (start + n) as i64;
-        // Position start + i sees every position up to itself.
-        let mask = Tensor::ones([n as i64, total], (Kind::Bool, x.device())).tril(start as i64);
-        for (layer, (k_cache, v_cache)) in self.layers.iter().zip(cache.k.iter_mut().zip(cache.v.iter_mut()))
-        {
+        let ids: Vec<i64> = seqs.iter().flat_map(|s| s.tokens.iter().map(|&t| i64::from(t))).collect();
+        let positions: Vec<i64> =
+            seqs.iter().flat_map(|s| (s.cache.len..s.cache.len + s.tokens.len()).map(|p| p as i64)).collect();
+        let rows = ids.len() as i64;
+        let positions = Tensor::from_slice(&positions).to_device(device);
+        let mut x = self.embed.index_select(0, &Tensor::from_slice(&ids).to_device(device));
+        // Row ranges of each sequence, and its causal mask over cache + new positions
+        // (none for a single new position: it sees everything before it).
+        let spans: Vec<(i64, i64)> = seqs
+            .iter()
+            .scan(0i64, |at, s| {
+                let span = (*at, s.tokens.len() as i64);
+                *at += span.1;
+                Some(span)
+            })
+            .collect();
+        let masks: Vec<Option<Tensor>> = seqs
+            .iter()
+            .map(|s| {
+                let (n, start) = (s.tokens.len() as i64, s.cache.len as i64);
+                (n > 1).then(|| Tensor::ones([n, start + n], (Kind::Bool, device)).tril(start))
+            })
+            .collect();
+        let groups = heads / kv_heads;
+        for (l, layer) in self.layers.iter().enumerate() {
             let h = self.rms_norm(&x, &layer.attn_norm);
-            let q = self.rope(&h.matmul(&layer.wq.tr()).view([n as i64, heads, hd]), start);
-            let k = self.rope(&h.matmul(&layer.wk.tr()).view([n as i64, kv_heads, hd]), start);
-            let v = h.matmul(&layer.wv.tr()).view([n as i64, kv_heads, hd]);
-            let (k, v) = (k.transpose(0, 1), v.transpose(0, 1));
-            let k = match k_cache.take() {
-                Some(old) => Tensor::cat(&[old, k], 1),
-                None => k,
-            };
-            let v = match v_cache.take() {
-                Some(old) => Tensor::cat(&[old, v], 1),
-                None => v,
-            };
-            let groups = heads / kv_heads;
-            let attn = Tensor::scaled_dot_product_attention(
-                &q.transpose(0, 1),
-                &k.repeat_interleave_self_int(groups, 0, None),
-                &v.repeat_interleave_self_int(groups, 0, None),
-                Some(&mask),
-                0.0,
-                false,
-                None,
-                false,
-            );
-            *k_cache = Some(k);
-            *v_cache = Some(v);
-            let o = attn.transpose(0, 1).reshape([n as i64, heads * hd]).matmul(&layer.wo.tr());
-            x += o;
+            let q = self.rope(&h.matmul(&layer.wq.tr()).view([rows, heads, hd]), &positions);
+            let k = self.rope(&h.matmul(&layer.wk.tr()).view([rows, kv_heads, hd]), &positions);
+            let v = h.matmul(&layer.wv.tr()).view([rows, kv_heads, hd]);
+            let mut outputs = Vec::with_capacity(seqs.len());
+            for ((s, &(at, n)), mask) in seqs.iter_mut().zip(&spans).zip(&masks) {
+                let k_new = k.narrow(0, at, n).transpose(0, 1);
+                let v_new = v.narrow(0, at, n).transpose(0, 1);
+                let k_all = match s.cache.k[l].take() {
+                    Some(old) => Tensor::cat(&[old, k_new], 1),
+                    None => k_new,
+                };
+                let v_all = match s.cache.v[l].take() {
+                    Some(old) => Tensor::cat(&[old, v_new], 1),
+                    None => v_new,
+                };
+                let attn = Tensor::scaled_dot_product_attention(
+                    &q.narrow(0, at, n).transpose(0, 1),
+                    &k_all.repeat_interleave_self_int(groups, 0, None),
+                    &v_all.repeat_interleave_self_int(groups, 0, None),
+                    mask.as_ref(),
+                    0.0,
+                    false,
+                    None,
+                    false,
+                );
+                s.cache.k[l] = Some(k_all);
+                s.cache.v[l] = Some(v_all);
+                outputs.push(attn.transpose(0, 1).reshape([n, heads * hd]));
+            }
+            x += Tensor::cat(&outputs, 0).matmul(&layer.wo.tr());
             let h = self.rms_norm(&x, &layer.ffn_norm);
             let gate = h.matmul(&layer.w_gate.tr()).silu();
             x += (gate * h.matmul(&layer.w_up.tr())).matmul(&layer.w_down.tr());
         }
-        cache.len = start + n;
-        Ok(self.rms_norm(&x, &self.norm).matmul(&self.head.tr()))
+        // The head only for the rows whose logits are wanted (it is the largest matrix).
+        let mut wanted = Vec::new();
+        for (s, &(at, n)) in seqs.iter_mut().zip(&spans) {
+            s.cache.len += s.tokens.len();
+            wanted.extend(if s.all_logits { at..at + n } else { at + n - 1..at + n });
+        }
+        let picked = x.index_select(0, &Tensor::from_slice(&wanted).to_device(device));
+        let logits = self.rms_norm(&picked, &self.norm).matmul(&self.head.tr());
+        let mut at = 0;
+        Ok(seqs
+            .iter()
+            .map(|s| {
+                let n = if s.all_logits { s.tokens.len() as i64 } else { 1 };
+                let out = logits.narrow(0, at, n);
+                at += n;
+                out
+            })
+            .collect())
     }
+}
+
+/// One sequence's part of a batched forward pass ([`Llama::step`]).
+pub struct Step<'a> {
+    /// The tokens that follow what `cache` holds.
+    pub tokens: &'a [u32],
+    /// The sequence's cache; it grows by `tokens`.
+    pub cache: &'a mut KvCache,
+    /// Return the logits of every new position (a prompt's, for echo and logprobs),
+    /// not only the last.
+    pub all_logits: bool,
 }

@@ -103,3 +103,42 @@ fn decoding_one_token_at_a_time_gives_the_logits_of_a_whole_prompt() {
     assert!(e.contains("context of 8192"), "{e}");
     assert!(m.forward(&[], &mut full).is_err(), "no tokens is an error, not a panic");
 }
+
+#[test]
+fn a_batched_step_gives_each_sequence_what_it_gets_alone() {
+    let m = model();
+    let r = reference();
+    let prompts: Vec<Vec<u32>> =
+        r["logits"].as_array().expect("logits").iter().map(|c| ids(&c["ids"])).collect();
+    // Alone: each prompt, then one more token.
+    let alone: Vec<(Tensor, Tensor)> = prompts
+        .iter()
+        .map(|p| {
+            let mut cache = m.new_cache();
+            let first = m.forward(p, &mut cache).expect("prefill");
+            let next = m.forward(&[argmax(&first.get(p.len() as i64 - 1))], &mut cache).expect("decode");
+            (first, next)
+        })
+        .collect();
+    // Together: one step prefills all three (different lengths), the next decodes all three.
+    let mut caches: Vec<_> = prompts.iter().map(|_| m.new_cache()).collect();
+    let mut steps: Vec<volt_llm::Step> = prompts
+        .iter()
+        .zip(caches.iter_mut())
+        .map(|(p, cache)| volt_llm::Step { tokens: p, cache, all_logits: true })
+        .collect();
+    let firsts = m.step(&mut steps).expect("batched prefill");
+    let next: Vec<[u32; 1]> = firsts.iter().map(|f| [argmax(&f.get(f.size()[0] - 1))]).collect();
+    let mut steps: Vec<volt_llm::Step> = next
+        .iter()
+        .zip(caches.iter_mut())
+        .map(|(t, cache)| volt_llm::Step { tokens: t, cache, all_logits: false })
+        .collect();
+    let nexts = m.step(&mut steps).expect("batched decode");
+    for (i, ((first, next), (a_first, a_next))) in firsts.iter().zip(&nexts).zip(&alone).enumerate() {
+        let d1 = (first - a_first).abs().max().double_value(&[]);
+        let d2 = (next - a_next).abs().max().double_value(&[]);
+        assert!(d1 < 1e-3 && d2 < 1e-3, "sequence {i}: prefill off by {d1}, decode by {d2}");
+        assert_eq!(argmax(&next.get(0)), argmax(&a_next.get(0)));
+    }
+}
