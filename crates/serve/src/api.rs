@@ -70,21 +70,22 @@ pub trait InferenceApi: Send + Sync + 'static {
 
 /// Where `predict_stream` sends each request's chunks, in order, as soon as they exist.
 pub struct StreamOutput<O> {
-    pub(crate) senders: Vec<UnboundedSender<Result<O, ApiError>>>,
+    /// One per input; `None` once [`StreamOutput::detach`] took it.
+    pub(crate) senders: Vec<Option<UnboundedSender<Result<O, ApiError>>>>,
 }
 
 impl<O> StreamOutput<O> {
     /// Sends a chunk for input `i`; returns false when that client has gone (stop producing for it).
     pub fn send(&mut self, i: usize, chunk: O) -> bool {
-        self.senders.get(i).is_some_and(|s| s.send(Ok(chunk)).is_ok())
+        self.sender(i).is_some_and(|s| s.send(Ok(chunk)).is_ok())
     }
     /// Whether input `i`'s client has disconnected.
     pub fn is_cancelled(&self, i: usize) -> bool {
-        self.senders.get(i).is_none_or(|s| s.is_closed())
+        self.sender(i).is_none_or(|s| s.is_closed())
     }
     /// Whether every client of the batch has disconnected.
     pub fn all_cancelled(&self) -> bool {
-        self.senders.iter().all(|s| s.is_closed())
+        self.senders.iter().flatten().all(|s| s.is_closed())
     }
     /// Number of inputs in the batch.
     pub fn len(&self) -> usize {
@@ -93,5 +94,33 @@ impl<O> StreamOutput<O> {
     /// Whether the batch is empty.
     pub fn is_empty(&self) -> bool {
         self.senders.is_empty()
+    }
+    /// Takes input `i`'s stream out of the batch, to go on sending after `predict_stream`
+    /// returns: an engine that batches continuously keeps its requests' streams while
+    /// the worker goes back for more. `None` when it was taken already.
+    pub fn detach(&mut self, i: usize) -> Option<StreamSender<O>> {
+        self.senders.get_mut(i).and_then(Option::take).map(StreamSender)
+    }
+    fn sender(&self, i: usize) -> Option<&UnboundedSender<Result<O, ApiError>>> {
+        self.senders.get(i).and_then(Option::as_ref)
+    }
+}
+
+/// One request's stream, detached from its batch ([`StreamOutput::detach`]); dropping it
+/// ends the stream.
+pub struct StreamSender<O>(UnboundedSender<Result<O, ApiError>>);
+
+impl<O> StreamSender<O> {
+    /// Sends a chunk; returns false when the client has gone.
+    pub fn send(&self, chunk: O) -> bool {
+        self.0.send(Ok(chunk)).is_ok()
+    }
+    /// Ends the stream with `error`.
+    pub fn fail(&self, error: ApiError) {
+        let _ = self.0.send(Err(error));
+    }
+    /// Whether the client has disconnected.
+    pub fn is_closed(&self) -> bool {
+        self.0.is_closed()
     }
 }

@@ -21,7 +21,7 @@ mod server;
 mod stream;
 mod worker;
 
-pub use api::{Device, InferenceApi, StreamOutput};
+pub use api::{Device, InferenceApi, StreamOutput, StreamSender};
 pub use config::{EndpointConfig, ServerConfig};
 pub use error::{ApiError, HttpError, ServeError};
 pub use server::{RunningServer, Server, BUILTIN_ROUTES};

@@ -284,7 +284,7 @@ impl<A: InferenceApi> Worker<A> {
             match job.reply {
                 Reply::Stream(s) => {
                     inputs.push(job.input);
-                    senders.push(s);
+                    senders.push(Some(s));
                 }
                 once @ Reply::Once(_) => {
                     once.fail(ApiError::Internal("streaming endpoint got a plain request".into()))
@@ -301,7 +301,7 @@ impl<A: InferenceApi> Worker<A> {
             }
         };
         if let Some(e) = error {
-            for s in &out.senders {
+            for s in out.senders.iter().flatten() {
                 let _ = s.send(Err(e.clone()));
             }
         }

@@ -36,6 +36,7 @@ impl ChatApi for Reverser {
                     text: c.to_string(),
                     prompt_tokens: prompt.chars().count(),
                     finish_reason: finish.map(str::to_owned),
+                    tokens: 1,
                 };
                 if !out.send(i, delta) || last {
                     break;

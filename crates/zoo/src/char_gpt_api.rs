@@ -91,7 +91,8 @@ impl ChatApi for CharGptChat {
                 let prompt_tokens = g.prompt_tokens();
                 match g.step(model, true).map_err(ApiError::Internal)? {
                     Some(c) => {
-                        let delta = ChatDelta { text: c.to_string(), prompt_tokens, finish_reason: None };
+                        let delta =
+                            ChatDelta { text: c.to_string(), prompt_tokens, finish_reason: None, tokens: 1 };
                         if out.send(i, delta) {
                             still.push((i, g));
                         }

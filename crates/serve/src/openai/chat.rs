@@ -202,6 +202,9 @@ pub struct ChatDelta {
     pub prompt_tokens: usize,
     /// Set on the last chunk: `stop` or `length`.
     pub finish_reason: Option<String>,
+    /// Generated tokens this chunk stands for (its text may be empty: a token holding
+    /// part of a UTF-8 character waits for the next), counted in `usage`.
+    pub tokens: usize,
 }
 
 /// A generative model behind `/v1/chat/completions`.
@@ -220,6 +223,11 @@ pub trait ChatApi: Send + Sync + 'static {
     ) -> Result<(), ApiError>;
     /// The model's name in responses.
     fn model_name(&self) -> String;
+    /// Refuses a request before it is queued, on the HTTP side, so that a refusal is a
+    /// 400 naming the problem even for a stream (a prompt longer than the context, say).
+    fn check(&self, _request: &ChatRequest) -> Result<(), ApiError> {
+        Ok(())
+    }
     /// Whether `generate` applies [`ChatRequest::presence_penalty`] and
     /// [`ChatRequest::frequency_penalty`] as OpenAI does: before each draw,
     /// `logit[j] -= count[j] * frequency_penalty + (count[j] > 0) * presence_penalty`,
@@ -243,6 +251,7 @@ impl<C: ChatApi> InferenceApi for ChatAdapter<C> {
     fn decode_request(&self, body: &Value) -> Result<ChatRequest, ApiError> {
         let request = ChatRequest::from_json(body)?;
         request.refuse_unsupported(self.0.supports_penalties())?;
+        self.0.check(&request)?;
         Ok(request)
     }
     fn predict(&self, _: &mut C::Model, _: Vec<ChatRequest>) -> Result<Vec<ChatDelta>, ApiError> {
@@ -359,7 +368,7 @@ fn stream_chat(
         match item {
             Some(Ok(delta)) => {
                 prompt = prompt.max(delta.prompt_tokens);
-                completion += usize::from(!delta.text.is_empty());
+                completion += delta.tokens;
                 let (text, hit_stop) = stop.push(&delta.text);
                 if !text.is_empty() {
                     out.push(Ok(chunk_object(&id, created, &model, json!({"content": text}), None)));
@@ -412,7 +421,7 @@ async fn collect_chat(
     while let Some(item) = chunks.next().await {
         let delta = item?;
         prompt = delta.prompt_tokens;
-        completion += usize::from(!delta.text.is_empty());
+        completion += delta.tokens;
         let (piece, hit_stop) = stop.push(&delta.text);
         text.push_str(&piece);
         if hit_stop {

@@ -1,0 +1,231 @@
+//! An LLM behind volt-serve's OpenAI chat adapter: each request's messages go through the
+//! model's chat template and tokenizer, then to the engine, whose tokens come back as
+//! text that never splits a UTF-8 character across chunks.
+use crate::chat_template::{ChatTemplate, Message};
+use crate::engine::{Engine, EngineConfig, Event, Finish, Refused, Request};
+use crate::llama::Llama;
+use crate::sampling::Sampling;
+use crate::tokenizer::GgufTokenizer;
+use std::sync::Arc;
+use volt_formats::gguf::Gguf;
+use volt_serve::openai::{ChatApi, ChatDelta, ChatRequest};
+use volt_serve::{ApiError, Device, StreamOutput, StreamSender};
+
+/// Chat completions from a model served by an [`Engine`].
+pub struct LlmChat {
+    /// The engine that generates.
+    pub engine: Arc<Engine>,
+    /// The model's tokenizer.
+    pub tokenizer: Arc<GgufTokenizer>,
+    /// The model's chat template.
+    pub template: ChatTemplate,
+    /// The name responses carry.
+    pub name: String,
+}
+
+/// The bytes of a stream of tokens, released as text only up to the last whole UTF-8
+/// character (an emoji spans several byte-level tokens).
+#[derive(Default)]
+pub struct Utf8Stream {
+    pending: Vec<u8>,
+}
+
+impl Utf8Stream {
+    /// Adds a token's bytes; returns the text that is now complete.
+    pub fn push(&mut self, bytes: &[u8]) -> String {
+        self.pending.extend_from_slice(bytes);
+        let valid = match std::str::from_utf8(&self.pending) {
+            Ok(_) => self.pending.len(),
+            // An error with no length is an incomplete character at the end: hold it.
+            Err(e) if e.error_len().is_none() => e.valid_up_to(),
+            // Bytes that can never be text (a model may emit them): replace them.
+            Err(_) => {
+                let text = String::from_utf8_lossy(&self.pending).into_owned();
+                self.pending.clear();
+                return text;
+            }
+        };
+        let text = String::from_utf8_lossy(&self.pending[..valid]).into_owned();
+        self.pending.drain(..valid);
+        text
+    }
+    /// Whatever is left at the end, invalid bytes replaced.
+    pub fn finish(&mut self) -> String {
+        let text = String::from_utf8_lossy(&self.pending).into_owned();
+        self.pending.clear();
+        text
+    }
+}
+
+impl LlmChat {
+    /// Reads a GGUF file (its tokenizer, chat template and weights, the float path) and
+    /// starts an engine over it on `device`; errors name the file and what is wrong.
+    pub fn from_gguf(
+        path: &std::path::Path,
+        config: EngineConfig,
+        device: tch::Device,
+    ) -> crate::Result<Self> {
+        let in_file = |e: crate::LlmError| crate::LlmError::Model(format!("{}: {e}", path.display()));
+        let bytes =
+            std::fs::read(path).map_err(|e| crate::LlmError::Model(format!("{}: {e}", path.display())))?;
+        let g = Gguf::parse(&bytes).map_err(|e| in_file(e.into()))?;
+        let tokenizer = GgufTokenizer::from_gguf(&g).map_err(in_file)?;
+        let text = |id: Option<u32>| {
+            id.and_then(|i| {
+                g.get("tokenizer.ggml.tokens").ok()?.as_array()?.get(i as usize)?.as_str().map(str::to_owned)
+            })
+            .unwrap_or_default()
+        };
+        let eos_id = g.metadata.get("tokenizer.ggml.eos_token_id").and_then(|v| v.as_u64()).map(|v| v as u32);
+        let template = ChatTemplate::from_gguf(&g, &text(tokenizer.bos), &text(eos_id)).map_err(in_file)?;
+        let model = Llama::from_gguf(&bytes, &g, device).map_err(in_file)?;
+        let config =
+            EngineConfig { max_model_len: config.max_model_len.min(model.config().context_len), ..config };
+        let name = g.metadata.get("general.name").and_then(|v| v.as_str()).unwrap_or("gguf").to_owned();
+        let engine = Engine::start(model, tokenizer.end_of_generation.clone(), config)
+            .map_err(|e| crate::LlmError::Model(format!("cannot start the engine: {e}")))?;
+        Ok(LlmChat { engine: Arc::new(engine), tokenizer: Arc::new(tokenizer), template, name })
+    }
+
+    /// The prompt's tokens for `request`, or a 400 naming what is wrong with it.
+    fn prompt(&self, request: &ChatRequest) -> Result<Vec<u32>, ApiError> {
+        let messages: Vec<Message> = request
+            .messages
+            .iter()
+            .map(|m| Message { role: m.role.clone(), content: m.content.clone() })
+            .collect();
+        let text = self.template.render(&messages, true).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+        let tokens = self.tokenizer.encode(&text).map_err(|e| ApiError::Internal(e.to_string()))?;
+        let limit = self.engine.config().max_model_len;
+        if tokens.len() >= limit {
+            return Err(ApiError::field(
+                "messages",
+                format!(
+                    "the prompt is {} tokens; this server holds at most {limit} per sequence",
+                    tokens.len()
+                ),
+            ));
+        }
+        Ok(tokens)
+    }
+
+    /// `max_tokens`, checked against what the context leaves after `prompt` tokens.
+    fn max_tokens(&self, request: &ChatRequest, prompt: usize) -> Result<usize, ApiError> {
+        let room = self.engine.config().max_model_len - prompt;
+        match request.max_tokens {
+            None => Ok(room),
+            Some(0) => Err(ApiError::field("max_tokens", "must be at least 1")),
+            Some(n) if n > room => Err(ApiError::field(
+                "max_tokens",
+                format!(
+                    "{n} tokens do not fit: the prompt is {prompt} tokens and a sequence holds at most {}",
+                    prompt + room
+                ),
+            )),
+            Some(n) => Ok(n),
+        }
+    }
+
+    fn request(
+        &self,
+        request: &ChatRequest,
+        out: StreamSender<ChatDelta>,
+    ) -> Result<Request, (ApiError, StreamSender<ChatDelta>)> {
+        let prompt = match self.prompt(request) {
+            Ok(p) => p,
+            Err(e) => return Err((e, out)),
+        };
+        let max_tokens = match self.max_tokens(request, prompt.len()) {
+            Ok(n) => n,
+            Err(e) => return Err((e, out)),
+        };
+        let prompt_tokens = prompt.len();
+        let tokenizer = Arc::clone(&self.tokenizer);
+        let mut text = Utf8Stream::default();
+        let sink = move |event: Event| -> bool {
+            match event {
+                Event::Token { id, .. } => {
+                    let piece = text.push(tokenizer.token_bytes(id));
+                    out.send(ChatDelta { text: piece, prompt_tokens, finish_reason: None, tokens: 1 })
+                }
+                Event::PromptLogprobs(_) => true,
+                Event::Finished { reason, .. } => {
+                    let finish = match reason {
+                        Finish::Stop => "stop",
+                        Finish::Length => "length",
+                    };
+                    out.send(ChatDelta {
+                        text: text.finish(),
+                        prompt_tokens,
+                        finish_reason: Some(finish.into()),
+                        tokens: 0,
+                    })
+                }
+                Event::Error(e) => {
+                    out.fail(ApiError::Internal(e));
+                    false
+                }
+            }
+        };
+        Ok(Request {
+            prompt,
+            max_tokens,
+            sampling: Sampling {
+                temperature: request.temperature.unwrap_or(1.0),
+                top_p: request.top_p.unwrap_or(1.0),
+                top_k: request.top_k.unwrap_or(0),
+                seed: request.seed,
+            },
+            logprobs: None,
+            echo: false,
+            sink: Box::new(sink),
+        })
+    }
+}
+
+impl ChatApi for LlmChat {
+    type Model = ();
+    fn setup(&self, _device: Device) -> Result<(), ApiError> {
+        Ok(())
+    }
+    fn check(&self, request: &ChatRequest) -> Result<(), ApiError> {
+        let prompt = self.prompt(request)?;
+        self.max_tokens(request, prompt.len()).map(|_| ())
+    }
+    /// Hands each request to the engine and returns: the engine keeps generating for
+    /// them while the worker fetches the next requests, which join between its steps.
+    fn generate(
+        &self,
+        _model: &mut (),
+        requests: Vec<ChatRequest>,
+        out: &mut StreamOutput<ChatDelta>,
+    ) -> Result<(), ApiError> {
+        for (i, r) in requests.iter().enumerate() {
+            let Some(sender) = out.detach(i) else { continue };
+            match self.request(r, sender) {
+                Ok(req) => {
+                    let mut req = req;
+                    // Wait while the engine's queue is full: the server's own queue then
+                    // fills and answers 503 with Retry-After.
+                    loop {
+                        match self.engine.submit(req) {
+                            Ok(()) => break,
+                            Err((Refused::Full, back)) => {
+                                req = back;
+                                std::thread::sleep(std::time::Duration::from_millis(2));
+                            }
+                            Err((Refused::Stopped, _)) => {
+                                return Err(ApiError::Internal("the engine has stopped".into()));
+                            }
+                        }
+                    }
+                }
+                Err((e, sender)) => sender.fail(e),
+            }
+        }
+        Ok(())
+    }
+    fn model_name(&self) -> String {
+        self.name.clone()
+    }
+}

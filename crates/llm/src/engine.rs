@@ -1,0 +1,326 @@
+//! The LLM engine: continuous batching over one model on a thread of its own.
+//!
+//! A step, top to bottom ([`Engine::run`]): admit waiting requests while fewer than
+//! `max_num_seqs` run → give each running sequence its next input (a chunk of its prompt,
+//! at most `prefill_chunk` tokens a step in all, or the token it sampled last) → one
+//! batched forward over all of them ([`Llama::step`]) → sample each sequence that has
+//! read its whole prompt, hand the token to its sink → drop the sequences that finished
+//! (end of generation, `max_tokens`, the context) or whose client left. Requests join and
+//! leave between steps; one that fails fails alone.
+use crate::llama::{KvCache, Llama, Step};
+use crate::sampling::{log_probs, Sampler, Sampling};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How much the engine holds at once.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EngineConfig {
+    /// Sequences generating at once (vLLM's `max_num_seqs`).
+    pub max_num_seqs: usize,
+    /// Longest prompt plus completion a sequence may reach (vLLM's `max_model_len`).
+    pub max_model_len: usize,
+    /// Prompt tokens read per step, over all sequences, so that a long prompt does not
+    /// stall the others' decoding.
+    pub prefill_chunk: usize,
+    /// Requests that may wait for a place; more are refused.
+    pub max_waiting: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig { max_num_seqs: 16, max_model_len: 2048, prefill_chunk: 256, max_waiting: 64 }
+    }
+}
+
+/// Why a generation ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Finish {
+    /// An end-of-generation token (or a stop the caller asked for).
+    Stop,
+    /// `max_tokens`, or the end of the context.
+    Length,
+}
+
+/// What a request's sink receives, in order.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Event {
+    /// A generated token (not an end-of-generation one).
+    Token {
+        /// Its id.
+        id: u32,
+        /// Its log-probability, and the most likely alternatives', when asked for.
+        logprobs: Option<(f64, Vec<(u32, f64)>)>,
+    },
+    /// The prompt's own tokens' log-probabilities (OpenAI's `echo` with `logprobs`): the
+    /// first has none.
+    PromptLogprobs(Vec<Option<(f64, Vec<(u32, f64)>)>>),
+    /// The end, with the counts `usage` reports.
+    Finished {
+        /// Why.
+        reason: Finish,
+        /// Tokens of the prompt.
+        prompt_tokens: usize,
+        /// Tokens generated.
+        completion_tokens: usize,
+    },
+    /// The request failed (the others go on).
+    Error(String),
+}
+
+/// Where a request's events go; returning false means the client has gone.
+pub type Sink = Box<dyn FnMut(Event) -> bool + Send>;
+
+/// One generation to run.
+pub struct Request {
+    /// The prompt's tokens.
+    pub prompt: Vec<u32>,
+    /// Most tokens to generate.
+    pub max_tokens: usize,
+    /// How to pick each token.
+    pub sampling: Sampling,
+    /// Report this many alternatives' log-probabilities with each token (`None`: no
+    /// log-probabilities at all).
+    pub logprobs: Option<usize>,
+    /// Also report the prompt's log-probabilities.
+    pub echo: bool,
+    /// Where the events go.
+    pub sink: Sink,
+}
+
+/// Why a request was not taken.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refused {
+    /// As many requests wait as `max_waiting` allows.
+    Full,
+    /// The engine has stopped.
+    Stopped,
+}
+
+/// What the engine reports of itself (for `/metrics` and `/health`).
+#[derive(Debug, Default)]
+pub struct EngineStats {
+    /// Sequences generating now.
+    pub running: AtomicUsize,
+    /// Requests waiting for a place.
+    pub waiting: AtomicUsize,
+    /// Positions held in the KV caches of running sequences.
+    pub cached_tokens: AtomicUsize,
+}
+
+/// A handle to the engine thread.
+pub struct Engine {
+    tx: Option<SyncSender<Request>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    stats: Arc<EngineStats>,
+    config: EngineConfig,
+}
+
+struct Sequence {
+    request: Request,
+    cache: KvCache,
+    sampler: Sampler,
+    /// Prompt tokens already read.
+    read: usize,
+    generated: usize,
+    last: u32,
+}
+
+impl Engine {
+    /// Starts the engine thread over `model`; `end_of_generation` are the tokens that end
+    /// a sequence.
+    pub fn start(model: Llama, end_of_generation: Vec<u32>, config: EngineConfig) -> std::io::Result<Self> {
+        let (tx, rx) = mpsc::sync_channel(config.max_waiting.max(1));
+        let stats = Arc::new(EngineStats::default());
+        let shared = Arc::clone(&stats);
+        let cfg = config.clone();
+        let thread = std::thread::Builder::new()
+            .name("volt-llm-engine".into())
+            .spawn(move || Engine::run(&model, &end_of_generation, &cfg, &rx, &shared))?;
+        Ok(Engine { tx: Some(tx), thread: Some(thread), stats, config })
+    }
+
+    /// Queues `request`, or says why not without waiting and gives it back.
+    #[allow(clippy::result_large_err)]
+    pub fn submit(&self, request: Request) -> Result<(), (Refused, Request)> {
+        let Some(tx) = self.tx.as_ref() else { return Err((Refused::Stopped, request)) };
+        self.stats.waiting.fetch_add(1, Ordering::SeqCst);
+        tx.try_send(request).map_err(|e| {
+            self.stats.waiting.fetch_sub(1, Ordering::SeqCst);
+            match e {
+                TrySendError::Full(r) => (Refused::Full, r),
+                TrySendError::Disconnected(r) => (Refused::Stopped, r),
+            }
+        })
+    }
+
+    /// The engine's counters.
+    pub fn stats(&self) -> &Arc<EngineStats> {
+        &self.stats
+    }
+
+    /// Its limits.
+    pub fn config(&self) -> &EngineConfig {
+        &self.config
+    }
+
+    fn run(model: &Llama, eog: &[u32], config: &EngineConfig, rx: &Receiver<Request>, stats: &EngineStats) {
+        let mut running: Vec<Sequence> = Vec::new();
+        loop {
+            // Admit: wait for work when idle, otherwise take what is there.
+            while running.len() < config.max_num_seqs.max(1) {
+                let next = if running.is_empty() {
+                    match rx.recv_timeout(Duration::from_millis(200)) {
+                        Ok(r) => Some(r),
+                        Err(RecvTimeoutError::Timeout) => break,
+                        Err(RecvTimeoutError::Disconnected) => return,
+                    }
+                } else {
+                    rx.try_recv().ok()
+                };
+                let Some(request) = next else { break };
+                stats.waiting.fetch_sub(1, Ordering::SeqCst);
+                running.push(Sequence {
+                    cache: model.new_cache(),
+                    sampler: Sampler::new(request.sampling.clone()),
+                    read: 0,
+                    generated: 0,
+                    last: 0,
+                    request,
+                });
+            }
+            stats.running.store(running.len(), Ordering::SeqCst);
+            if running.is_empty() {
+                continue;
+            }
+            // A panic in the model fails the step's requests, never the engine.
+            let stepped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                Self::step(model, eog, config, &mut running)
+            }));
+            if stepped.is_err() {
+                for mut s in running.drain(..) {
+                    (s.request.sink)(Event::Error("the model failed on this step".into()));
+                }
+            }
+            stats.cached_tokens.store(running.iter().map(|s| s.cache.len()).sum(), Ordering::SeqCst);
+            stats.running.store(running.len(), Ordering::SeqCst);
+        }
+    }
+
+    /// One batched forward over every running sequence, then sampling and clean-up.
+    fn step(model: &Llama, eog: &[u32], config: &EngineConfig, running: &mut Vec<Sequence>) {
+        let mut budget = config.prefill_chunk.max(1);
+        // What each sequence reads this step: (start, end) in its prompt, or its last token.
+        let plans: Vec<Option<(usize, usize)>> = running
+            .iter()
+            .map(|s| {
+                (s.read < s.request.prompt.len()).then(|| {
+                    let n = (s.request.prompt.len() - s.read).min(budget.max(1));
+                    budget = budget.saturating_sub(n);
+                    (s.read, s.read + n)
+                })
+            })
+            .collect();
+        let last_tokens: Vec<[u32; 1]> = running.iter().map(|s| [s.last]).collect();
+        let mut steps: Vec<Step> = running
+            .iter_mut()
+            .zip(&plans)
+            .zip(&last_tokens)
+            .map(|((s, plan), last)| {
+                let (tokens, all_logits) = match plan {
+                    Some((a, b)) => {
+                        (&s.request.prompt[*a..*b], s.request.echo && s.request.logprobs.is_some())
+                    }
+                    None => (&last[..], false),
+                };
+                Step { tokens, cache: &mut s.cache, all_logits }
+            })
+            .collect();
+        let logits = match model.step(&mut steps) {
+            Ok(l) => l,
+            Err(e) => {
+                // A bad input would have been refused before it reached here: fail them all.
+                for mut s in running.drain(..) {
+                    (s.request.sink)(Event::Error(e.to_string()));
+                }
+                return;
+            }
+        };
+        drop(steps);
+        let mut keep = Vec::with_capacity(running.len());
+        for ((mut s, plan), logits) in running.drain(..).zip(plans).zip(logits) {
+            let rows: Vec<Vec<f32>> = match Vec::<Vec<f32>>::try_from(logits) {
+                Ok(r) => r,
+                Err(e) => {
+                    (s.request.sink)(Event::Error(format!("logits: {e}")));
+                    continue;
+                }
+            };
+            if let Some((a, b)) = plan {
+                if s.request.echo {
+                    if let Some(top) = s.request.logprobs {
+                        // Row i predicts prompt token a + i + 1.
+                        let mut lps: Vec<Option<(f64, Vec<(u32, f64)>)>> = Vec::new();
+                        if a == 0 {
+                            lps.push(None);
+                        }
+                        for (i, row) in rows.iter().enumerate().take(b - a) {
+                            if let Some(&next) = s.request.prompt.get(a + i + 1) {
+                                let (lp, alts) = log_probs(row, &[next], top);
+                                lps.push(Some((lp[0], alts)));
+                            }
+                        }
+                        if !(s.request.sink)(Event::PromptLogprobs(lps)) {
+                            continue;
+                        }
+                    }
+                }
+                s.read = b;
+                if s.read < s.request.prompt.len() {
+                    keep.push(s);
+                    continue;
+                }
+            }
+            let Some(row) = rows.last() else { continue };
+            let id = s.sampler.sample(row);
+            let total = s.cache.len() + 1;
+            if eog.contains(&id) {
+                finish(&mut s, Finish::Stop);
+                continue;
+            }
+            let logprobs = s.request.logprobs.map(|top| {
+                let (lp, alts) = log_probs(row, &[id], top);
+                (lp[0], alts)
+            });
+            s.generated += 1;
+            s.last = id;
+            if !(s.request.sink)(Event::Token { id, logprobs }) {
+                continue;
+            }
+            if s.generated >= s.request.max_tokens || total >= config.max_model_len {
+                finish(&mut s, Finish::Length);
+                continue;
+            }
+            keep.push(s);
+        }
+        *running = keep;
+    }
+}
+
+fn finish(s: &mut Sequence, reason: Finish) {
+    (s.request.sink)(Event::Finished {
+        reason,
+        prompt_tokens: s.request.prompt.len(),
+        completion_tokens: s.generated,
+    });
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.tx.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
