@@ -174,8 +174,10 @@ fn serve_gguf(
         ..volt_llm::EngineConfig::default()
     };
     let device = args.cuda.map_or(tch::Device::Cpu, tch::Device::Cuda);
-    let chat =
-        volt_llm::LlmChat::from_gguf(path, config, device).map_err(|e| CliError::Usage(e.to_string()))?;
+    let threads =
+        args.num_threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let chat = volt_llm::LlmChat::from_gguf(path, config, device, threads)
+        .map_err(|e| CliError::Usage(e.to_string()))?;
     // One worker hands requests to the engine and goes back for more at once.
     let endpoint = EndpointConfig { workers_per_device: 1, max_batch_size: 256, ..endpoint };
     let server = server.openai_chat(endpoint, chat).map_err(|e| CliError::Usage(e.to_string()))?;

@@ -3,7 +3,8 @@
 //! text that never splits a UTF-8 character across chunks.
 use crate::chat_template::{ChatTemplate, Message};
 use crate::engine::{Engine, EngineConfig, Event, Finish, Refused, Request};
-use crate::llama::Llama;
+use crate::llama::{Llama, LlamaConfig};
+use crate::quantized::QuantLlama;
 use crate::sampling::Sampling;
 use crate::tokenizer::GgufTokenizer;
 use std::sync::Arc;
@@ -58,12 +59,15 @@ impl Utf8Stream {
 }
 
 impl LlmChat {
-    /// Reads a GGUF file (its tokenizer, chat template and weights, the float path) and
-    /// starts an engine over it on `device`; errors name the file and what is wrong.
+    /// Reads a GGUF file (its tokenizer, chat template and weights) and starts an engine
+    /// over it: on the CPU the weights stay quantized and `threads` threads run volt's
+    /// kernels; on a CUDA device they are dequantized (the float path). Errors name the
+    /// file and what is wrong.
     pub fn from_gguf(
         path: &std::path::Path,
         config: EngineConfig,
         device: tch::Device,
+        threads: usize,
     ) -> crate::Result<Self> {
         let in_file = |e: crate::LlmError| crate::LlmError::Model(format!("{}: {e}", path.display()));
         let bytes =
@@ -78,12 +82,17 @@ impl LlmChat {
         };
         let eos_id = g.metadata.get("tokenizer.ggml.eos_token_id").and_then(|v| v.as_u64()).map(|v| v as u32);
         let template = ChatTemplate::from_gguf(&g, &text(tokenizer.bos), &text(eos_id)).map_err(in_file)?;
-        let model = Llama::from_gguf(&bytes, &g, device).map_err(in_file)?;
-        let config =
-            EngineConfig { max_model_len: config.max_model_len.min(model.config().context_len), ..config };
+        let context = LlamaConfig::from_gguf(&g).map_err(in_file)?.context_len;
+        let config = EngineConfig { max_model_len: config.max_model_len.min(context), ..config };
         let name = g.metadata.get("general.name").and_then(|v| v.as_str()).unwrap_or("gguf").to_owned();
-        let engine = Engine::start(model, tokenizer.end_of_generation.clone(), config)
-            .map_err(|e| crate::LlmError::Model(format!("cannot start the engine: {e}")))?;
+        let eog = tokenizer.end_of_generation.clone();
+        let started = match device {
+            tch::Device::Cpu => {
+                Engine::start(QuantLlama::from_gguf(&bytes, &g, threads).map_err(in_file)?, eog, config)
+            }
+            _ => Engine::start(Llama::from_gguf(&bytes, &g, device).map_err(in_file)?, eog, config),
+        };
+        let engine = started.map_err(|e| crate::LlmError::Model(format!("cannot start the engine: {e}")))?;
         Ok(LlmChat { engine: Arc::new(engine), tokenizer: Arc::new(tokenizer), template, name })
     }
 

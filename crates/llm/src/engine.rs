@@ -7,7 +7,7 @@
 //! read its whole prompt, hand the token to its sink → drop the sequences that finished
 //! (end of generation, `max_tokens`, the context) or whose client left. Requests join and
 //! leave between steps; one that fails fails alone.
-use crate::llama::{KvCache, Llama, Step};
+use crate::model::{Model, Step};
 use crate::sampling::{log_probs, Sampler, Sampling};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
@@ -117,9 +117,9 @@ pub struct Engine {
     config: EngineConfig,
 }
 
-struct Sequence {
+struct Sequence<C> {
     request: Request,
-    cache: KvCache,
+    cache: C,
     sampler: Sampler,
     /// Prompt tokens already read.
     read: usize,
@@ -130,7 +130,11 @@ struct Sequence {
 impl Engine {
     /// Starts the engine thread over `model`; `end_of_generation` are the tokens that end
     /// a sequence.
-    pub fn start(model: Llama, end_of_generation: Vec<u32>, config: EngineConfig) -> std::io::Result<Self> {
+    pub fn start<M: Model>(
+        model: M,
+        end_of_generation: Vec<u32>,
+        config: EngineConfig,
+    ) -> std::io::Result<Self> {
         let (tx, rx) = mpsc::sync_channel(config.max_waiting.max(1));
         let stats = Arc::new(EngineStats::default());
         let shared = Arc::clone(&stats);
@@ -165,8 +169,14 @@ impl Engine {
         &self.config
     }
 
-    fn run(model: &Llama, eog: &[u32], config: &EngineConfig, rx: &Receiver<Request>, stats: &EngineStats) {
-        let mut running: Vec<Sequence> = Vec::new();
+    fn run<M: Model>(
+        model: &M,
+        eog: &[u32],
+        config: &EngineConfig,
+        rx: &Receiver<Request>,
+        stats: &EngineStats,
+    ) {
+        let mut running: Vec<Sequence<M::Cache>> = Vec::new();
         loop {
             // Admit: wait for work when idle, otherwise take what is there.
             while running.len() < config.max_num_seqs.max(1) {
@@ -203,13 +213,13 @@ impl Engine {
                     (s.request.sink)(Event::Error("the model failed on this step".into()));
                 }
             }
-            stats.cached_tokens.store(running.iter().map(|s| s.cache.len()).sum(), Ordering::SeqCst);
+            stats.cached_tokens.store(running.iter().map(|s| M::cached(&s.cache)).sum(), Ordering::SeqCst);
             stats.running.store(running.len(), Ordering::SeqCst);
         }
     }
 
     /// One batched forward over every running sequence, then sampling and clean-up.
-    fn step(model: &Llama, eog: &[u32], config: &EngineConfig, running: &mut Vec<Sequence>) {
+    fn step<M: Model>(model: &M, eog: &[u32], config: &EngineConfig, running: &mut Vec<Sequence<M::Cache>>) {
         let mut budget = config.prefill_chunk.max(1);
         // What each sequence reads this step: (start, end) in its prompt, or its last token.
         let plans: Vec<Option<(usize, usize)>> = running
@@ -223,7 +233,7 @@ impl Engine {
             })
             .collect();
         let last_tokens: Vec<[u32; 1]> = running.iter().map(|s| [s.last]).collect();
-        let mut steps: Vec<Step> = running
+        let mut steps: Vec<Step<'_, M::Cache>> = running
             .iter_mut()
             .zip(&plans)
             .zip(&last_tokens)
@@ -249,14 +259,7 @@ impl Engine {
         };
         drop(steps);
         let mut keep = Vec::with_capacity(running.len());
-        for ((mut s, plan), logits) in running.drain(..).zip(plans).zip(logits) {
-            let rows: Vec<Vec<f32>> = match Vec::<Vec<f32>>::try_from(logits) {
-                Ok(r) => r,
-                Err(e) => {
-                    (s.request.sink)(Event::Error(format!("logits: {e}")));
-                    continue;
-                }
-            };
+        for ((mut s, plan), rows) in running.drain(..).zip(plans).zip(logits) {
             if let Some((a, b)) = plan {
                 if s.request.echo {
                     if let Some(top) = s.request.logprobs {
@@ -284,7 +287,7 @@ impl Engine {
             }
             let Some(row) = rows.last() else { continue };
             let id = s.sampler.sample(row);
-            let total = s.cache.len() + 1;
+            let total = M::cached(&s.cache) + 1;
             if eog.contains(&id) {
                 finish(&mut s, Finish::Stop);
                 continue;
@@ -308,7 +311,7 @@ impl Engine {
     }
 }
 
-fn finish(s: &mut Sequence, reason: Finish) {
+fn finish<C>(s: &mut Sequence<C>, reason: Finish) {
     (s.request.sink)(Event::Finished {
         reason,
         prompt_tokens: s.request.prompt.len(),

@@ -8,6 +8,7 @@
 //! which gives the same attention as transformers' `rotate_half` on the unpermuted ones.
 //! This is the float path: every tensor dequantized to f32 at load.
 use crate::error::{LlmError, Result};
+use crate::model::{check_step, Model, Step};
 use tch::{Device, Kind, Tensor};
 use volt_formats::gguf::Gguf;
 
@@ -201,7 +202,7 @@ impl Llama {
     /// The logits (`[tokens.len(), vocab]`) of `tokens`, which follow what `cache` holds;
     /// the cache grows by them.
     pub fn forward(&self, tokens: &[u32], cache: &mut KvCache) -> Result<Tensor> {
-        let mut out = self.step(&mut [Step { tokens, cache, all_logits: true }])?;
+        let mut out = self.step_tensors(&mut [Step { tokens, cache, all_logits: true }])?;
         Ok(out.remove(0))
     }
 
@@ -211,23 +212,10 @@ impl Llama {
     /// step reads the weights once however many sequences it serves; attention runs per
     /// sequence over its own cache. Returns each sequence's logits: every new position's
     /// when it asks for `all_logits`, else its last one's (`[1, vocab]`).
-    pub fn step(&self, seqs: &mut [Step<'_>]) -> Result<Vec<Tensor>> {
+    pub fn step_tensors(&self, seqs: &mut [Step<'_, KvCache>]) -> Result<Vec<Tensor>> {
         let c = &self.config;
         for s in seqs.iter() {
-            let (n, start) = (s.tokens.len(), s.cache.len);
-            if n == 0 || start + n > c.context_len {
-                return Err(LlmError::input(format!(
-                    "{} positions are past the model's context of {}",
-                    start + n,
-                    c.context_len
-                )));
-            }
-            if let Some(bad) = s.tokens.iter().find(|&&t| t as usize >= c.vocab) {
-                return Err(LlmError::input(format!(
-                    "token {bad} is not below the vocabulary's {}",
-                    c.vocab
-                )));
-            }
+            check_step(s.tokens, s.cache.len, c.context_len, c.vocab)?;
         }
         let device = self.embed.device();
         let (heads, kv_heads, hd) = (c.n_heads as i64, c.n_kv_heads as i64, c.head_dim as i64);
@@ -312,13 +300,27 @@ impl Llama {
     }
 }
 
-/// One sequence's part of a batched forward pass ([`Llama::step`]).
-pub struct Step<'a> {
-    /// The tokens that follow what `cache` holds.
-    pub tokens: &'a [u32],
-    /// The sequence's cache; it grows by `tokens`.
-    pub cache: &'a mut KvCache,
-    /// Return the logits of every new position (a prompt's, for echo and logprobs),
-    /// not only the last.
-    pub all_logits: bool,
+impl Model for Llama {
+    type Cache = KvCache;
+    fn new_cache(&self) -> KvCache {
+        Llama::new_cache(self)
+    }
+    fn cached(cache: &KvCache) -> usize {
+        cache.len
+    }
+    fn context_len(&self) -> usize {
+        self.config.context_len
+    }
+    fn bytes_per_position(&self) -> usize {
+        self.config.n_layers * 2 * self.config.n_kv_heads * self.config.head_dim * 4
+    }
+    fn step(&self, seqs: &mut [Step<'_, KvCache>]) -> Result<Vec<Vec<Vec<f32>>>> {
+        self.step_tensors(seqs)?
+            .into_iter()
+            .map(|t| {
+                Vec::<Vec<f32>>::try_from(t.to_device(Device::Cpu))
+                    .map_err(|e| LlmError::model(format!("logits: {e}")))
+            })
+            .collect()
+    }
 }

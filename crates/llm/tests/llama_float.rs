@@ -122,19 +122,19 @@ fn a_batched_step_gives_each_sequence_what_it_gets_alone() {
         .collect();
     // Together: one step prefills all three (different lengths), the next decodes all three.
     let mut caches: Vec<_> = prompts.iter().map(|_| m.new_cache()).collect();
-    let mut steps: Vec<volt_llm::Step> = prompts
+    let mut steps: Vec<volt_llm::Step<_>> = prompts
         .iter()
         .zip(caches.iter_mut())
         .map(|(p, cache)| volt_llm::Step { tokens: p, cache, all_logits: true })
         .collect();
-    let firsts = m.step(&mut steps).expect("batched prefill");
+    let firsts = m.step_tensors(&mut steps).expect("batched prefill");
     let next: Vec<[u32; 1]> = firsts.iter().map(|f| [argmax(&f.get(f.size()[0] - 1))]).collect();
-    let mut steps: Vec<volt_llm::Step> = next
+    let mut steps: Vec<volt_llm::Step<_>> = next
         .iter()
         .zip(caches.iter_mut())
         .map(|(t, cache)| volt_llm::Step { tokens: t, cache, all_logits: false })
         .collect();
-    let nexts = m.step(&mut steps).expect("batched decode");
+    let nexts = m.step_tensors(&mut steps).expect("batched decode");
     for (i, ((first, next), (a_first, a_next))) in firsts.iter().zip(&nexts).zip(&alone).enumerate() {
         let d1 = (first - a_first).abs().max().double_value(&[]);
         let d2 = (next - a_next).abs().max().double_value(&[]);

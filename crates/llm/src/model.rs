@@ -1,0 +1,48 @@
+//! What the engine needs of a model: caches for its sequences, and one batched forward
+//! pass over several of them. The tch float path ([`crate::Llama`]) and the quantized
+//! CPU path ([`crate::QuantLlama`]) both implement it.
+use crate::error::{LlmError, Result};
+
+/// One sequence's part of a batched forward pass.
+pub struct Step<'a, C> {
+    /// The tokens that follow what `cache` holds.
+    pub tokens: &'a [u32],
+    /// The sequence's cache; it grows by `tokens`.
+    pub cache: &'a mut C,
+    /// Return the logits of every new position (a prompt's, for echo and logprobs),
+    /// not only the last.
+    pub all_logits: bool,
+}
+
+/// A causal language model the engine runs.
+pub trait Model: Send + 'static {
+    /// The keys and values one sequence has cached.
+    type Cache: Send;
+    /// An empty cache.
+    fn new_cache(&self) -> Self::Cache;
+    /// Positions `cache` holds.
+    fn cached(cache: &Self::Cache) -> usize;
+    /// Longest sequence the model takes.
+    fn context_len(&self) -> usize;
+    /// Bytes one cached position takes (all layers' keys and values).
+    fn bytes_per_position(&self) -> usize;
+    /// One forward pass over `seqs`; each one's logits, one row over the vocabulary per
+    /// position it asked for (every new one with `all_logits`, else the last).
+    fn step(&self, seqs: &mut [Step<'_, Self::Cache>]) -> Result<Vec<Vec<Vec<f32>>>>;
+}
+
+/// Refuses a step with no tokens, past the context, or with a token outside the
+/// vocabulary, before any work is done.
+pub(crate) fn check_step(tokens: &[u32], cached: usize, context: usize, vocab: usize) -> Result<()> {
+    let n = tokens.len();
+    if n == 0 || cached + n > context {
+        return Err(LlmError::input(format!(
+            "{} positions are past the model's context of {context}",
+            cached + n
+        )));
+    }
+    if let Some(bad) = tokens.iter().find(|&&t| t as usize >= vocab) {
+        return Err(LlmError::input(format!("token {bad} is not below the vocabulary's {vocab}")));
+    }
+    Ok(())
+}

@@ -1,0 +1,308 @@
+//! Llama on the CPU with its weights kept quantized, as the GGUF file stores them: the
+//! serving path. The matrix products are [`crate::kernels`]; the rest (RMSNorm, RoPE,
+//! attention over each sequence's own cache, SwiGLU) is written here over plain slices
+//! rather than libtorch, because every operation must give a row the same bits whatever
+//! else shares its step: the engine batches sequences and cuts prompts into chunks as
+//! load dictates, and that must not change an answer (libtorch picks kernels and
+//! reduction orders by shape). The arithmetic is the float path's ([`crate::Llama`]),
+//! checked against it in tests.
+use crate::error::{LlmError, Result};
+use crate::kernels::QMatrix;
+use crate::llama::LlamaConfig;
+use crate::model::{check_step, Model, Step};
+use rayon::prelude::*;
+use std::sync::Arc;
+use volt_formats::gguf::Gguf;
+
+struct Layer {
+    attn_norm: Vec<f32>,
+    wq: QMatrix,
+    wk: QMatrix,
+    wv: QMatrix,
+    wo: QMatrix,
+    ffn_norm: Vec<f32>,
+    w_gate: QMatrix,
+    w_up: QMatrix,
+    w_down: QMatrix,
+}
+
+/// One sequence's keys and values, per layer `[positions, kv_heads · head_dim]`.
+pub struct QuantCache {
+    k: Vec<Vec<f32>>,
+    v: Vec<Vec<f32>>,
+    len: usize,
+}
+
+/// A Llama model whose matrices stay quantized, computed on the CPU by `threads` threads.
+pub struct QuantLlama {
+    config: LlamaConfig,
+    embed: Arc<QMatrix>,
+    head: Arc<QMatrix>,
+    layers: Vec<Layer>,
+    norm: Vec<f32>,
+    /// Rotary cosines and sines, `[context_len, head_dim / 2]`.
+    cos: Vec<f32>,
+    sin: Vec<f32>,
+    pool: rayon::ThreadPool,
+}
+
+impl QuantLlama {
+    /// The model in a GGUF file's `bytes` (header `g`), its matrices as stored.
+    pub fn from_gguf(bytes: &[u8], g: &Gguf, threads: usize) -> Result<Self> {
+        let config = LlamaConfig::from_gguf(g)?;
+        let matrix = |name: &str, rows: usize, cols: usize| -> Result<QMatrix> {
+            let info = g.tensor(name)?;
+            if info.shape() != [rows as i64, cols as i64] {
+                return Err(LlmError::model(format!(
+                    "tensor {name} has shape {:?}, the metadata makes it [{rows}, {cols}]",
+                    info.shape()
+                )));
+            }
+            QMatrix::from_gguf(info.kind, g.data(bytes, info)?, rows, cols).ok_or_else(|| {
+                LlmError::model(format!(
+                    "tensor {name} is {}, which volt's CPU kernels do not read",
+                    info.kind.name()
+                ))
+            })
+        };
+        let vector = |name: &str, len: usize| -> Result<Vec<f32>> {
+            let info = g.tensor(name)?;
+            if info.shape() != [len as i64] {
+                return Err(LlmError::model(format!(
+                    "tensor {name} has shape {:?}, the metadata makes it [{len}]",
+                    info.shape()
+                )));
+            }
+            Ok(g.dequantize(bytes, info)?)
+        };
+        let (d, kv, ff) = (config.dim, config.n_kv_heads * config.head_dim, config.ffn_dim);
+        let embed = Arc::new(matrix("token_embd.weight", config.vocab, d)?);
+        let head = match g.tensor("output.weight") {
+            Ok(_) => Arc::new(matrix("output.weight", config.vocab, d)?),
+            Err(_) => Arc::clone(&embed),
+        };
+        let layers = (0..config.n_layers)
+            .map(|i| {
+                let m = |part: &str, r, c| matrix(&format!("blk.{i}.{part}.weight"), r, c);
+                let v = |part: &str| vector(&format!("blk.{i}.{part}.weight"), d);
+                Ok(Layer {
+                    attn_norm: v("attn_norm")?,
+                    wq: m("attn_q", d, d)?,
+                    wk: m("attn_k", kv, d)?,
+                    wv: m("attn_v", kv, d)?,
+                    wo: m("attn_output", d, d)?,
+                    ffn_norm: v("ffn_norm")?,
+                    w_gate: m("ffn_gate", ff, d)?,
+                    w_up: m("ffn_up", ff, d)?,
+                    w_down: m("ffn_down", d, ff)?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let norm = vector("output_norm.weight", d)?;
+        // The float path's angles: computed in f64, rounded to f32.
+        let half = config.head_dim / 2;
+        let inv_freq: Vec<f64> = (0..half)
+            .map(|j| (j as f64 * (-2.0 / config.head_dim as f64) * config.rope_base.ln()).exp())
+            .collect();
+        let mut cos = Vec::with_capacity(config.context_len * half);
+        let mut sin = Vec::with_capacity(config.context_len * half);
+        for p in 0..config.context_len {
+            for f in &inv_freq {
+                let a = p as f64 * f;
+                cos.push(a.cos() as f32);
+                sin.push(a.sin() as f32);
+            }
+        }
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads.max(1))
+            .thread_name(|i| format!("volt-llm-kernel-{i}"))
+            .build()
+            .map_err(|e| LlmError::model(format!("cannot start {threads} kernel threads: {e}")))?;
+        Ok(QuantLlama { config, embed, head, layers, norm, cos, sin, pool })
+    }
+
+    /// The model's numbers.
+    pub fn config(&self) -> &LlamaConfig {
+        &self.config
+    }
+
+    /// Bytes of weights one decode step reads (each matrix once; a tied head once more).
+    pub fn weight_bytes(&self) -> usize {
+        let layers: usize = self
+            .layers
+            .iter()
+            .map(|l| {
+                [&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down]
+                    .iter()
+                    .map(|m| m.bytes())
+                    .sum::<usize>()
+            })
+            .sum();
+        layers + self.head.bytes()
+    }
+
+    fn rms_norm(&self, x: &[f32], weight: &[f32]) -> Vec<f32> {
+        let mut out = Vec::with_capacity(x.len());
+        for row in x.chunks_exact(self.config.dim) {
+            let variance = lane_sum(row.iter().map(|v| v * v)) / self.config.dim as f32;
+            let scale = 1.0 / (variance + self.config.eps as f32).sqrt();
+            out.extend(row.iter().zip(weight).map(|(v, w)| v * scale * w));
+        }
+        out
+    }
+
+    /// Rotates adjacent pairs of each head of each row by its position's angles.
+    fn rope(&self, x: &mut [f32], width: usize, positions: &[usize]) {
+        let half = self.config.head_dim / 2;
+        for (row, &p) in x.chunks_exact_mut(width).zip(positions) {
+            let (cos, sin) = (&self.cos[p * half..(p + 1) * half], &self.sin[p * half..(p + 1) * half]);
+            for head in row.chunks_exact_mut(self.config.head_dim) {
+                for (j, pair) in head.chunks_exact_mut(2).enumerate() {
+                    let (x0, x1) = (pair[0], pair[1]);
+                    pair[0] = x0 * cos[j] - x1 * sin[j];
+                    pair[1] = x0 * sin[j] + x1 * cos[j];
+                }
+            }
+        }
+    }
+
+    /// Attention of query row `q` at position `pos` of a sequence whose cache holds
+    /// `k`/`v` (at least `pos + 1` positions): every head over positions `0..=pos`.
+    fn attend(&self, q: &[f32], k: &[f32], v: &[f32], pos: usize, out: &mut [f32]) {
+        let c = &self.config;
+        let (hd, kv_width, groups) = (c.head_dim, c.n_kv_heads * c.head_dim, c.n_heads / c.n_kv_heads);
+        let scale = 1.0 / (hd as f32).sqrt();
+        let mut scores = vec![0f32; pos + 1];
+        for (h, (qh, oh)) in q.chunks_exact(hd).zip(out.chunks_exact_mut(hd)).enumerate() {
+            let g = h / groups;
+            for (t, s) in scores.iter_mut().enumerate() {
+                let kt = &k[t * kv_width + g * hd..t * kv_width + (g + 1) * hd];
+                *s = lane_sum(qh.iter().zip(kt).map(|(a, b)| a * b)) * scale;
+            }
+            let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let mut total = 0f32;
+            for s in scores.iter_mut() {
+                *s = (*s - max).exp();
+                total += *s;
+            }
+            oh.iter_mut().for_each(|o| *o = 0.0);
+            for (t, s) in scores.iter().enumerate() {
+                let p = s / total;
+                let vt = &v[t * kv_width + g * hd..t * kv_width + (g + 1) * hd];
+                for (o, x) in oh.iter_mut().zip(vt) {
+                    *o += p * x;
+                }
+            }
+        }
+    }
+}
+
+/// Sums in 16 running lanes, then adds the lanes in a fixed tree: the same order for a
+/// given length wherever the values come from.
+fn lane_sum(values: impl Iterator<Item = f32>) -> f32 {
+    let mut lanes = [0f32; 16];
+    for (i, v) in values.enumerate() {
+        lanes[i % 16] += v;
+    }
+    let mut width = 8;
+    while width > 0 {
+        for j in 0..width {
+            lanes[j] += lanes[j + width];
+        }
+        width /= 2;
+    }
+    lanes[0]
+}
+
+impl Model for QuantLlama {
+    type Cache = QuantCache;
+
+    fn new_cache(&self) -> QuantCache {
+        let empty = || (0..self.config.n_layers).map(|_| Vec::new()).collect();
+        QuantCache { k: empty(), v: empty(), len: 0 }
+    }
+
+    fn cached(cache: &QuantCache) -> usize {
+        cache.len
+    }
+
+    fn context_len(&self) -> usize {
+        self.config.context_len
+    }
+
+    fn bytes_per_position(&self) -> usize {
+        self.config.n_layers * 2 * self.config.n_kv_heads * self.config.head_dim * 4
+    }
+
+    fn step(&self, seqs: &mut [Step<'_, QuantCache>]) -> Result<Vec<Vec<Vec<f32>>>> {
+        let c = &self.config;
+        for s in seqs.iter() {
+            check_step(s.tokens, s.cache.len, c.context_len, c.vocab)?;
+        }
+        let (dim, kv_width) = (c.dim, c.n_kv_heads * c.head_dim);
+        // Each new row: its sequence and its position.
+        let rows: Vec<(usize, usize)> = seqs
+            .iter()
+            .enumerate()
+            .flat_map(|(i, s)| (s.cache.len..s.cache.len + s.tokens.len()).map(move |p| (i, p)))
+            .collect();
+        let n = rows.len();
+        let positions: Vec<usize> = rows.iter().map(|r| r.1).collect();
+        let mut x: Vec<f32> =
+            seqs.iter().flat_map(|s| s.tokens.iter()).flat_map(|&t| self.embed.row(t as usize)).collect();
+        for (l, layer) in self.layers.iter().enumerate() {
+            let h = self.rms_norm(&x, &layer.attn_norm);
+            let mut q = layer.wq.matmul(&h, n, &self.pool);
+            let mut k = layer.wk.matmul(&h, n, &self.pool);
+            let v = layer.wv.matmul(&h, n, &self.pool);
+            self.rope(&mut q, dim, &positions);
+            self.rope(&mut k, kv_width, &positions);
+            let mut at = 0;
+            for s in seqs.iter_mut() {
+                let m = s.tokens.len();
+                s.cache.k[l].extend_from_slice(&k[at * kv_width..(at + m) * kv_width]);
+                s.cache.v[l].extend_from_slice(&v[at * kv_width..(at + m) * kv_width]);
+                at += m;
+            }
+            let mut attn = vec![0f32; n * dim];
+            let caches: Vec<&QuantCache> = seqs.iter().map(|s| &*s.cache).collect();
+            self.pool.install(|| {
+                attn.par_chunks_mut(dim).zip(q.par_chunks(dim)).zip(&rows).for_each(
+                    |((out, qr), &(seq, pos))| {
+                        let cache = caches[seq];
+                        self.attend(qr, &cache.k[l], &cache.v[l], pos, out);
+                    },
+                );
+            });
+            let o = layer.wo.matmul(&attn, n, &self.pool);
+            x.iter_mut().zip(&o).for_each(|(a, b)| *a += b);
+            let h = self.rms_norm(&x, &layer.ffn_norm);
+            let gate = layer.w_gate.matmul(&h, n, &self.pool);
+            let up = layer.w_up.matmul(&h, n, &self.pool);
+            let act: Vec<f32> = gate.iter().zip(&up).map(|(g, u)| g / (1.0 + (-g).exp()) * u).collect();
+            let down = layer.w_down.matmul(&act, n, &self.pool);
+            x.iter_mut().zip(&down).for_each(|(a, b)| *a += b);
+        }
+        // The head only for the rows whose logits are wanted (it is the largest matrix).
+        let mut wanted = Vec::new();
+        let mut at = 0;
+        for s in seqs.iter_mut() {
+            let m = s.tokens.len();
+            s.cache.len += m;
+            wanted.extend(if s.all_logits { at..at + m } else { at + m - 1..at + m });
+            at += m;
+        }
+        let picked: Vec<f32> =
+            wanted.iter().flat_map(|&r| x[r * dim..(r + 1) * dim].iter().copied()).collect();
+        let h = self.rms_norm(&picked, &self.norm);
+        let logits = self.head.matmul(&h, wanted.len(), &self.pool);
+        let mut rows_out = logits.chunks_exact(c.vocab).map(<[f32]>::to_vec);
+        Ok(seqs
+            .iter()
+            .map(|s| {
+                let m = if s.all_logits { s.tokens.len() } else { 1 };
+                rows_out.by_ref().take(m).collect()
+            })
+            .collect())
+    }
+}

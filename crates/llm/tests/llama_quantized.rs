@@ -1,0 +1,163 @@
+//! SmolLM2 on volt's quantized CPU path (weights kept as Q4_1/Q8_0, volt's kernels)
+//! against transformers in float32 on the same file (fixtures/llama_reference.json, made
+//! by fixtures/make_llama_reference.py), and the property the engine relies on: a row's
+//! logits are the same bits whatever it is batched with and however its prompt is cut.
+use std::path::PathBuf;
+use volt_formats::gguf::Gguf;
+use volt_llm::sampling::argmax;
+use volt_llm::{Model, QuantLlama, Step};
+
+fn file() -> (Vec<u8>, Gguf) {
+    let path =
+        PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("run by cargo")).join("../../.smollm2");
+    let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}; run scripts/setup", path.display()));
+    let g = Gguf::parse(&bytes).expect("gguf");
+    (bytes, g)
+}
+
+fn model() -> QuantLlama {
+    let (bytes, g) = file();
+    QuantLlama::from_gguf(&bytes, &g, 2).expect("model")
+}
+
+fn reference() -> serde_json::Value {
+    serde_json::from_str(include_str!("fixtures/llama_reference.json")).expect("fixture")
+}
+
+fn ids(v: &serde_json::Value) -> Vec<u32> {
+    v.as_array().expect("ids").iter().map(|x| x.as_u64().expect("id") as u32).collect()
+}
+
+/// Every position's logits of `tokens` from an empty cache, in one step.
+fn forward(m: &QuantLlama, tokens: &[u32], cache: &mut volt_llm::QuantCache) -> Vec<Vec<f32>> {
+    m.step(&mut [Step { tokens, cache, all_logits: true }]).expect("step").remove(0)
+}
+
+fn logsumexp(row: &[f32]) -> f64 {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    f64::from(max) + row.iter().map(|&x| f64::from(x - max).exp()).sum::<f64>().ln()
+}
+
+#[test]
+fn quantized_logits_match_transformers_and_greedy_text_is_reported() {
+    let m = model();
+    let r = reference();
+    let mut worst = 0f64;
+    for case in r["logits"].as_array().expect("logits") {
+        let prompt = ids(&case["ids"]);
+        let logits = forward(&m, &prompt, &mut m.new_cache());
+        assert_eq!((logits.len(), logits[0].len()), (prompt.len(), 49152));
+        for (pos, ((top_ids, top_logits), lse)) in case["top_ids"]
+            .as_array()
+            .expect("top ids")
+            .iter()
+            .zip(case["top_logits"].as_array().expect("top logits"))
+            .zip(case["logsumexp"].as_array().expect("lse"))
+            .enumerate()
+        {
+            let row = &logits[pos];
+            let want_ids = ids(top_ids);
+            assert_eq!(argmax(row), want_ids[0], "top-1 at position {pos} of {prompt:?}");
+            for (id, want) in want_ids.iter().zip(top_logits.as_array().expect("values")) {
+                let d = (f64::from(row[*id as usize]) - want.as_f64().expect("logit")).abs();
+                worst = worst.max(d);
+                assert!(d < 1e-3, "logit of {id} at position {pos}: off by {d}");
+            }
+            let d = (logsumexp(row) - lse.as_f64().expect("lse")).abs();
+            assert!(d < 1e-3, "logsumexp at position {pos}: off by {d}");
+        }
+    }
+    eprintln!("quantized path: largest logit difference from transformers {worst:.2e}");
+    for case in r["greedy"].as_array().expect("greedy") {
+        let prompt = ids(&case["prompt"]);
+        let want = ids(&case["continuation"]);
+        let mut cache = m.new_cache();
+        let mut next = argmax(forward(&m, &prompt, &mut cache).last().expect("a row"));
+        let mut got = vec![next];
+        while got.len() < want.len() {
+            next = argmax(&forward(&m, &[next], &mut cache)[0]);
+            got.push(next);
+        }
+        let same = got.iter().zip(&want).take_while(|(a, b)| a == b).count();
+        eprintln!("quantized path: greedy {same} of {} tokens equal to transformers'", want.len());
+        assert_eq!(got, want, "greedy continuation of {prompt:?}");
+    }
+}
+
+#[test]
+fn a_row_gets_the_same_bits_in_any_batch_and_any_cut_of_its_prompt() {
+    let m = model();
+    let prompts: [&[u32]; 3] = [
+        &[1, 9690, 198, 2683, 359, 253, 5356, 5646, 11173],
+        &[504, 713, 216, 34, 32, 34, 36, 553],
+        &[1, 4093, 198, 19556, 1535, 4149, 359, 9531, 30, 2, 198, 1, 520, 9531, 198],
+    ];
+    // Alone: the whole prompt in one step, then three decoded tokens.
+    let alone: Vec<Vec<Vec<f32>>> = prompts
+        .iter()
+        .map(|p| {
+            let mut cache = m.new_cache();
+            let mut rows = forward(&m, p, &mut cache);
+            for _ in 0..3 {
+                let next = argmax(rows.last().expect("a row"));
+                rows.extend(forward(&m, &[next], &mut cache));
+            }
+            rows
+        })
+        .collect();
+    // Together, each prompt cut differently (5 + rest, 1 + 2 + rest, whole), decoded
+    // together after.
+    let mut caches: Vec<_> = prompts.iter().map(|_| m.new_cache()).collect();
+    let mut together: Vec<Vec<Vec<f32>>> = vec![Vec::new(); 3];
+    let cuts: [&[usize]; 3] = [&[5], &[1, 3], &[]];
+    let mut read = [0usize; 3];
+    for round in 0..3 {
+        let mut steps = Vec::new();
+        let mut who = Vec::new();
+        for (i, (cache, p)) in caches.iter_mut().zip(prompts).enumerate() {
+            if read[i] == p.len() {
+                continue;
+            }
+            let end = cuts[i].get(round).copied().unwrap_or(p.len());
+            steps.push(Step { tokens: &p[read[i]..end], cache, all_logits: true });
+            who.push(i);
+            read[i] = end;
+        }
+        if steps.is_empty() {
+            break;
+        }
+        for (i, rows) in who.into_iter().zip(m.step(&mut steps).expect("batched prefill")) {
+            together[i].extend(rows);
+        }
+    }
+    for _ in 0..3 {
+        let next: Vec<[u32; 1]> = together.iter().map(|r| [argmax(r.last().expect("a row"))]).collect();
+        let mut steps: Vec<Step<'_, _>> = next
+            .iter()
+            .zip(caches.iter_mut())
+            .map(|(t, cache)| Step { tokens: t, cache, all_logits: false })
+            .collect();
+        for (rows, out) in m.step(&mut steps).expect("batched decode").into_iter().zip(&mut together) {
+            out.extend(rows);
+        }
+    }
+    for (i, (a, b)) in alone.iter().zip(&together).enumerate() {
+        assert_eq!(a.len(), b.len(), "prompt {i}: rows");
+        for (pos, (ra, rb)) in a.iter().zip(b).enumerate() {
+            assert!(ra == rb, "prompt {i} position {pos}: batched logits differ from alone");
+        }
+    }
+}
+
+#[test]
+fn bad_steps_are_errors_and_a_file_with_unreadable_types_is_refused() {
+    let m = model();
+    let e = m.step(&mut [Step { tokens: &[49152], cache: &mut m.new_cache(), all_logits: false }]);
+    assert!(e.unwrap_err().to_string().contains("49152"), "a token past the vocabulary names it");
+    let e = m.step(&mut [Step { tokens: &vec![1; 8193], cache: &mut m.new_cache(), all_logits: false }]);
+    assert!(e.unwrap_err().to_string().contains("8193 positions"));
+    assert!(m.step(&mut [Step { tokens: &[], cache: &mut m.new_cache(), all_logits: false }]).is_err());
+    // The weights a decode step reads: the file's quantized bytes, not f32 copies.
+    let mb = m.weight_bytes() as f64 / 1e6;
+    assert!((90.0..130.0).contains(&mb), "a decode step reads {mb:.0} MB of weights");
+}
