@@ -53,9 +53,18 @@ pub struct ServeArgs {
     /// passes are long enough that requests queue up meanwhile).
     #[arg(long)]
     batch_timeout_ms: Option<u64>,
-    /// Deadline of a whole request.
+    /// Deadline of a whole request (for streams: see the two below).
     #[arg(long, default_value_t = 30_000)]
     timeout_ms: u64,
+    /// Streams and generations: deadline to the first token, queue wait included; once
+    /// set, the request deadline no longer cuts a generation that keeps producing
+    /// (LLMs from --gguf: default the request deadline).
+    #[arg(long)]
+    first_token_timeout_ms: Option<u64>,
+    /// Streams and generations: the longest wait between two tokens, with
+    /// --first-token-timeout-ms (LLMs from --gguf: default 10000).
+    #[arg(long)]
+    idle_timeout_ms: Option<u64>,
     /// Inputs queued before new requests get 503.
     #[arg(long, default_value_t = 1024)]
     max_queue: usize,
@@ -92,6 +101,8 @@ pub fn run(args: ServeArgs) -> Result<(), CliError> {
         max_batch_size: args.max_batch_size,
         batch_timeout: Duration::from_millis(args.batch_timeout_ms.unwrap_or(default_timeout_ms)),
         max_queue: args.max_queue,
+        first_chunk_timeout: args.first_token_timeout_ms.map(Duration::from_millis),
+        idle_timeout: args.idle_timeout_ms.map(Duration::from_millis),
         ..EndpointConfig::at(path)
     };
     let usage = |e: &dyn std::fmt::Display| CliError::Usage(e.to_string());
@@ -178,8 +189,16 @@ fn serve_gguf(
         args.num_threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let chat = volt_llm::LlmChat::from_gguf(path, config, device, threads)
         .map_err(|e| CliError::Usage(e.to_string()))?;
-    // One worker hands requests to the engine and goes back for more at once.
-    let endpoint = EndpointConfig { workers_per_device: 1, max_batch_size: 256, ..endpoint };
+    // One worker hands requests to the engine and goes back for more at once. A
+    // generation is bounded by its first token and the gaps between tokens, not by the
+    // request deadline: a long answer that keeps coming is not cut off.
+    let endpoint = EndpointConfig {
+        workers_per_device: 1,
+        max_batch_size: 256,
+        first_chunk_timeout: endpoint.first_chunk_timeout.or(Some(Duration::from_millis(args.timeout_ms))),
+        idle_timeout: endpoint.idle_timeout.or(Some(Duration::from_secs(10))),
+        ..endpoint
+    };
     let server = server.openai_chat(endpoint, chat).map_err(|e| CliError::Usage(e.to_string()))?;
     listen(server)
 }

@@ -59,6 +59,15 @@ pub struct EndpointConfig {
     pub max_queue: usize,
     /// Serve through `predict_stream` (SSE, or NDJSON when the client asks for it).
     pub stream: bool,
+    /// Streams (and generations answered whole): the deadline to the first chunk, queue
+    /// wait included. When set it replaces the server's request timeout once the request
+    /// is queued, so that a long generation still producing chunks is not cut off; unset,
+    /// the request timeout bounds the whole stream.
+    #[serde(with = "opt_millis")]
+    pub first_chunk_timeout: Option<Duration>,
+    /// With `first_chunk_timeout`: the longest wait between two chunks (unset: none).
+    #[serde(with = "opt_millis")]
+    pub idle_timeout: Option<Duration>,
 }
 
 impl Default for EndpointConfig {
@@ -71,6 +80,8 @@ impl Default for EndpointConfig {
             batch_timeout: Duration::from_millis(0),
             max_queue: 1024,
             stream: false,
+            first_chunk_timeout: None,
+            idle_timeout: None,
         }
     }
 }
@@ -100,7 +111,34 @@ impl EndpointConfig {
         if self.max_queue == 0 {
             return bad("max_queue", "must be at least 1");
         }
+        if self.first_chunk_timeout.is_some_and(|d| d.is_zero()) {
+            return bad("first_chunk_timeout", "must be above 0 ms (leave it unset for the request timeout)");
+        }
+        if self.idle_timeout.is_some_and(|d| d.is_zero()) {
+            return bad("idle_timeout", "must be above 0 ms (leave it unset for none)");
+        }
+        if self.idle_timeout.is_some() && self.first_chunk_timeout.is_none() {
+            return bad(
+                "idle_timeout",
+                "needs first_chunk_timeout: the request timeout bounds the whole stream",
+            );
+        }
         Ok(())
+    }
+}
+
+mod opt_millis {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => s.serialize_some(&(d.as_millis() as u64)),
+            None => s.serialize_none(),
+        }
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        Option::<u64>::deserialize(d).map(|v| v.map(Duration::from_millis))
     }
 }
 

@@ -14,7 +14,7 @@ use crate::error::{panic_message, ApiError, HttpError, ServeError};
 use crate::metrics::{Metrics, RouteMetrics};
 use crate::metrics_layer::{RecordMetrics, Recorder};
 use crate::openai::ModelList;
-use crate::stream::{self, chunks_until, stream_response, Framing};
+use crate::stream::{self, chunks_until, stream_response, Deadlines, Framing};
 use crate::worker::{self, Job, Queue, Rejected, Reply};
 use axum::body::Body;
 use axum::http::{header, HeaderMap, StatusCode};
@@ -95,21 +95,36 @@ impl<A: InferenceApi> Endpoint<A> {
         }
     }
 
+    /// The deadlines of a stream queued now, by a request that started with `deadline`:
+    /// the endpoint's first-chunk and idle limits when it has them, else the request's.
+    pub(crate) fn stream_deadlines(&self, deadline: Instant) -> Deadlines {
+        match self.config.first_chunk_timeout {
+            Some(first) => Deadlines { first: Instant::now() + first, idle: self.config.idle_timeout },
+            None => Deadlines { first: deadline, idle: None },
+        }
+    }
+
+    /// The result of `work`, or a 504 error when `deadline` passes first.
+    pub(crate) async fn by<T>(
+        &self,
+        deadline: Instant,
+        work: impl Future<Output = Result<T, HttpError>>,
+    ) -> Result<T, HttpError> {
+        tokio::time::timeout_at(deadline.into(), work).await.unwrap_or_else(|_| {
+            Err(HttpError::timeout(format!(
+                "no answer within the request timeout of {} ms",
+                self.shared.config.timeout.as_millis()
+            )))
+        })
+    }
+
     /// The response of `work`, or 504 when `deadline` passes first.
     pub(crate) async fn answer_by(
         &self,
         deadline: Instant,
         work: impl Future<Output = Result<Response, HttpError>>,
     ) -> Response {
-        match tokio::time::timeout_at(deadline.into(), work).await {
-            Ok(Ok(response)) => response,
-            Ok(Err(e)) => e.into_response(),
-            Err(_) => HttpError::timeout(format!(
-                "no answer within the request timeout of {} ms",
-                self.shared.config.timeout.as_millis()
-            ))
-            .into_response(),
-        }
+        self.by(deadline, work).await.unwrap_or_else(IntoResponse::into_response)
     }
 
     /// Queues one input and waits for its output.
@@ -167,8 +182,9 @@ async fn predict_route<A: InferenceApi>(ep: Arc<Endpoint<A>>, headers: HeaderMap
         let value = ep.read_json(&headers, body).await?;
         let input = ep.decode(&value)?;
         if ep.config.stream {
-            let rx = ep.call_stream(input, deadline)?;
-            let values = stream::encoded(Arc::clone(&ep), chunks_until(rx, deadline));
+            let deadlines = ep.stream_deadlines(deadline);
+            let rx = ep.call_stream(input, deadlines.first)?;
+            let values = stream::encoded(Arc::clone(&ep), chunks_until(rx, deadlines));
             return Ok::<Response, HttpError>(stream_response(Framing::from_headers(&headers), values));
         }
         let output = ep.call(input, deadline).await?;

@@ -10,7 +10,7 @@ use futures_util::{Stream, StreamExt};
 use serde_json::Value;
 use std::convert::Infallible;
 use std::sync::{Arc, OnceLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 /// Which framing a streaming client asked for.
@@ -82,24 +82,46 @@ where
     response
 }
 
-/// Chunks of a stream until it ends, fails or reaches the deadline; an error is the
-/// last item.
+/// When a stream gives up waiting: `first` without any chunk, then `idle` after each
+/// chunk (with no `idle`, `first` bounds the whole stream).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Deadlines {
+    pub first: Instant,
+    pub idle: Option<Duration>,
+}
+
+/// Chunks of a stream until it ends, fails or misses a deadline; an error is the last
+/// item.
 pub(crate) fn chunks_until<O: Send + 'static>(
     rx: mpsc::UnboundedReceiver<Result<O, ApiError>>,
-    deadline: Instant,
+    deadlines: Deadlines,
 ) -> impl Stream<Item = Result<O, HttpError>> + Send + 'static {
-    let timeout = Box::pin(tokio::time::sleep_until(deadline.into()));
-    futures_util::stream::unfold((rx, timeout, false), |(mut rx, mut timeout, done)| async move {
+    let timeout = Box::pin(tokio::time::sleep_until(deadlines.first.into()));
+    futures_util::stream::unfold((rx, timeout, false), move |(mut rx, mut timeout, done)| async move {
         if done {
             return None;
         }
         tokio::select! {
             item = rx.recv() => match item {
-                Some(Ok(o)) => Some((Ok(o), (rx, timeout, false))),
+                Some(Ok(o)) => {
+                    if let Some(idle) = deadlines.idle {
+                        timeout.as_mut().reset((Instant::now() + idle).into());
+                    }
+                    Some((Ok(o), (rx, timeout, false)))
+                }
                 Some(Err(e)) => Some((Err(HttpError::from(e)), (rx, timeout, true))),
                 None => None,
             },
-            _ = &mut timeout => Some((Err(HttpError::timeout("the request's deadline passed while streaming")), (rx, timeout, true))),
+            _ = &mut timeout => {
+                let why = match deadlines.idle {
+                    Some(idle) => format!(
+                        "the stream's deadline passed: no first chunk in time, or none for {} ms after the last",
+                        idle.as_millis()
+                    ),
+                    None => "the request's deadline passed while streaming".to_owned(),
+                };
+                Some((Err(HttpError::timeout(why)), (rx, timeout, true)))
+            }
         }
     })
 }

@@ -319,23 +319,29 @@ async fn chat_route<C: ChatApi>(
     body: Body,
 ) -> Response {
     let deadline = ep.deadline();
-    let result = async {
+    // Reading and queueing the request run under the request timeout; its chunks then
+    // under the stream's deadlines (which may let a long generation go on).
+    let setup = async {
         let value = ep.read_json(&headers, body).await?;
         let request = ep.decode(&value)?;
+        let deadlines = ep.stream_deadlines(deadline);
         let model = if request.model.is_empty() { ep.api.0.model_name() } else { request.model.clone() };
         let (stream, include_usage) = (request.stream, request.include_usage);
         let stop = StopFilter { stops: request.stop.clone(), text: String::new(), emitted: 0 };
-        let rx = ep.call_stream(request, deadline)?;
-        let chunks = chunks_until(rx, deadline);
-        let id = completion_id();
-        let created = now_secs();
-        if stream {
-            Ok(stream_chat(chunks, stop, id, created, model, include_usage, Framing::from_headers(&headers)))
-        } else {
-            collect_chat(chunks, stop, id, created, model).await
-        }
+        let rx = ep.call_stream(request, deadlines.first)?;
+        Ok((chunks_until(rx, deadlines), model, stream, include_usage, stop))
     };
-    ep.answer_by(deadline, result).await
+    let (chunks, model, stream, include_usage, stop) = match ep.by(deadline, setup).await {
+        Ok(s) => s,
+        Err(e) => return e.into_response(),
+    };
+    let id = completion_id();
+    let created = now_secs();
+    if stream {
+        stream_chat(chunks, stop, id, created, model, include_usage, Framing::from_headers(&headers))
+    } else {
+        collect_chat(chunks, stop, id, created, model).await.unwrap_or_else(IntoResponse::into_response)
+    }
 }
 
 fn chunk_object(id: &str, created: u64, model: &str, delta: Value, finish: Option<&str>) -> Value {
