@@ -144,7 +144,7 @@ impl QuantLlama {
     fn rms_norm(&self, x: &[f32], weight: &[f32]) -> Vec<f32> {
         let mut out = Vec::with_capacity(x.len());
         for row in x.chunks_exact(self.config.dim) {
-            let variance = lane_sum(row.iter().map(|v| v * v)) / self.config.dim as f32;
+            let variance = dot(row, row) / self.config.dim as f32;
             let scale = 1.0 / (variance + self.config.eps as f32).sqrt();
             out.extend(row.iter().zip(weight).map(|(v, w)| v * scale * w));
         }
@@ -177,7 +177,7 @@ impl QuantLlama {
             let g = h / groups;
             for (t, s) in scores.iter_mut().enumerate() {
                 let kt = &k[t * kv_width + g * hd..t * kv_width + (g + 1) * hd];
-                *s = lane_sum(qh.iter().zip(kt).map(|(a, b)| a * b)) * scale;
+                *s = dot(qh, kt) * scale;
             }
             let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
             let mut total = 0f32;
@@ -197,12 +197,19 @@ impl QuantLlama {
     }
 }
 
-/// Sums in 16 running lanes, then adds the lanes in a fixed tree: the same order for a
-/// given length wherever the values come from.
-fn lane_sum(values: impl Iterator<Item = f32>) -> f32 {
+/// Σ a·b in 16 running lanes (element i in lane i mod 16), the lanes then added in a
+/// fixed tree: the same order for a given length wherever the values come from.
+fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut lanes = [0f32; 16];
-    for (i, v) in values.enumerate() {
-        lanes[i % 16] += v;
+    let (ca, cb) = (a.chunks_exact(16), b.chunks_exact(16));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for j in 0..16 {
+            lanes[j] += x[j] * y[j];
+        }
+    }
+    for (j, (x, y)) in ra.iter().zip(rb).enumerate() {
+        lanes[j] += x * y;
     }
     let mut width = 8;
     while width > 0 {
@@ -235,6 +242,14 @@ impl Model for QuantLlama {
     }
 
     fn step(&self, seqs: &mut [Step<'_, QuantCache>]) -> Result<Vec<Vec<Vec<f32>>>> {
+        // The whole step on the kernel threads: each product's work is then shared by a
+        // cheap fork inside the pool rather than a wake-up from outside it.
+        self.pool.install(|| self.step_in_pool(seqs))
+    }
+}
+
+impl QuantLlama {
+    fn step_in_pool(&self, seqs: &mut [Step<'_, QuantCache>]) -> Result<Vec<Vec<Vec<f32>>>> {
         let c = &self.config;
         for s in seqs.iter() {
             check_step(s.tokens, s.cache.len, c.context_len, c.vocab)?;
