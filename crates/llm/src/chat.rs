@@ -9,6 +9,7 @@ use crate::sampling::Sampling;
 use crate::tokenizer::GgufTokenizer;
 use std::sync::Arc;
 use volt_formats::gguf::Gguf;
+use volt_serve::metrics::GenerationMetrics;
 use volt_serve::openai::{ChatApi, ChatDelta, ChatRequest};
 use volt_serve::{ApiError, Device, StreamOutput, StreamSender};
 
@@ -236,5 +237,8 @@ impl ChatApi for LlmChat {
     }
     fn model_name(&self) -> String {
         self.name.clone()
+    }
+    fn attach_metrics(&self, metrics: GenerationMetrics) {
+        let _ = self.engine.stats().metrics.set(metrics);
     }
 }

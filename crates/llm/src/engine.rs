@@ -12,7 +12,9 @@ use crate::sampling::{log_probs, Sampler, Sampling};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::Arc;
+use std::sync::OnceLock;
 use std::time::Duration;
+use volt_serve::metrics::GenerationMetrics;
 
 /// How much the engine holds at once.
 #[derive(Clone, Debug, PartialEq)]
@@ -98,7 +100,7 @@ pub enum Refused {
     Stopped,
 }
 
-/// What the engine reports of itself (for `/metrics` and `/health`).
+/// What the engine reports of itself.
 #[derive(Debug, Default)]
 pub struct EngineStats {
     /// Sequences generating now.
@@ -107,6 +109,37 @@ pub struct EngineStats {
     pub waiting: AtomicUsize,
     /// Positions held in the KV caches of running sequences.
     pub cached_tokens: AtomicUsize,
+    /// Positions the caches may hold at most (`max_num_seqs × max_model_len`).
+    pub capacity: usize,
+    /// The server's metrics, once attached: the engine keeps them current.
+    pub metrics: OnceLock<GenerationMetrics>,
+}
+
+impl EngineStats {
+    /// A request joined the queue.
+    fn queued(&self) {
+        self.waiting.fetch_add(1, Ordering::SeqCst);
+        if let Some(m) = self.metrics.get() {
+            m.waiting.inc();
+            m.queue_depth.inc();
+        }
+    }
+    /// A request left the queue: admitted, or refused on the way in.
+    fn dequeued(&self) {
+        self.waiting.fetch_sub(1, Ordering::SeqCst);
+        if let Some(m) = self.metrics.get() {
+            m.waiting.dec();
+            m.queue_depth.dec();
+        }
+    }
+    fn running(&self, running: usize, cached: usize) {
+        self.running.store(running, Ordering::SeqCst);
+        self.cached_tokens.store(cached, Ordering::SeqCst);
+        if let Some(m) = self.metrics.get() {
+            m.running.set(running as i64);
+            m.kv_cache_usage.set(cached as f64 / self.capacity.max(1) as f64);
+        }
+    }
 }
 
 /// A handle to the engine thread.
@@ -136,7 +169,10 @@ impl Engine {
         config: EngineConfig,
     ) -> std::io::Result<Self> {
         let (tx, rx) = mpsc::sync_channel(config.max_waiting.max(1));
-        let stats = Arc::new(EngineStats::default());
+        let stats = Arc::new(EngineStats {
+            capacity: config.max_num_seqs * config.max_model_len,
+            ..EngineStats::default()
+        });
         let shared = Arc::clone(&stats);
         let cfg = config.clone();
         let thread = std::thread::Builder::new()
@@ -149,9 +185,9 @@ impl Engine {
     #[allow(clippy::result_large_err)]
     pub fn submit(&self, request: Request) -> Result<(), (Refused, Request)> {
         let Some(tx) = self.tx.as_ref() else { return Err((Refused::Stopped, request)) };
-        self.stats.waiting.fetch_add(1, Ordering::SeqCst);
+        self.stats.queued();
         tx.try_send(request).map_err(|e| {
-            self.stats.waiting.fetch_sub(1, Ordering::SeqCst);
+            self.stats.dequeued();
             match e {
                 TrySendError::Full(r) => (Refused::Full, r),
                 TrySendError::Disconnected(r) => (Refused::Stopped, r),
@@ -190,7 +226,7 @@ impl Engine {
                     rx.try_recv().ok()
                 };
                 let Some(request) = next else { break };
-                stats.waiting.fetch_sub(1, Ordering::SeqCst);
+                stats.dequeued();
                 running.push(Sequence {
                     cache: model.new_cache(),
                     sampler: Sampler::new(request.sampling.clone()),
@@ -200,7 +236,7 @@ impl Engine {
                     request,
                 });
             }
-            stats.running.store(running.len(), Ordering::SeqCst);
+            stats.running(running.len(), running.iter().map(|s| M::cached(&s.cache)).sum());
             if running.is_empty() {
                 continue;
             }
@@ -213,8 +249,7 @@ impl Engine {
                     (s.request.sink)(Event::Error("the model failed on this step".into()));
                 }
             }
-            stats.cached_tokens.store(running.iter().map(|s| M::cached(&s.cache)).sum(), Ordering::SeqCst);
-            stats.running.store(running.len(), Ordering::SeqCst);
+            stats.running(running.len(), running.iter().map(|s| M::cached(&s.cache)).sum());
         }
     }
 

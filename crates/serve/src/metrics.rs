@@ -60,6 +60,79 @@ pub struct Metrics {
     pub predict_calls: Family<RouteLabels, Counter>,
     /// Streamed responses whose client left before the end, by route.
     pub stream_disconnects: Family<RouteLabels, Counter>,
+    generation: GenerationFamilies,
+}
+
+/// The families of [`GenerationMetrics`], named as vLLM names them.
+struct GenerationFamilies {
+    time_to_first_token: Family<RouteLabels, Histogram, fn() -> Histogram>,
+    inter_token_latency: Family<RouteLabels, Histogram, fn() -> Histogram>,
+    prompt_tokens: Family<RouteLabels, Counter>,
+    generation_tokens: Family<RouteLabels, Counter>,
+    running: Family<RouteLabels, Gauge>,
+    waiting: Family<RouteLabels, Gauge>,
+    kv_cache_usage: Family<RouteLabels, Gauge<f64, AtomicU64>>,
+}
+
+impl GenerationFamilies {
+    fn register(registry: &mut Registry) -> Self {
+        let f = GenerationFamilies {
+            time_to_first_token: Family::new_with_constructor(latency_histogram),
+            inter_token_latency: Family::new_with_constructor(latency_histogram),
+            prompt_tokens: Family::default(),
+            generation_tokens: Family::default(),
+            running: Family::default(),
+            waiting: Family::default(),
+            kv_cache_usage: Family::default(),
+        };
+        registry.register(
+            "time_to_first_token_seconds",
+            "Generations: from the request's arrival to its first token",
+            f.time_to_first_token.clone(),
+        );
+        registry.register(
+            "inter_token_latency_seconds",
+            "Generations: between two tokens sent",
+            f.inter_token_latency.clone(),
+        );
+        registry.register("prompt_tokens", "Generations: prompt tokens read", f.prompt_tokens.clone());
+        registry.register("generation_tokens", "Generations: tokens generated", f.generation_tokens.clone());
+        registry.register("num_requests_running", "Generations running in the engine", f.running.clone());
+        registry.register(
+            "num_requests_waiting",
+            "Generations waiting for a place in the engine",
+            f.waiting.clone(),
+        );
+        registry.register(
+            "kv_cache_usage_perc",
+            "Share of the engine's KV cache capacity in use (0 to 1)",
+            f.kv_cache_usage.clone(),
+        );
+        f
+    }
+}
+
+/// One generative endpoint's metrics: the adapter records latencies and tokens, the
+/// model's engine (through [`crate::openai::ChatApi::attach_metrics`]) its gauges.
+#[derive(Clone, Debug)]
+pub struct GenerationMetrics {
+    /// Seconds from a request's arrival to its first token.
+    pub time_to_first_token: Histogram,
+    /// Seconds between two tokens sent.
+    pub inter_token_latency: Histogram,
+    /// Prompt tokens read.
+    pub prompt_tokens: Counter,
+    /// Tokens generated.
+    pub generation_tokens: Counter,
+    /// Requests generating now.
+    pub running: Gauge,
+    /// Requests waiting for a place in the engine.
+    pub waiting: Gauge,
+    /// Share of the KV cache's capacity in use, 0 to 1.
+    pub kv_cache_usage: Gauge<f64, AtomicU64>,
+    /// The route's `volt_queue_depth`: an engine adds its waiting requests, so that the
+    /// one series autoscalers read counts every request not yet being served.
+    pub queue_depth: Gauge,
 }
 
 impl Default for Metrics {
@@ -82,6 +155,7 @@ impl Metrics {
         let errors = Family::<ErrorLabels, Counter>::default();
         let predict_calls = Family::<RouteLabels, Counter>::default();
         let stream_disconnects = Family::<RouteLabels, Counter>::default();
+        let generation = GenerationFamilies::register(&mut registry);
         registry.register("requests", "HTTP requests by route and status", requests.clone());
         registry.register("request_duration_seconds", "Request latency by route", latency.clone());
         registry.register("queue_depth", "Requests waiting for a worker", queue_depth.clone());
@@ -104,6 +178,23 @@ impl Metrics {
             errors,
             predict_calls,
             stream_disconnects,
+            generation,
+        }
+    }
+
+    /// The generation metrics of `route`.
+    pub fn generation(&self, route: &str) -> GenerationMetrics {
+        let labels = Self::route(route);
+        let f = &self.generation;
+        GenerationMetrics {
+            time_to_first_token: f.time_to_first_token.get_or_create(&labels).clone(),
+            inter_token_latency: f.inter_token_latency.get_or_create(&labels).clone(),
+            prompt_tokens: f.prompt_tokens.get_or_create(&labels).clone(),
+            generation_tokens: f.generation_tokens.get_or_create(&labels).clone(),
+            running: f.running.get_or_create(&labels).clone(),
+            waiting: f.waiting.get_or_create(&labels).clone(),
+            kv_cache_usage: f.kv_cache_usage.get_or_create(&labels).clone(),
+            queue_depth: self.queue_depth.get_or_create(&labels).clone(),
         }
     }
 

@@ -3,6 +3,7 @@ use super::now_secs;
 use crate::api::{Device, InferenceApi, StreamOutput};
 use crate::config::EndpointConfig;
 use crate::error::{ApiError, HttpError, ServeError};
+use crate::metrics::GenerationMetrics;
 use crate::server::{Endpoint, Server};
 use crate::stream::{chunks_until, stream_response, Framing};
 use axum::body::Body;
@@ -223,6 +224,11 @@ pub trait ChatApi: Send + Sync + 'static {
     ) -> Result<(), ApiError>;
     /// The model's name in responses.
     fn model_name(&self) -> String;
+    /// Receives the endpoint's generation metrics when the endpoint is added: a model with
+    /// an engine of its own reports its running and waiting requests and its cache there,
+    /// and counts its waiting requests into `queue_depth`. (Latencies and token counts
+    /// are recorded by the adapter for every model.)
+    fn attach_metrics(&self, _metrics: GenerationMetrics) {}
     /// Refuses a request before it is queued, on the HTTP side, so that a refusal is a
     /// 400 naming the problem even for a stream (a prompt longer than the context, say).
     fn check(&self, _request: &ChatRequest) -> Result<(), ApiError> {
@@ -313,11 +319,39 @@ impl StopFilter {
     }
 }
 
+/// `chunks`, recording as they pass the time to the first token and between tokens
+/// (from `start`, the request's arrival) and the tokens read and generated.
+fn timed(
+    chunks: impl futures_util::Stream<Item = Result<ChatDelta, HttpError>> + Send + 'static,
+    start: std::time::Instant,
+    metrics: GenerationMetrics,
+) -> impl futures_util::Stream<Item = Result<ChatDelta, HttpError>> + Send + 'static {
+    let mut last: Option<std::time::Instant> = None;
+    chunks.inspect(move |item| {
+        let Ok(delta) = item else { return };
+        if delta.tokens == 0 {
+            return;
+        }
+        let now = std::time::Instant::now();
+        match last {
+            None => {
+                metrics.time_to_first_token.observe((now - start).as_secs_f64());
+                metrics.prompt_tokens.inc_by(delta.prompt_tokens as u64);
+            }
+            Some(t) => metrics.inter_token_latency.observe((now - t).as_secs_f64()),
+        }
+        metrics.generation_tokens.inc_by(delta.tokens as u64);
+        last = Some(now);
+    })
+}
+
 async fn chat_route<C: ChatApi>(
     ep: Arc<Endpoint<ChatAdapter<C>>>,
+    metrics: GenerationMetrics,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
+    let start = std::time::Instant::now();
     let deadline = ep.deadline();
     // Reading and queueing the request run under the request timeout; its chunks then
     // under the stream's deadlines (which may let a long generation go on).
@@ -329,7 +363,7 @@ async fn chat_route<C: ChatApi>(
         let (stream, include_usage) = (request.stream, request.include_usage);
         let stop = StopFilter { stops: request.stop.clone(), text: String::new(), emitted: 0 };
         let rx = ep.call_stream(request, deadlines.first)?;
-        Ok((chunks_until(rx, deadlines), model, stream, include_usage, stop))
+        Ok((timed(chunks_until(rx, deadlines), start, metrics), model, stream, include_usage, stop))
     };
     let (chunks, model, stream, include_usage, stop) = match ep.by(deadline, setup).await {
         Ok(s) => s,
@@ -452,8 +486,10 @@ impl Server {
     pub fn openai_chat<C: ChatApi>(self, mut config: EndpointConfig, api: C) -> Result<Self, ServeError> {
         config.stream = true;
         let model = api.model_name();
+        let metrics = self.metrics().generation(&config.path);
+        api.attach_metrics(metrics.clone());
         let server = self.add(config, ChatAdapter(api), |ep| {
-            post(move |headers: HeaderMap, body: Body| chat_route(ep, headers, body))
+            post(move |headers: HeaderMap, body: Body| chat_route(ep, metrics.clone(), headers, body))
         })?;
         Ok(server.with_openai_model(model))
     }

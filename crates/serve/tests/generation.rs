@@ -1,6 +1,9 @@
-//! Deadlines of generations: the request timeout cuts a stream unless the endpoint sets
-//! a first-chunk deadline and an idle limit, which let a long generation that keeps
-//! producing go on and stop one that stalls.
+//! Generations (chat completions streamed token by token): their deadlines — the request
+//! timeout cuts a stream unless the endpoint sets a first-chunk deadline and an idle
+//! limit, which let a long generation that keeps producing go on and stop one that
+//! stalls — and their metrics under vLLM's names.
+mod common;
+
 use serde_json::json;
 use std::time::Duration;
 use volt_serve::client::Client;
@@ -135,4 +138,35 @@ fn stream_deadlines_of_zero_or_an_idle_limit_alone_are_refused() {
     assert!(try_with(None, Some(10)).is_some_and(|e| e.contains("needs first_chunk_timeout")));
     assert!(try_with(Some(10), Some(10)).is_none());
     assert!(try_with(Some(10), None).is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn generations_report_time_to_first_token_gaps_and_tokens_under_vllm_names() {
+    // First chunk after 150 ms, then 4 more 50 ms apart; each chunk one token, prompt 1.
+    let s = server(
+        Slow { first: Duration::from_millis(150), gap: Duration::from_millis(50) },
+        Some(2000),
+        Some(1000),
+    )
+    .await;
+    let c = Client::new(s.url());
+    for stream in [false, true] {
+        let r = c.post("/v1/chat/completions", &ask(5, stream)).await.expect("request");
+        assert_eq!(r.status, 200, "{}", r.text);
+    }
+    let text = c.get("/metrics").await.expect("metrics").text;
+    let samples = common::parse_prometheus(&text);
+    let route = "{route=\"/v1/chat/completions\"}";
+    let get = |name: &str| common::sample(&samples, &format!("{name}{route}"));
+    assert_eq!(get("volt_time_to_first_token_seconds_count"), 2.0, "one first token per request");
+    let ttft = get("volt_time_to_first_token_seconds_sum") / 2.0;
+    assert!((0.15..1.0).contains(&ttft), "mean time to first token {ttft} s for a 150 ms first chunk");
+    assert_eq!(get("volt_inter_token_latency_seconds_count"), 8.0, "4 gaps per request");
+    let itl = get("volt_inter_token_latency_seconds_sum") / 8.0;
+    assert!((0.045..0.5).contains(&itl), "mean gap {itl} s for chunks 50 ms apart");
+    assert_eq!(get("volt_generation_tokens_total"), 10.0);
+    assert_eq!(get("volt_prompt_tokens_total"), 2.0);
+    // A model without an engine of its own leaves the engine gauges at zero.
+    assert_eq!(get("volt_num_requests_running"), 0.0);
+    assert_eq!(get("volt_queue_depth"), 0.0);
 }
