@@ -1,7 +1,7 @@
 //! `volt serve`: a model behind volt-serve — a digits-mlp checkpoint at `/predict`, a
 //! char-gpt checkpoint at `/v1/chat/completions`, pretrained all-MiniLM-L6-v2 at
 //! `/v1/embeddings`, or an LLM from a GGUF file (SmolLM2 from the zoo, or `--gguf PATH`)
-//! at `/v1/chat/completions` with continuous batching. A model comes from exactly one
+//! at `/v1/chat/completions` and `/v1/completions` with continuous batching. A model comes from exactly one
 //! source: `--model NAME` (the zoo) or `--gguf PATH`.
 use clap::Args;
 use std::path::PathBuf;
@@ -199,7 +199,11 @@ fn serve_gguf(
         idle_timeout: endpoint.idle_timeout.or(Some(Duration::from_secs(10))),
         ..endpoint
     };
-    let server = server.openai_chat(endpoint, chat).map_err(|e| CliError::Usage(e.to_string()))?;
+    let completions = EndpointConfig { path: "/v1/completions".into(), ..endpoint.clone() };
+    let server = server
+        .openai_chat(endpoint, chat.clone())
+        .and_then(|s| s.openai_completions(completions, chat))
+        .map_err(|e| CliError::Usage(e.to_string()))?;
     listen(server)
 }
 

@@ -10,17 +10,19 @@ use crate::tokenizer::GgufTokenizer;
 use std::sync::Arc;
 use volt_formats::gguf::Gguf;
 use volt_serve::metrics::GenerationMetrics;
-use volt_serve::openai::{ChatApi, ChatDelta, ChatRequest};
+use volt_serve::openai::{ChatApi, ChatDelta, ChatRequest, TokenLogprob};
 use volt_serve::{ApiError, Device, StreamOutput, StreamSender};
 
-/// Chat completions from a model served by an [`Engine`].
+/// Chat completions from a model served by an [`Engine`] (clones share it: one for
+/// `/v1/chat/completions`, one for `/v1/completions`).
+#[derive(Clone)]
 pub struct LlmChat {
     /// The engine that generates.
     pub engine: Arc<Engine>,
     /// The model's tokenizer.
     pub tokenizer: Arc<GgufTokenizer>,
     /// The model's chat template.
-    pub template: ChatTemplate,
+    pub template: Arc<ChatTemplate>,
     /// The name responses carry.
     pub name: String,
 }
@@ -94,22 +96,38 @@ impl LlmChat {
             _ => Engine::start(Llama::from_gguf(&bytes, &g, device).map_err(in_file)?, eog, config),
         };
         let engine = started.map_err(|e| crate::LlmError::Model(format!("cannot start the engine: {e}")))?;
-        Ok(LlmChat { engine: Arc::new(engine), tokenizer: Arc::new(tokenizer), template, name })
+        Ok(LlmChat {
+            engine: Arc::new(engine),
+            tokenizer: Arc::new(tokenizer),
+            template: Arc::new(template),
+            name,
+        })
     }
 
-    /// The prompt's tokens for `request`, or a 400 naming what is wrong with it.
+    /// The prompt's tokens for `request` (its messages through the chat template, or its
+    /// raw prompt), or a 400 naming what is wrong with it.
     fn prompt(&self, request: &ChatRequest) -> Result<Vec<u32>, ApiError> {
-        let messages: Vec<Message> = request
-            .messages
-            .iter()
-            .map(|m| Message { role: m.role.clone(), content: m.content.clone() })
-            .collect();
-        let text = self.template.render(&messages, true).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+        let (field, text) = match &request.prompt {
+            Some(raw) => ("prompt", raw.clone()),
+            None => {
+                let messages: Vec<Message> = request
+                    .messages
+                    .iter()
+                    .map(|m| Message { role: m.role.clone(), content: m.content.clone() })
+                    .collect();
+                let text =
+                    self.template.render(&messages, true).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+                ("messages", text)
+            }
+        };
         let tokens = self.tokenizer.encode(&text).map_err(|e| ApiError::Internal(e.to_string()))?;
         let limit = self.engine.config().max_model_len;
+        if tokens.is_empty() {
+            return Err(ApiError::field(field, "holds no tokens"));
+        }
         if tokens.len() >= limit {
             return Err(ApiError::field(
-                "messages",
+                field,
                 format!(
                     "the prompt is {} tokens; this server holds at most {limit} per sequence",
                     tokens.len()
@@ -119,11 +137,13 @@ impl LlmChat {
         Ok(tokens)
     }
 
-    /// `max_tokens`, checked against what the context leaves after `prompt` tokens.
+    /// `max_tokens`, checked against what the context leaves after `prompt` tokens (0
+    /// only with `echo`: the prompt's scores alone).
     fn max_tokens(&self, request: &ChatRequest, prompt: usize) -> Result<usize, ApiError> {
         let room = self.engine.config().max_model_len - prompt;
         match request.max_tokens {
             None => Ok(room),
+            Some(0) if request.echo => Ok(0),
             Some(0) => Err(ApiError::field("max_tokens", "must be at least 1")),
             Some(n) if n > room => Err(ApiError::field(
                 "max_tokens",
@@ -152,13 +172,38 @@ impl LlmChat {
         let prompt_tokens = prompt.len();
         let tokenizer = Arc::clone(&self.tokenizer);
         let mut text = Utf8Stream::default();
+        let prompt_ids = if request.echo && request.logprobs.is_some() { prompt.clone() } else { Vec::new() };
+        let mut scored = 0;
+        let logprob = {
+            let tokenizer = Arc::clone(&tokenizer);
+            move |id: u32, (lp, top): (f64, Vec<(u32, f64)>)| TokenLogprob {
+                bytes: tokenizer.token_bytes(id).to_vec(),
+                logprob: lp,
+                top: top.into_iter().map(|(t, v)| (tokenizer.token_bytes(t).to_vec(), v)).collect(),
+            }
+        };
         let sink = move |event: Event| -> bool {
             match event {
-                Event::Token { id, .. } => {
+                Event::Token { id, logprobs } => {
                     let piece = text.push(tokenizer.token_bytes(id));
-                    out.send(ChatDelta { text: piece, prompt_tokens, finish_reason: None, tokens: 1 })
+                    out.send(ChatDelta {
+                        text: piece,
+                        prompt_tokens,
+                        tokens: 1,
+                        logprobs: logprobs.map(|l| logprob(id, l)).into_iter().collect(),
+                        ..ChatDelta::default()
+                    })
                 }
-                Event::PromptLogprobs(_) => true,
+                Event::PromptLogprobs(entries) => {
+                    // Entries follow the prompt's tokens in order, the first without one.
+                    let mut scores = Vec::with_capacity(entries.len());
+                    for entry in entries {
+                        let Some(&id) = prompt_ids.get(scored) else { break };
+                        scored += 1;
+                        scores.push((tokenizer.token_bytes(id).to_vec(), entry.map(|l| logprob(id, l))));
+                    }
+                    out.send(ChatDelta { prompt_tokens, prompt_logprobs: scores, ..ChatDelta::default() })
+                }
                 Event::Finished { reason, .. } => {
                     let finish = match reason {
                         Finish::Stop => "stop",
@@ -168,7 +213,7 @@ impl LlmChat {
                         text: text.finish(),
                         prompt_tokens,
                         finish_reason: Some(finish.into()),
-                        tokens: 0,
+                        ..ChatDelta::default()
                     })
                 }
                 Event::Error(e) => {
@@ -186,8 +231,8 @@ impl LlmChat {
                 top_k: request.top_k.unwrap_or(0),
                 seed: request.seed,
             },
-            logprobs: None,
-            echo: false,
+            logprobs: request.logprobs,
+            echo: request.echo && request.logprobs.is_some(),
             sink: Box::new(sink),
         })
     }
@@ -237,6 +282,9 @@ impl ChatApi for LlmChat {
     }
     fn model_name(&self) -> String {
         self.name.clone()
+    }
+    fn supports_completions(&self) -> bool {
+        true
     }
     fn attach_metrics(&self, metrics: GenerationMetrics) {
         let _ = self.engine.stats().metrics.set(metrics);

@@ -319,6 +319,11 @@ impl Engine {
                     keep.push(s);
                     continue;
                 }
+                if s.request.max_tokens == 0 {
+                    // The prompt's scores were all that was asked (`echo`).
+                    finish(&mut s, Finish::Length);
+                    continue;
+                }
             }
             let Some(row) = rows.last() else { continue };
             let id = s.sampler.sample(row);

@@ -161,3 +161,40 @@ fn bad_steps_are_errors_and_a_file_with_unreadable_types_is_refused() {
     let mb = m.weight_bytes() as f64 / 1e6;
     assert!((90.0..130.0).contains(&mb), "a decode step reads {mb:.0} MB of weights");
 }
+
+/// Held-out text (Dickens, public domain) neither path has seen in any fixture.
+const HELD_OUT: &str = "It was the best of times, it was the worst of times, it was the age of wisdom, \
+it was the age of foolishness, it was the epoch of belief, it was the epoch of incredulity, it was the \
+season of Light, it was the season of Darkness, it was the spring of hope, it was the winter of despair, \
+we had everything before us, we had nothing before us, we were all going direct to Heaven, we were all \
+going direct the other way - in short, the period was so far like the present period, that some of its \
+noisiest authorities insisted on its being received, for good or for evil, in the superlative degree of \
+comparison only.";
+
+/// exp of the mean negative log-likelihood of each token given those before it.
+fn perplexity(rows: &[Vec<f32>], tokens: &[u32]) -> f64 {
+    let nll: f64 = rows
+        .iter()
+        .zip(&tokens[1..])
+        .map(|(row, &next)| logsumexp(row) - f64::from(row[next as usize]))
+        .sum();
+    (nll / (tokens.len() - 1) as f64).exp()
+}
+
+#[test]
+fn quantized_and_float_paths_agree_on_held_out_perplexity() {
+    let (bytes, g) = file();
+    let tokenizer = volt_llm::GgufTokenizer::from_gguf(&g).expect("tokenizer");
+    let tokens = tokenizer.encode(HELD_OUT).expect("tokens");
+    assert!(tokens.len() > 100, "{} tokens", tokens.len());
+    let q = QuantLlama::from_gguf(&bytes, &g, 2).expect("quantized");
+    let quantized = perplexity(&forward(&q, &tokens, &mut q.new_cache()), &tokens);
+    tch::set_num_threads(2);
+    let f = volt_llm::Llama::from_gguf(&bytes, &g, tch::Device::Cpu).expect("float");
+    let logits = f.forward(&tokens, &mut f.new_cache()).expect("float forward");
+    let rows: Vec<Vec<f32>> = Vec::<Vec<f32>>::try_from(logits).expect("rows");
+    let float = perplexity(&rows, &tokens);
+    eprintln!("held-out perplexity over {} tokens: quantized {quantized:.4}, float {float:.4}", tokens.len());
+    assert!((1.5..60.0).contains(&float), "a sane perplexity for English text: {float}");
+    assert!((quantized / float - 1.0).abs() < 0.02, "quantized {quantized} vs float {float}");
+}

@@ -39,6 +39,7 @@ impl ChatApi for Slow {
                 prompt_tokens: 1,
                 finish_reason: (k + 1 == n).then(|| "length".to_owned()),
                 tokens: 1,
+                ..ChatDelta::default()
             };
             if !out.send(0, delta) {
                 break;

@@ -37,6 +37,7 @@ impl ChatApi for Reverser {
                     prompt_tokens: prompt.chars().count(),
                     finish_reason: finish.map(str::to_owned),
                     tokens: 1,
+                    ..ChatDelta::default()
                 };
                 if !out.send(i, delta) || last {
                     break;

@@ -91,8 +91,12 @@ impl ChatApi for CharGptChat {
                 let prompt_tokens = g.prompt_tokens();
                 match g.step(model, true).map_err(ApiError::Internal)? {
                     Some(c) => {
-                        let delta =
-                            ChatDelta { text: c.to_string(), prompt_tokens, finish_reason: None, tokens: 1 };
+                        let delta = ChatDelta {
+                            text: c.to_string(),
+                            prompt_tokens,
+                            tokens: 1,
+                            ..ChatDelta::default()
+                        };
                         if out.send(i, delta) {
                             still.push((i, g));
                         }

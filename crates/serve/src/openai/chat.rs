@@ -1,4 +1,5 @@
 //! `/v1/chat/completions`: OpenAI's chat completions, plain and streamed, over a [`ChatApi`].
+use super::logprobs::{chat_content, TokenLogprob};
 use super::now_secs;
 use crate::api::{Device, InferenceApi, StreamOutput};
 use crate::config::EndpointConfig;
@@ -53,6 +54,14 @@ pub struct ChatRequest {
     pub presence_penalty: f64,
     /// OpenAI's frequency penalty, in [-2, 2] (0 when absent); as `presence_penalty`.
     pub frequency_penalty: f64,
+    /// Report each generated token's log-probability with this many alternatives
+    /// (chat's `logprobs` + `top_logprobs`, completions' `logprobs`); `None`: none.
+    pub logprobs: Option<usize>,
+    /// `/v1/completions`: the raw prompt, which the model reads as it is (no chat
+    /// template); `messages` is then empty.
+    pub prompt: Option<String>,
+    /// `/v1/completions`' `echo`: with `logprobs`, also the prompt tokens' ones.
+    pub echo: bool,
 }
 
 #[derive(Deserialize)]
@@ -73,6 +82,8 @@ struct RawChatRequest {
     n: Option<i64>,
     presence_penalty: Option<f64>,
     frequency_penalty: Option<f64>,
+    logprobs: Option<bool>,
+    top_logprobs: Option<i64>,
     // Accepted and ignored: it only identifies the end user to the provider.
     #[allow(dead_code)]
     user: Option<String>,
@@ -99,53 +110,88 @@ struct ContentPart {
 
 #[derive(Deserialize)]
 #[serde(untagged)]
-enum StopField {
+pub(super) enum StopField {
     One(String),
     Many(Vec<String>),
 }
 
 #[derive(Deserialize)]
-struct StreamOptions {
+pub(super) struct StreamOptions {
     #[serde(default)]
-    include_usage: bool,
+    pub(super) include_usage: bool,
+}
+
+impl StopField {
+    pub(super) fn into_list(field: Option<StopField>) -> Vec<String> {
+        match field {
+            None => vec![],
+            Some(StopField::One(s)) => vec![s],
+            Some(StopField::Many(v)) => v,
+        }
+    }
+}
+
+/// `body` as `T`, or a 400 naming the bad field.
+pub(super) fn parse_body<T: serde::de::DeserializeOwned>(body: &Value) -> Result<T, ApiError> {
+    serde_path_to_error::deserialize(body).map_err(|e| {
+        let path = e.path().to_string();
+        if path == "." {
+            ApiError::BadRequest(format!("invalid request: {}", e.inner()))
+        } else {
+            ApiError::field(&path, e.inner())
+        }
+    })
+}
+
+/// The sampling fields both OpenAI generation APIs share, checked as OpenAI does.
+pub(super) fn check_sampling(
+    temperature: Option<f64>,
+    top_p: Option<f64>,
+    n: Option<i64>,
+    presence_penalty: Option<f64>,
+    frequency_penalty: Option<f64>,
+) -> Result<(), ApiError> {
+    if let Some(t) = temperature {
+        if !(0.0..=2.0).contains(&t) {
+            return Err(ApiError::field("temperature", format!("{t} is not between 0 and 2")));
+        }
+    }
+    if let Some(p) = top_p {
+        if !(p > 0.0 && p <= 1.0) {
+            return Err(ApiError::field("top_p", format!("{p} is not in (0, 1]")));
+        }
+    }
+    // One choice per request: more would need as many generations, and clients that ask
+    // for them read `choices[1..]`.
+    if let Some(n) = n.filter(|&n| n != 1) {
+        return Err(ApiError::field("n", format!("only 1 choice per request is served, not {n}")));
+    }
+    for (field, p) in [("presence_penalty", presence_penalty), ("frequency_penalty", frequency_penalty)] {
+        if let Some(p) = p.filter(|p| !(-2.0..=2.0).contains(p)) {
+            return Err(ApiError::field(field, format!("{p} is not between -2 and 2")));
+        }
+    }
+    Ok(())
 }
 
 impl ChatRequest {
     /// Parses an OpenAI chat completions body; errors name the bad field.
     pub fn from_json(body: &Value) -> Result<Self, ApiError> {
-        let raw: RawChatRequest = serde_path_to_error::deserialize(body).map_err(|e| {
-            let path = e.path().to_string();
-            if path == "." {
-                ApiError::BadRequest(format!("invalid request: {}", e.inner()))
-            } else {
-                ApiError::field(&path, e.inner())
-            }
-        })?;
+        let raw: RawChatRequest = parse_body(body)?;
         if raw.messages.is_empty() {
             return Err(ApiError::field("messages", "must hold at least one message"));
         }
-        if let Some(t) = raw.temperature {
-            if !(0.0..=2.0).contains(&t) {
-                return Err(ApiError::field("temperature", format!("{t} is not between 0 and 2")));
+        check_sampling(raw.temperature, raw.top_p, raw.n, raw.presence_penalty, raw.frequency_penalty)?;
+        let logprobs = match (raw.logprobs.unwrap_or(false), raw.top_logprobs) {
+            (_, Some(k)) if !(0..=20).contains(&k) => {
+                return Err(ApiError::field("top_logprobs", format!("{k} is not between 0 and 20")))
             }
-        }
-        if let Some(p) = raw.top_p {
-            if !(p > 0.0 && p <= 1.0) {
-                return Err(ApiError::field("top_p", format!("{p} is not in (0, 1]")));
+            (false, Some(k)) if k > 0 => {
+                return Err(ApiError::field("top_logprobs", "needs `logprobs`: true"));
             }
-        }
-        // One choice per request: more would need as many generations, and clients
-        // that ask for them read `choices[1..]`.
-        if let Some(n) = raw.n.filter(|&n| n != 1) {
-            return Err(ApiError::field("n", format!("only 1 choice per request is served, not {n}")));
-        }
-        for (field, p) in
-            [("presence_penalty", raw.presence_penalty), ("frequency_penalty", raw.frequency_penalty)]
-        {
-            if let Some(p) = p.filter(|p| !(-2.0..=2.0).contains(p)) {
-                return Err(ApiError::field(field, format!("{p} is not between -2 and 2")));
-            }
-        }
+            (true, k) => Some(k.unwrap_or(0) as usize),
+            (false, _) => None,
+        };
         Ok(ChatRequest {
             model: raw.model.unwrap_or_default(),
             messages: raw
@@ -164,15 +210,14 @@ impl ChatRequest {
             top_p: raw.top_p,
             top_k: raw.top_k,
             seed: raw.seed,
-            stop: match raw.stop {
-                None => vec![],
-                Some(StopField::One(s)) => vec![s],
-                Some(StopField::Many(v)) => v,
-            },
+            stop: StopField::into_list(raw.stop),
             stream: raw.stream,
             include_usage: raw.stream_options.is_some_and(|o| o.include_usage),
             presence_penalty: raw.presence_penalty.unwrap_or(0.0),
             frequency_penalty: raw.frequency_penalty.unwrap_or(0.0),
+            logprobs,
+            prompt: None,
+            echo: false,
         })
     }
 
@@ -206,6 +251,11 @@ pub struct ChatDelta {
     /// Generated tokens this chunk stands for (its text may be empty: a token holding
     /// part of a UTF-8 character waits for the next), counted in `usage`.
     pub tokens: usize,
+    /// With [`ChatRequest::logprobs`]: those of this chunk's generated tokens.
+    pub logprobs: Vec<TokenLogprob>,
+    /// With [`ChatRequest::echo`] and `logprobs`: prompt tokens (bytes, and their
+    /// log-probability, which the first has not), in order, before any generated one.
+    pub prompt_logprobs: Vec<(Vec<u8>, Option<TokenLogprob>)>,
 }
 
 /// A generative model behind `/v1/chat/completions`.
@@ -233,6 +283,11 @@ pub trait ChatApi: Send + Sync + 'static {
     /// 400 naming the problem even for a stream (a prompt longer than the context, say).
     fn check(&self, _request: &ChatRequest) -> Result<(), ApiError> {
         Ok(())
+    }
+    /// Whether `generate` reads [`ChatRequest::prompt`] (a raw prompt, no template) and
+    /// honours [`ChatRequest::echo`]: what `/v1/completions` needs.
+    fn supports_completions(&self) -> bool {
+        false
     }
     /// Whether `generate` applies [`ChatRequest::presence_penalty`] and
     /// [`ChatRequest::frequency_penalty`] as OpenAI does: before each draw,
@@ -286,14 +341,17 @@ fn completion_id() -> String {
 }
 
 /// Applies stop sequences to generated text: what may be emitted now, and whether to stop.
-struct StopFilter {
+pub(super) struct StopFilter {
     stops: Vec<String>,
     text: String,
     emitted: usize,
 }
 
 impl StopFilter {
-    fn push(&mut self, piece: &str) -> (String, bool) {
+    pub(super) fn new(stops: Vec<String>) -> Self {
+        StopFilter { stops, text: String::new(), emitted: 0 }
+    }
+    pub(super) fn push(&mut self, piece: &str) -> (String, bool) {
         self.text.push_str(piece);
         if let Some(at) =
             self.stops.iter().filter(|s| !s.is_empty()).filter_map(|s| self.text.find(s.as_str())).min()
@@ -312,7 +370,7 @@ impl StopFilter {
         self.emitted = safe;
         (out, false)
     }
-    fn rest(&mut self) -> String {
+    pub(super) fn rest(&mut self) -> String {
         let out = self.text[self.emitted..].to_owned();
         self.emitted = self.text.len();
         out
@@ -321,7 +379,7 @@ impl StopFilter {
 
 /// `chunks`, recording as they pass the time to the first token and between tokens
 /// (from `start`, the request's arrival) and the tokens read and generated.
-fn timed(
+pub(super) fn timed(
     chunks: impl futures_util::Stream<Item = Result<ChatDelta, HttpError>> + Send + 'static,
     start: std::time::Instant,
     metrics: GenerationMetrics,
@@ -361,20 +419,25 @@ async fn chat_route<C: ChatApi>(
         let deadlines = ep.stream_deadlines(deadline);
         let model = if request.model.is_empty() { ep.api.0.model_name() } else { request.model.clone() };
         let (stream, include_usage) = (request.stream, request.include_usage);
-        let stop = StopFilter { stops: request.stop.clone(), text: String::new(), emitted: 0 };
+        let want_logprobs = request.logprobs.is_some();
+        let stop = StopFilter::new(request.stop.clone());
         let rx = ep.call_stream(request, deadlines.first)?;
-        Ok((timed(chunks_until(rx, deadlines), start, metrics), model, stream, include_usage, stop))
+        let chunks = timed(chunks_until(rx, deadlines), start, metrics);
+        Ok((chunks, model, stream, include_usage, want_logprobs, stop))
     };
-    let (chunks, model, stream, include_usage, stop) = match ep.by(deadline, setup).await {
+    let (chunks, model, stream, include_usage, want_logprobs, stop) = match ep.by(deadline, setup).await {
         Ok(s) => s,
         Err(e) => return e.into_response(),
     };
     let id = completion_id();
     let created = now_secs();
     if stream {
-        stream_chat(chunks, stop, id, created, model, include_usage, Framing::from_headers(&headers))
+        let framing = Framing::from_headers(&headers);
+        stream_chat(chunks, stop, id, created, model, include_usage, want_logprobs, framing)
     } else {
-        collect_chat(chunks, stop, id, created, model).await.unwrap_or_else(IntoResponse::into_response)
+        collect_chat(chunks, stop, id, created, model, want_logprobs)
+            .await
+            .unwrap_or_else(IntoResponse::into_response)
     }
 }
 
@@ -385,7 +448,7 @@ fn chunk_object(id: &str, created: u64, model: &str, delta: Value, finish: Optio
     })
 }
 
-fn usage(prompt: usize, completion: usize) -> Value {
+pub(super) fn usage(prompt: usize, completion: usize) -> Value {
     json!({"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion})
 }
 
@@ -396,10 +459,22 @@ fn stream_chat(
     created: u64,
     model: String,
     include_usage: bool,
+    want_logprobs: bool,
     framing: Framing,
 ) -> Response {
+    let (id_for_chunks, model_for_chunks) = (id.clone(), model.clone());
     let first = chunk_object(&id, created, &model, json!({"role": "assistant", "content": ""}), None);
     let (mut prompt, mut completion, mut finished) = (0usize, 0usize, false);
+    // Log-probabilities wait for the chunk that carries their text.
+    let mut pending: Vec<TokenLogprob> = Vec::new();
+    let content = move |text: String, lps: &mut Vec<TokenLogprob>| {
+        let mut c = chunk_object(&id_for_chunks, created, &model_for_chunks, json!({"content": text}), None);
+        if want_logprobs {
+            c["choices"][0]["logprobs"] = json!({"content": chat_content(lps)});
+            lps.clear();
+        }
+        c
+    };
     let body = chunks.map(Some).chain(futures_util::stream::once(async { None })).flat_map(move |item| {
         let mut out: Vec<Result<Value, HttpError>> = Vec::new();
         if finished {
@@ -409,15 +484,16 @@ fn stream_chat(
             Some(Ok(delta)) => {
                 prompt = prompt.max(delta.prompt_tokens);
                 completion += delta.tokens;
+                pending.extend(delta.logprobs);
                 let (text, hit_stop) = stop.push(&delta.text);
                 if !text.is_empty() {
-                    out.push(Ok(chunk_object(&id, created, &model, json!({"content": text}), None)));
+                    out.push(Ok(content(text, &mut pending)));
                 }
                 let finish = if hit_stop { Some("stop".to_owned()) } else { delta.finish_reason };
                 if let Some(reason) = finish {
                     let rest = if hit_stop { String::new() } else { stop.rest() };
-                    if !rest.is_empty() {
-                        out.push(Ok(chunk_object(&id, created, &model, json!({"content": rest}), None)));
+                    if !rest.is_empty() || !pending.is_empty() {
+                        out.push(Ok(content(rest, &mut pending)));
                     }
                     out.push(Ok(chunk_object(&id, created, &model, json!({}), Some(&reason))));
                     if include_usage {
@@ -436,7 +512,7 @@ fn stream_chat(
             None => {
                 let rest = stop.rest();
                 if !rest.is_empty() {
-                    out.push(Ok(chunk_object(&id, created, &model, json!({"content": rest}), None)));
+                    out.push(Ok(content(rest, &mut pending)));
                 }
                 out.push(Ok(chunk_object(&id, created, &model, json!({}), Some("stop"))));
                 finished = true;
@@ -454,14 +530,17 @@ async fn collect_chat(
     id: String,
     created: u64,
     model: String,
+    want_logprobs: bool,
 ) -> Result<Response, HttpError> {
     let mut chunks = std::pin::pin!(chunks);
     let (mut text, mut prompt, mut completion) = (String::new(), 0, 0);
     let mut finish = "stop".to_owned();
+    let mut lps = Vec::new();
     while let Some(item) = chunks.next().await {
         let delta = item?;
         prompt = delta.prompt_tokens;
         completion += delta.tokens;
+        lps.extend(delta.logprobs);
         let (piece, hit_stop) = stop.push(&delta.text);
         text.push_str(&piece);
         if hit_stop {
@@ -473,9 +552,11 @@ async fn collect_chat(
             break;
         }
     }
+    let logprobs = if want_logprobs { json!({"content": chat_content(&lps)}) } else { Value::Null };
     Ok(Json(json!({
         "id": id, "object": "chat.completion", "created": created, "model": model,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish}],
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": logprobs,
+                     "finish_reason": finish}],
         "usage": usage(prompt, completion),
     }))
     .into_response())
