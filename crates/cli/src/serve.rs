@@ -184,6 +184,7 @@ fn serve_gguf(
         prefill_chunk: args.prefill_chunk,
         ..volt_llm::EngineConfig::default()
     };
+    config.check().map_err(|e| CliError::Usage(format!("--{}", e.replace('_', "-"))))?;
     let device = args.cuda.map_or(tch::Device::Cpu, tch::Device::Cuda);
     let threads =
         args.num_threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));

@@ -53,11 +53,31 @@ impl Utf8Stream {
         self.pending.drain(..valid);
         text
     }
-    /// Whatever is left at the end, invalid bytes replaced.
+    /// The end of the stream: what is still held is the start of a character the
+    /// generation stopped inside (`max_tokens` reached mid-emoji), which is dropped
+    /// rather than sent as U+FFFD.
     pub fn finish(&mut self) -> String {
-        let text = String::from_utf8_lossy(&self.pending).into_owned();
         self.pending.clear();
-        text
+        String::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Utf8Stream;
+
+    #[test]
+    fn characters_split_across_tokens_come_out_whole_and_a_cut_one_not_at_all() {
+        let mut s = Utf8Stream::default();
+        let smile = "😍".as_bytes();
+        assert_eq!(s.push(b"a"), "a");
+        assert_eq!(s.push(&smile[..1]), "");
+        assert_eq!(s.push(&smile[1..3]), "");
+        assert_eq!(s.push(&smile[3..]), "😍");
+        assert_eq!(s.push(&[b'b', smile[0], smile[1]]), "b");
+        assert_eq!(s.finish(), "", "the cut emoji is dropped, not U+FFFD");
+        // Bytes that can never be text are replaced where they stand.
+        assert_eq!(s.push(&[0xFF, b'c']), "\u{FFFD}c");
     }
 }
 
@@ -72,6 +92,7 @@ impl LlmChat {
         device: tch::Device,
         threads: usize,
     ) -> crate::Result<Self> {
+        config.check().map_err(crate::LlmError::Input)?;
         let in_file = |e: crate::LlmError| crate::LlmError::Model(format!("{}: {e}", path.display()));
         let bytes =
             std::fs::read(path).map_err(|e| crate::LlmError::Model(format!("{}: {e}", path.display())))?;

@@ -30,6 +30,23 @@ pub struct EngineConfig {
     pub max_waiting: usize,
 }
 
+impl EngineConfig {
+    /// Refuses limits that would serve nothing, naming the option.
+    pub fn check(&self) -> Result<(), String> {
+        for (name, value, least) in [
+            ("max_num_seqs", self.max_num_seqs, 1),
+            ("max_model_len", self.max_model_len, 2),
+            ("prefill_chunk", self.prefill_chunk, 1),
+            ("max_waiting", self.max_waiting, 1),
+        ] {
+            if value < least {
+                return Err(format!("{name} = {value}: must be at least {least}"));
+            }
+        }
+        Ok(())
+    }
+}
+
 impl Default for EngineConfig {
     fn default() -> Self {
         EngineConfig { max_num_seqs: 16, max_model_len: 2048, prefill_chunk: 256, max_waiting: 64 }
