@@ -17,6 +17,34 @@ use volt_formats::gguf::TensorType;
 /// Weights per quantization block.
 const BLOCK: usize = 32;
 
+/// Rows stored together, block by block: block k of rows 4g..4g+4 lie side by side, so
+/// that the kernels, which work on four rows at once, read one stream of memory.
+const GROUP: usize = 4;
+
+/// Where block `k` of `row` lies, in a matrix of `per_row` blocks per row.
+#[inline(always)]
+fn at(row: usize, k: usize, per_row: usize) -> usize {
+    ((row / GROUP) * per_row + k) * GROUP + row % GROUP
+}
+
+/// A Q4_1 block with its scale and minimum widened to f32 and its 16 bytes of nibbles
+/// (low: weights 0–15, high: 16–31), together so that one load stream reads it.
+#[derive(Clone, Copy, Default)]
+#[repr(C)]
+struct BlockQ4_1 {
+    d: f32,
+    m: f32,
+    q: [u8; 16],
+}
+
+/// A Q8_0 block: its scale widened to f32 and 32 signed bytes.
+#[derive(Clone, Copy, Default)]
+#[repr(C)]
+struct BlockQ8_0 {
+    d: f32,
+    q: [i8; BLOCK],
+}
+
 /// A `[rows, cols]` weight matrix in one of the layouts the kernels read.
 pub struct QMatrix {
     /// Output features.
@@ -26,14 +54,20 @@ pub struct QMatrix {
     data: Data,
 }
 
+/// Blocks in [`at`]'s order, the last group padded with zero rows.
 enum Data {
-    /// Per block: the scale, the minimum, and 16 bytes of nibbles (low: weights 0–15,
-    /// high: 16–31).
-    Q4_1 { scales: Vec<f32>, mins: Vec<f32>, nibbles: Vec<u8> },
-    /// Per block: the scale and 32 signed bytes.
-    Q8_0 { scales: Vec<f32>, quants: Vec<i8> },
-    /// Plain floats, row-major.
-    F32(Vec<f32>),
+    Q4_1(Vec<BlockQ4_1>),
+    Q8_0(Vec<BlockQ8_0>),
+    F32(Vec<[f32; BLOCK]>),
+}
+
+/// `blocks`, in the file's order (row after row), put in [`at`]'s.
+fn grouped<T: Copy + Default>(blocks: impl Iterator<Item = T>, rows: usize, per_row: usize) -> Vec<T> {
+    let mut out = vec![T::default(); rows.div_ceil(GROUP) * GROUP * per_row];
+    for (i, b) in blocks.enumerate() {
+        out[at(i / per_row, i % per_row, per_row)] = b;
+    }
+    out
 }
 
 impl QMatrix {
@@ -44,47 +78,79 @@ impl QMatrix {
             return None;
         }
         let half = |b: &[u8]| half::f16::from_le_bytes([b[0], b[1]]).to_f32();
-        let blocks = rows * cols / BLOCK;
+        let per_row = cols / BLOCK;
+        let blocks = rows * per_row;
         let data = match kind {
-            TensorType::Q4_1 if bytes.len() == blocks * 20 => {
-                let mut scales = Vec::with_capacity(blocks);
-                let mut mins = Vec::with_capacity(blocks);
-                let mut nibbles = Vec::with_capacity(blocks * 16);
-                for b in bytes.chunks_exact(20) {
-                    scales.push(half(&b[..2]));
-                    mins.push(half(&b[2..4]));
-                    nibbles.extend_from_slice(&b[4..]);
-                }
-                Data::Q4_1 { scales, mins, nibbles }
-            }
-            TensorType::Q8_0 if bytes.len() == blocks * 34 => {
-                let mut scales = Vec::with_capacity(blocks);
-                let mut quants = Vec::with_capacity(blocks * BLOCK);
-                for b in bytes.chunks_exact(34) {
-                    scales.push(half(&b[..2]));
-                    quants.extend(b[2..].iter().map(|&q| q as i8));
-                }
-                Data::Q8_0 { scales, quants }
-            }
+            TensorType::Q4_1 if bytes.len() == blocks * 20 => Data::Q4_1(grouped(
+                bytes.chunks_exact(20).map(|b| BlockQ4_1 {
+                    d: half(&b[..2]),
+                    m: half(&b[2..4]),
+                    q: b[4..].try_into().expect("16 bytes"),
+                }),
+                rows,
+                per_row,
+            )),
+            TensorType::Q8_0 if bytes.len() == blocks * 34 => Data::Q8_0(grouped(
+                bytes
+                    .chunks_exact(34)
+                    .map(|b| BlockQ8_0 { d: half(&b[..2]), q: std::array::from_fn(|j| b[2 + j] as i8) }),
+                rows,
+                per_row,
+            )),
             TensorType::F32 | TensorType::F16 | TensorType::BF16 => {
                 let values = volt_formats::gguf::dequantize(kind, bytes);
                 if values.len() != rows * cols {
                     return None;
                 }
-                Data::F32(values)
+                let floats =
+                    values.chunks_exact(BLOCK).map(|c| <[f32; BLOCK]>::try_from(c).expect("a block"));
+                Data::F32(grouped(floats, rows, per_row))
             }
             _ => return None,
         };
         Some(QMatrix { rows, cols, data })
     }
 
+    /// The matrices one above the other (`[Σ rows, cols]`), so that one product serves
+    /// several that read the same input (Q, K and V; gate and up); `None` unless they
+    /// share their width and layout, and all but the last fill their groups of rows.
+    /// Each output row is computed as before.
+    pub fn stack(parts: Vec<QMatrix>) -> Option<QMatrix> {
+        let (cols, count) = (parts.first()?.cols, parts.len());
+        if parts.iter().take(count - 1).any(|m| m.rows % GROUP != 0) {
+            return None;
+        }
+        let rows = parts.iter().map(|m| m.rows).sum();
+        let mut parts = parts.into_iter();
+        let mut data = parts.next()?.data;
+        for m in parts {
+            if m.cols != cols {
+                return None;
+            }
+            match (&mut data, m.data) {
+                (Data::Q4_1(v), Data::Q4_1(w)) => v.extend(w),
+                (Data::Q8_0(v), Data::Q8_0(w)) => v.extend(w),
+                (Data::F32(v), Data::F32(w)) => v.extend(w),
+                _ => return None,
+            }
+        }
+        Some(QMatrix { rows, cols, data })
+    }
+
+    /// Whether `other` has this matrix's width and storage type (so that they stack).
+    pub fn same_layout(&self, other: &QMatrix) -> bool {
+        self.cols == other.cols && std::mem::discriminant(&self.data) == std::mem::discriminant(&other.data)
+    }
+
     /// Bytes the weights take (what a decode step reads).
     pub fn bytes(&self) -> usize {
-        match &self.data {
-            Data::Q4_1 { scales, mins, nibbles } => (scales.len() + mins.len()) * 4 + nibbles.len(),
-            Data::Q8_0 { scales, quants } => scales.len() * 4 + quants.len(),
-            Data::F32(v) => v.len() * 4,
-        }
+        let blocks = self.rows * self.cols / BLOCK;
+        blocks
+            * match &self.data {
+                Data::Q4_1(_) => std::mem::size_of::<BlockQ4_1>(),
+                Data::Q8_0(_) => std::mem::size_of::<BlockQ8_0>(),
+                Data::F32(_) => std::mem::size_of::<[f32; BLOCK]>(),
+            }
     }
 
     /// Row `r`, dequantized (an embedding lookup).
@@ -93,18 +159,14 @@ impl QMatrix {
         let mut w = [0f32; BLOCK];
         let per_row = self.cols / BLOCK;
         for (k, chunk) in out.chunks_exact_mut(BLOCK).enumerate() {
-            self.dequantize_block(r * per_row + k, &mut w);
+            match &self.data {
+                Data::Q4_1(v) => Q4_1(v).block(at(r, k, per_row), &mut w),
+                Data::Q8_0(v) => Q8_0(v).block(at(r, k, per_row), &mut w),
+                Data::F32(v) => Dense(v).block(at(r, k, per_row), &mut w),
+            }
             chunk.copy_from_slice(&w);
         }
         out
-    }
-
-    fn dequantize_block(&self, block: usize, w: &mut [f32; BLOCK]) {
-        match &self.data {
-            Data::Q4_1 { scales, mins, nibbles } => Q4_1 { scales, mins, nibbles }.block(block, w),
-            Data::Q8_0 { scales, quants } => Q8_0 { scales, quants }.block(block, w),
-            Data::F32(v) => Dense(v).block(block, w),
-        }
     }
 
     /// `x · selfᵀ`: `x` is `[n, cols]` row-major, the result `[n, rows]`. Output rows
@@ -114,6 +176,8 @@ impl QMatrix {
         // Computed transposed (`[rows, n]`), so that each thread writes one contiguous
         // run of output rows, then turned the right way round.
         let mut out_t = vec![0f32; self.rows * n];
+        // Two runs of rows per thread: enough to even out, few enough that forking
+        // costs little next to the work (a decode step makes ~120 of these calls).
         let chunk = (self.rows / (pool.current_num_threads() * 8)).clamp(8, 256) / 4 * 4;
         let level = simd_level();
         pool.install(|| {
@@ -121,12 +185,8 @@ impl QMatrix {
                 let first = c * chunk;
                 let cols = self.cols;
                 match &self.data {
-                    Data::Q4_1 { scales, mins, nibbles } => {
-                        dispatch(level, &Q4_1 { scales, mins, nibbles }, cols, x, n, first, out)
-                    }
-                    Data::Q8_0 { scales, quants } => {
-                        dispatch(level, &Q8_0 { scales, quants }, cols, x, n, first, out)
-                    }
+                    Data::Q4_1(v) => dispatch(level, &Q4_1(v), cols, x, n, first, out),
+                    Data::Q8_0(v) => dispatch(level, &Q8_0(v), cols, x, n, first, out),
                     Data::F32(v) => dispatch(level, &Dense(v), cols, x, n, first, out),
                 }
             });
@@ -188,19 +248,21 @@ trait Blocks: Sync {
     /// The CPU has AVX2.
     #[cfg(target_arch = "x86_64")]
     unsafe fn block256(&self, b: usize) -> [std::arch::x86_64::__m256; 4];
+    /// Where block `b` lies (for prefetching; it may be past the end).
+    fn addr(&self, b: usize) -> *const i8;
 }
 
-struct Q4_1<'a> {
-    scales: &'a [f32],
-    mins: &'a [f32],
-    nibbles: &'a [u8],
-}
+struct Q4_1<'a>(&'a [BlockQ4_1]);
 
 impl Blocks for Q4_1<'_> {
     #[inline(always)]
+    fn addr(&self, b: usize) -> *const i8 {
+        self.0.as_ptr().wrapping_add(b).cast()
+    }
+    #[inline(always)]
     fn block(&self, b: usize, w: &mut [f32; BLOCK]) {
-        let (d, m) = (self.scales[b], self.mins[b]);
-        let q: &[u8; 16] = self.nibbles[b * 16..b * 16 + 16].try_into().expect("16 nibble bytes");
+        let blk = &self.0[b];
+        let (d, m, q) = (blk.d, blk.m, &blk.q);
         for j in 0..16 {
             // Not fused: ggml's reference rounds the product, then adds.
             w[j] = f32::from(q[j] & 0x0F) * d + m;
@@ -211,9 +273,10 @@ impl Blocks for Q4_1<'_> {
     #[inline(always)]
     unsafe fn block512(&self, b: usize) -> (x86::__m512, x86::__m512) {
         use x86::*;
-        let v = _mm_loadu_si128(self.nibbles.as_ptr().add(b * 16).cast());
+        let blk = self.0.get_unchecked(b);
+        let v = _mm_loadu_si128(blk.q.as_ptr().cast());
         let mask = _mm_set1_epi8(0x0F);
-        let (d, m) = (_mm512_set1_ps(self.scales[b]), _mm512_set1_ps(self.mins[b]));
+        let (d, m) = (_mm512_set1_ps(blk.d), _mm512_set1_ps(blk.m));
         let lo = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_and_si128(v, mask)));
         let hi = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_and_si128(_mm_srli_epi16(v, 4), mask)));
         (_mm512_add_ps(_mm512_mul_ps(lo, d), m), _mm512_add_ps(_mm512_mul_ps(hi, d), m))
@@ -222,9 +285,10 @@ impl Blocks for Q4_1<'_> {
     #[inline(always)]
     unsafe fn block256(&self, b: usize) -> [x86::__m256; 4] {
         use x86::*;
-        let v = _mm_loadu_si128(self.nibbles.as_ptr().add(b * 16).cast());
+        let blk = self.0.get_unchecked(b);
+        let v = _mm_loadu_si128(blk.q.as_ptr().cast());
         let mask = _mm_set1_epi8(0x0F);
-        let (d, m) = (_mm256_set1_ps(self.scales[b]), _mm256_set1_ps(self.mins[b]));
+        let (d, m) = (_mm256_set1_ps(blk.d), _mm256_set1_ps(blk.m));
         let lo = _mm_and_si128(v, mask);
         let hi = _mm_and_si128(_mm_srli_epi16(v, 4), mask);
         [
@@ -236,56 +300,62 @@ impl Blocks for Q4_1<'_> {
     }
 }
 
-struct Q8_0<'a> {
-    scales: &'a [f32],
-    quants: &'a [i8],
-}
+struct Q8_0<'a>(&'a [BlockQ8_0]);
 
 impl Blocks for Q8_0<'_> {
     #[inline(always)]
+    fn addr(&self, b: usize) -> *const i8 {
+        self.0.as_ptr().wrapping_add(b).cast()
+    }
+    #[inline(always)]
     fn block(&self, b: usize, w: &mut [f32; BLOCK]) {
-        let d = self.scales[b];
-        let q: &[i8; BLOCK] = self.quants[b * BLOCK..b * BLOCK + BLOCK].try_into().expect("32 quants");
+        let blk = &self.0[b];
         for j in 0..BLOCK {
-            w[j] = f32::from(q[j]) * d;
+            w[j] = f32::from(blk.q[j]) * blk.d;
         }
     }
     #[cfg(target_arch = "x86_64")]
     #[inline(always)]
     unsafe fn block512(&self, b: usize) -> (x86::__m512, x86::__m512) {
         use x86::*;
-        let p = self.quants.as_ptr().add(b * BLOCK);
-        let d = _mm512_set1_ps(self.scales[b]);
+        let blk = self.0.get_unchecked(b);
+        let p = blk.q.as_ptr();
+        let d = _mm512_set1_ps(blk.d);
         (scaled16(_mm_loadu_si128(p.cast()), d), scaled16(_mm_loadu_si128(p.add(16).cast()), d))
     }
     #[cfg(target_arch = "x86_64")]
     #[inline(always)]
     unsafe fn block256(&self, b: usize) -> [x86::__m256; 4] {
         use x86::*;
-        let p = self.quants.as_ptr().add(b * BLOCK);
-        let d = _mm256_set1_ps(self.scales[b]);
+        let blk = self.0.get_unchecked(b);
+        let p = blk.q.as_ptr();
+        let d = _mm256_set1_ps(blk.d);
         let (a, c) = (_mm_loadu_si128(p.cast()), _mm_loadu_si128(p.add(16).cast()));
         [scaled8(a, d), scaled8(_mm_srli_si128(a, 8), d), scaled8(c, d), scaled8(_mm_srli_si128(c, 8), d)]
     }
 }
 
-struct Dense<'a>(&'a [f32]);
+struct Dense<'a>(&'a [[f32; BLOCK]]);
 
 impl Blocks for Dense<'_> {
     #[inline(always)]
+    fn addr(&self, b: usize) -> *const i8 {
+        self.0.as_ptr().wrapping_add(b).cast()
+    }
+    #[inline(always)]
     fn block(&self, b: usize, w: &mut [f32; BLOCK]) {
-        w.copy_from_slice(&self.0[b * BLOCK..b * BLOCK + BLOCK]);
+        *w = self.0[b];
     }
     #[cfg(target_arch = "x86_64")]
     #[inline(always)]
     unsafe fn block512(&self, b: usize) -> (x86::__m512, x86::__m512) {
-        let p = self.0.as_ptr().add(b * BLOCK);
+        let p = self.0.get_unchecked(b).as_ptr();
         (x86::_mm512_loadu_ps(p), x86::_mm512_loadu_ps(p.add(16)))
     }
     #[cfg(target_arch = "x86_64")]
     #[inline(always)]
     unsafe fn block256(&self, b: usize) -> [x86::__m256; 4] {
-        let p = self.0.as_ptr().add(b * BLOCK);
+        let p = self.0.get_unchecked(b).as_ptr();
         std::array::from_fn(|q| x86::_mm256_loadu_ps(p.add(8 * q)))
     }
 }
@@ -313,7 +383,7 @@ fn rows<B: Blocks>(m: &B, cols: usize, x: &[f32], n: usize, first: usize, out: &
     for (o, out_row) in out.chunks_exact_mut(n).enumerate() {
         let row = first + o;
         for (k, wb) in w.iter_mut().enumerate() {
-            m.block(row * per_row + k, wb);
+            m.block(at(row, k, per_row), wb);
         }
         for (v, xr) in out_row.iter_mut().zip(x.chunks_exact(cols)) {
             *v = dot(&w, xr);
@@ -357,6 +427,9 @@ mod x86 {
     use super::{Blocks, BLOCK};
     pub(super) use std::arch::x86_64::*;
 
+    /// Blocks ahead to prefetch in the one-row kernels.
+    const PREFETCH: usize = 16;
+
     /// Dequantizes weight rows `first + o .. first + o + ROWS` (those that exist) into `w`.
     #[inline(always)]
     fn dequantize_rows<B: Blocks, const ROWS: usize>(
@@ -366,11 +439,12 @@ mod x86 {
         count: usize,
         w: &mut [f32],
     ) {
-        let per_row = cols / BLOCK;
-        for i in 0..count.min(ROWS) {
-            for (k, wb) in w[i * cols..(i + 1) * cols].chunks_exact_mut(BLOCK).enumerate() {
-                let wb: &mut [f32; BLOCK] = wb.try_into().expect("a block");
-                m.block((row + i) * per_row + k, wb);
+        // Block by block, the rows inside: the order they lie in memory.
+        for k in 0..cols / BLOCK {
+            for i in 0..count.min(ROWS) {
+                let wb: &mut [f32; BLOCK] =
+                    (&mut w[i * cols + k * BLOCK..i * cols + (k + 1) * BLOCK]).try_into().expect("a block");
+                m.block(super::at(row + i, k, cols / BLOCK), wb);
             }
         }
     }
@@ -394,11 +468,15 @@ mod x86 {
                 let mut lo = [_mm512_setzero_ps(); ROWS];
                 let mut hi = [_mm512_setzero_ps(); ROWS];
                 for k in 0..per_row {
+                    // The group's blocks a few steps ahead: the loop waits on memory.
+                    for i in [0, 2, 3] {
+                        _mm_prefetch::<_MM_HINT_T0>(m.addr(super::at(first + o + i, k + PREFETCH, per_row)));
+                    }
                     let xl = _mm512_loadu_ps(x.as_ptr().add(k * BLOCK));
                     let xh = _mm512_loadu_ps(x.as_ptr().add(k * BLOCK + 16));
                     for i in 0..ROWS {
-                        // Past the last row, repeat it (its sums are not kept).
-                        let (wl, wh) = m.block512((first + o + i.min(count - 1)) * per_row + k);
+                        // Past the last row: a padding row of the group (its sums are not kept).
+                        let (wl, wh) = m.block512(super::at(first + o + i, k, per_row));
                         lo[i] = _mm512_fmadd_ps(wl, xl, lo[i]);
                         hi[i] = _mm512_fmadd_ps(wh, xh, hi[i]);
                     }
@@ -449,10 +527,13 @@ mod x86 {
                 let count = (total - o).min(ROWS);
                 let mut s = [[_mm256_setzero_ps(); 4]; ROWS];
                 for k in 0..per_row {
+                    for i in 0..ROWS {
+                        _mm_prefetch::<_MM_HINT_T0>(m.addr(super::at(first + o + i, k + PREFETCH, per_row)));
+                    }
                     let xs: [__m256; 4] =
                         std::array::from_fn(|q| _mm256_loadu_ps(x.as_ptr().add(k * BLOCK + 8 * q)));
                     for (i, si) in s.iter_mut().enumerate() {
-                        let w = m.block256((first + o + i.min(count - 1)) * per_row + k);
+                        let w = m.block256(super::at(first + o + i, k, per_row));
                         for q in 0..4 {
                             si[q] = _mm256_fmadd_ps(w[q], xs[q], si[q]);
                         }
@@ -594,16 +675,16 @@ mod tests {
         }
         // Every instruction set this CPU has gives the portable code's bits, for a
         // count of rows that is not a multiple of the kernels' groups too.
-        let Data::Q8_0 { scales, quants } = &m.data else { unreachable!("built as Q8_0") };
-        agree(&Q8_0 { scales, quants }, cols, rows, &x);
+        let Data::Q8_0(blocks) = &m.data else { unreachable!("built as Q8_0") };
+        agree(&Q8_0(blocks), cols, rows, &x);
         let mut nibbles = Vec::new();
         for _ in 0..rows * cols / 32 {
             let q: [u8; 32] = std::array::from_fn(|_| ((lcg(&mut seed) + 0.5) * 16.0) as u8 & 15);
             nibbles.extend(q4_1_block(lcg(&mut seed) * 0.1, lcg(&mut seed), &q));
         }
         let m = QMatrix::from_gguf(TensorType::Q4_1, &nibbles, rows, cols).expect("q4_1");
-        let Data::Q4_1 { scales, mins, nibbles } = &m.data else { unreachable!("built as Q4_1") };
-        agree(&Q4_1 { scales, mins, nibbles }, cols, rows, &x);
+        let Data::Q4_1(blocks) = &m.data else { unreachable!("built as Q4_1") };
+        agree(&Q4_1(blocks), cols, rows, &x);
     }
 
     /// Every instruction set this CPU has gives the portable code's bits, for one input
@@ -631,6 +712,31 @@ mod tests {
             Level::Avx2 => matches!(simd_level(), Level::Avx512 | Level::Avx2),
             Level::Portable => true,
         }
+    }
+
+    #[test]
+    fn stacked_matrices_give_each_part_the_same_bits() {
+        let mut seed = 5;
+        let mut part = |rows: usize| {
+            let mut bytes = Vec::new();
+            for _ in 0..rows * 64 / 32 {
+                let q: [u8; 32] = std::array::from_fn(|_| ((lcg(&mut seed) + 0.5) * 16.0) as u8 & 15);
+                bytes.extend(q4_1_block(lcg(&mut seed), lcg(&mut seed), &q));
+            }
+            QMatrix::from_gguf(TensorType::Q4_1, &bytes, rows, 64).expect("q4_1")
+        };
+        let (a, b) = (part(12), part(20));
+        let x: Vec<f32> = (0..2 * 64).map(|i| (i as f32 * 0.37).sin()).collect();
+        let (ya, yb) = (a.matmul(&x, 2, &pool(2)), b.matmul(&x, 2, &pool(2)));
+        let both = QMatrix::stack(vec![a, b]).expect("same layout");
+        assert_eq!((both.rows, both.cols), (32, 64));
+        let y = both.matmul(&x, 2, &pool(2));
+        for i in 0..2 {
+            assert_eq!(y[i * 32..i * 32 + 12], ya[i * 12..(i + 1) * 12]);
+            assert_eq!(y[i * 32 + 12..(i + 1) * 32], yb[i * 20..(i + 1) * 20]);
+        }
+        let f = QMatrix::from_gguf(TensorType::F32, &[0; 256], 1, 64).expect("f32");
+        assert!(QMatrix::stack(vec![both, f]).is_none(), "layouts differ");
     }
 
     #[test]

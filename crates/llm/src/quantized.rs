@@ -14,16 +14,61 @@ use rayon::prelude::*;
 use std::sync::Arc;
 use volt_formats::gguf::Gguf;
 
+/// One block's weights; Q, K and V stacked into one matrix, and gate and up into
+/// another, so that each input is read by one product (when their layouts agree).
 struct Layer {
     attn_norm: Vec<f32>,
-    wq: QMatrix,
-    wk: QMatrix,
-    wv: QMatrix,
+    qkv: Products,
     wo: QMatrix,
     ffn_norm: Vec<f32>,
-    w_gate: QMatrix,
-    w_up: QMatrix,
+    gate_up: Products,
     w_down: QMatrix,
+}
+
+/// Matrices that multiply the same input: stacked when they can be, else apart.
+enum Products {
+    Stacked(QMatrix, Vec<usize>),
+    Apart(Vec<QMatrix>),
+}
+
+impl Products {
+    fn bytes(&self) -> usize {
+        match self {
+            Products::Stacked(m, _) => m.bytes(),
+            Products::Apart(parts) => parts.iter().map(QMatrix::bytes).sum(),
+        }
+    }
+
+    fn new(parts: Vec<QMatrix>) -> Self {
+        let widths: Vec<usize> = parts.iter().map(|m| m.rows).collect();
+        if parts.windows(2).all(|w| w[0].same_layout(&w[1])) {
+            if let Some(m) = QMatrix::stack(parts) {
+                return Products::Stacked(m, widths);
+            }
+            // stack() took them: only an empty list gets here, and it has nothing apart.
+            return Products::Apart(Vec::new());
+        }
+        Products::Apart(parts)
+    }
+
+    /// Each matrix's product with `x` (`[n, cols]`), in order.
+    fn apply(&self, x: &[f32], n: usize, pool: &rayon::ThreadPool) -> Vec<Vec<f32>> {
+        match self {
+            Products::Apart(parts) => parts.iter().map(|m| m.matmul(x, n, pool)).collect(),
+            Products::Stacked(m, widths) => {
+                let y = m.matmul(x, n, pool);
+                let mut out: Vec<Vec<f32>> = widths.iter().map(|w| Vec::with_capacity(w * n)).collect();
+                for row in y.chunks_exact(m.rows) {
+                    let mut at = 0;
+                    for (o, w) in out.iter_mut().zip(widths) {
+                        o.extend_from_slice(&row[at..at + w]);
+                        at += w;
+                    }
+                }
+                out
+            }
+        }
+    }
 }
 
 /// One sequence's keys and values, per layer `[positions, kv_heads · head_dim]`.
@@ -87,13 +132,10 @@ impl QuantLlama {
                 let v = |part: &str| vector(&format!("blk.{i}.{part}.weight"), d);
                 Ok(Layer {
                     attn_norm: v("attn_norm")?,
-                    wq: m("attn_q", d, d)?,
-                    wk: m("attn_k", kv, d)?,
-                    wv: m("attn_v", kv, d)?,
+                    qkv: Products::new(vec![m("attn_q", d, d)?, m("attn_k", kv, d)?, m("attn_v", kv, d)?]),
                     wo: m("attn_output", d, d)?,
                     ffn_norm: v("ffn_norm")?,
-                    w_gate: m("ffn_gate", ff, d)?,
-                    w_up: m("ffn_up", ff, d)?,
+                    gate_up: Products::new(vec![m("ffn_gate", ff, d)?, m("ffn_up", ff, d)?]),
                     w_down: m("ffn_down", d, ff)?,
                 })
             })
@@ -131,12 +173,7 @@ impl QuantLlama {
         let layers: usize = self
             .layers
             .iter()
-            .map(|l| {
-                [&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down]
-                    .iter()
-                    .map(|m| m.bytes())
-                    .sum::<usize>()
-            })
+            .map(|l| l.qkv.bytes() + l.wo.bytes() + l.gate_up.bytes() + l.w_down.bytes())
             .sum();
         layers + self.head.bytes()
     }
@@ -267,9 +304,8 @@ impl QuantLlama {
             seqs.iter().flat_map(|s| s.tokens.iter()).flat_map(|&t| self.embed.row(t as usize)).collect();
         for (l, layer) in self.layers.iter().enumerate() {
             let h = self.rms_norm(&x, &layer.attn_norm);
-            let mut q = layer.wq.matmul(&h, n, &self.pool);
-            let mut k = layer.wk.matmul(&h, n, &self.pool);
-            let v = layer.wv.matmul(&h, n, &self.pool);
+            let [mut q, mut k, v]: [Vec<f32>; 3] =
+                layer.qkv.apply(&h, n, &self.pool).try_into().map_err(|_| LlmError::model("Q, K and V"))?;
             self.rope(&mut q, dim, &positions);
             self.rope(&mut k, kv_width, &positions);
             let mut at = 0;
@@ -292,8 +328,11 @@ impl QuantLlama {
             let o = layer.wo.matmul(&attn, n, &self.pool);
             x.iter_mut().zip(&o).for_each(|(a, b)| *a += b);
             let h = self.rms_norm(&x, &layer.ffn_norm);
-            let gate = layer.w_gate.matmul(&h, n, &self.pool);
-            let up = layer.w_up.matmul(&h, n, &self.pool);
+            let [gate, up]: [Vec<f32>; 2] = layer
+                .gate_up
+                .apply(&h, n, &self.pool)
+                .try_into()
+                .map_err(|_| LlmError::model("gate and up"))?;
             let act: Vec<f32> = gate.iter().zip(&up).map(|(g, u)| g / (1.0 + (-g).exp()) * u).collect();
             let down = layer.w_down.matmul(&act, n, &self.pool);
             x.iter_mut().zip(&down).for_each(|(a, b)| *a += b);
