@@ -32,8 +32,8 @@ enum Command {
     Test(LoopArgs),
     /// Run predict_step of a checkpoint over the predict data.
     Predict(LoopArgs),
-    /// Serve a trained checkpoint over HTTP.
-    Serve(serve::ServeArgs),
+    /// Serve a model over HTTP: a trained checkpoint, a pretrained model, a GGUF file.
+    Serve(Box<serve::ServeArgs>),
     /// List the zoo's models.
     Models,
 }
@@ -62,7 +62,7 @@ fn main() -> ExitCode {
         Command::Validate(a) => run_loop(Subcommand::Validate, &a.args),
         Command::Test(a) => run_loop(Subcommand::Test, &a.args),
         Command::Predict(a) => run_loop(Subcommand::Predict, &a.args),
-        Command::Serve(args) => serve::run(args),
+        Command::Serve(args) => serve::run(*args),
         Command::Models => {
             for m in volt_zoo::MODELS {
                 println!("{:<12} {} | {} | {}", m.name, m.task, m.dataset, m.defaults);

@@ -62,6 +62,9 @@ pub enum Finish {
     Length,
 }
 
+/// A token's log-probability, and the most likely tokens at its position with theirs.
+pub type TokenScore = (f64, Vec<(u32, f64)>);
+
 /// What a request's sink receives, in order.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Event {
@@ -70,11 +73,11 @@ pub enum Event {
         /// Its id.
         id: u32,
         /// Its log-probability, and the most likely alternatives', when asked for.
-        logprobs: Option<(f64, Vec<(u32, f64)>)>,
+        logprobs: Option<TokenScore>,
     },
     /// The prompt's own tokens' log-probabilities (OpenAI's `echo` with `logprobs`): the
     /// first has none.
-    PromptLogprobs(Vec<Option<(f64, Vec<(u32, f64)>)>>),
+    PromptLogprobs(Vec<Option<TokenScore>>),
     /// The end, with the counts `usage` reports.
     Finished {
         /// Why.
@@ -316,7 +319,7 @@ impl Engine {
                 if s.request.echo {
                     if let Some(top) = s.request.logprobs {
                         // Row i predicts prompt token a + i + 1.
-                        let mut lps: Vec<Option<(f64, Vec<(u32, f64)>)>> = Vec::new();
+                        let mut lps: Vec<Option<TokenScore>> = Vec::new();
                         if a == 0 {
                             lps.push(None);
                         }

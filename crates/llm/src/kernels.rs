@@ -74,7 +74,7 @@ impl QMatrix {
     /// The matrix whose GGUF data (whole blocks of `kind`) is `bytes`, or `None` for a
     /// type the kernels do not read or a width that is not whole blocks.
     pub fn from_gguf(kind: TensorType, bytes: &[u8], rows: usize, cols: usize) -> Option<Self> {
-        if cols % BLOCK != 0 || rows == 0 {
+        if !cols.is_multiple_of(BLOCK) || rows == 0 {
             return None;
         }
         let half = |b: &[u8]| half::f16::from_le_bytes([b[0], b[1]]).to_f32();
@@ -117,7 +117,7 @@ impl QMatrix {
     /// Each output row is computed as before.
     pub fn stack(parts: Vec<QMatrix>) -> Option<QMatrix> {
         let (cols, count) = (parts.first()?.cols, parts.len());
-        if parts.iter().take(count - 1).any(|m| m.rows % GROUP != 0) {
+        if parts.iter().take(count - 1).any(|m| !m.rows.is_multiple_of(GROUP)) {
             return None;
         }
         let rows = parts.iter().map(|m| m.rows).sum();
@@ -310,8 +310,8 @@ impl Blocks for Q8_0<'_> {
     #[inline(always)]
     fn block(&self, b: usize, w: &mut [f32; BLOCK]) {
         let blk = &self.0[b];
-        for j in 0..BLOCK {
-            w[j] = f32::from(blk.q[j]) * blk.d;
+        for (wj, &q) in w.iter_mut().zip(&blk.q) {
+            *wj = f32::from(q) * blk.d;
         }
     }
     #[cfg(target_arch = "x86_64")]

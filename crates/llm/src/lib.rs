@@ -12,6 +12,7 @@ pub mod model;
 pub mod quantized;
 pub mod sampling;
 pub mod tokenizer;
+pub mod utf8_stream;
 
 pub use chat::LlmChat;
 pub use chat_template::{ChatTemplate, Message};

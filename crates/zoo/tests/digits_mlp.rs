@@ -232,6 +232,9 @@ fn every_trainable_variable_of_every_zoo_model_gets_a_gradient() {
                 logits.view([-1, logits.size()[2]]).cross_entropy_for_logits(&y.view([-1])).backward();
                 m.var_store()
             }
+            // Quantized weights served for inference: nothing of it is a trainable
+            // variable (fine-tuning it is LoRA on the float path, a later capability).
+            "smollm2" => continue,
             other => panic!("zoo model {other} has no gradient test"),
         };
         for (name, var) in vs.variables() {

@@ -418,34 +418,53 @@ async fn chat_route<C: ChatApi>(
         let request = ep.decode(&value)?;
         let deadlines = ep.stream_deadlines(deadline);
         let model = if request.model.is_empty() { ep.api.0.model_name() } else { request.model.clone() };
-        let (stream, include_usage) = (request.stream, request.include_usage);
-        let want_logprobs = request.logprobs.is_some();
-        let stop = StopFilter::new(request.stop.clone());
+        let reply = ChatReply {
+            id: completion_id(),
+            created: now_secs(),
+            model,
+            include_usage: request.include_usage,
+            want_logprobs: request.logprobs.is_some(),
+        };
+        let (stream, stop) = (request.stream, StopFilter::new(request.stop.clone()));
         let rx = ep.call_stream(request, deadlines.first)?;
-        let chunks = timed(chunks_until(rx, deadlines), start, metrics);
-        Ok((chunks, model, stream, include_usage, want_logprobs, stop))
+        Ok((timed(chunks_until(rx, deadlines), start, metrics), reply, stream, stop))
     };
-    let (chunks, model, stream, include_usage, want_logprobs, stop) = match ep.by(deadline, setup).await {
+    let (chunks, reply, stream, stop) = match ep.by(deadline, setup).await {
         Ok(s) => s,
         Err(e) => return e.into_response(),
     };
-    let id = completion_id();
-    let created = now_secs();
     if stream {
-        let framing = Framing::from_headers(&headers);
-        stream_chat(chunks, stop, id, created, model, include_usage, want_logprobs, framing)
+        stream_chat(chunks, stop, reply, Framing::from_headers(&headers))
     } else {
-        collect_chat(chunks, stop, id, created, model, want_logprobs)
-            .await
-            .unwrap_or_else(IntoResponse::into_response)
+        collect_chat(chunks, stop, reply).await.unwrap_or_else(IntoResponse::into_response)
     }
 }
 
-fn chunk_object(id: &str, created: u64, model: &str, delta: Value, finish: Option<&str>) -> Value {
-    json!({
-        "id": id, "object": "chat.completion.chunk", "created": created, "model": model,
-        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
-    })
+/// What every object of one chat response carries, and what it was asked to include.
+struct ChatReply {
+    id: String,
+    created: u64,
+    model: String,
+    include_usage: bool,
+    want_logprobs: bool,
+}
+
+impl ChatReply {
+    fn chunk(&self, delta: Value, finish: Option<&str>) -> Value {
+        json!({
+            "id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+        })
+    }
+    /// A chunk of text, with the log-probabilities waiting for it (taken from `lps`).
+    fn content(&self, text: String, lps: &mut Vec<TokenLogprob>) -> Value {
+        let mut c = self.chunk(json!({"content": text}), None);
+        if self.want_logprobs {
+            c["choices"][0]["logprobs"] = json!({"content": chat_content(lps)});
+            lps.clear();
+        }
+        c
+    }
 }
 
 pub(super) fn usage(prompt: usize, completion: usize) -> Value {
@@ -455,26 +474,13 @@ pub(super) fn usage(prompt: usize, completion: usize) -> Value {
 fn stream_chat(
     chunks: impl futures_util::Stream<Item = Result<ChatDelta, HttpError>> + Send + 'static,
     mut stop: StopFilter,
-    id: String,
-    created: u64,
-    model: String,
-    include_usage: bool,
-    want_logprobs: bool,
+    r: ChatReply,
     framing: Framing,
 ) -> Response {
-    let (id_for_chunks, model_for_chunks) = (id.clone(), model.clone());
-    let first = chunk_object(&id, created, &model, json!({"role": "assistant", "content": ""}), None);
+    let first = r.chunk(json!({"role": "assistant", "content": ""}), None);
     let (mut prompt, mut completion, mut finished) = (0usize, 0usize, false);
     // Log-probabilities wait for the chunk that carries their text.
     let mut pending: Vec<TokenLogprob> = Vec::new();
-    let content = move |text: String, lps: &mut Vec<TokenLogprob>| {
-        let mut c = chunk_object(&id_for_chunks, created, &model_for_chunks, json!({"content": text}), None);
-        if want_logprobs {
-            c["choices"][0]["logprobs"] = json!({"content": chat_content(lps)});
-            lps.clear();
-        }
-        c
-    };
     let body = chunks.map(Some).chain(futures_util::stream::once(async { None })).flat_map(move |item| {
         let mut out: Vec<Result<Value, HttpError>> = Vec::new();
         if finished {
@@ -487,17 +493,17 @@ fn stream_chat(
                 pending.extend(delta.logprobs);
                 let (text, hit_stop) = stop.push(&delta.text);
                 if !text.is_empty() {
-                    out.push(Ok(content(text, &mut pending)));
+                    out.push(Ok(r.content(text, &mut pending)));
                 }
                 let finish = if hit_stop { Some("stop".to_owned()) } else { delta.finish_reason };
                 if let Some(reason) = finish {
                     let rest = if hit_stop { String::new() } else { stop.rest() };
                     if !rest.is_empty() || !pending.is_empty() {
-                        out.push(Ok(content(rest, &mut pending)));
+                        out.push(Ok(r.content(rest, &mut pending)));
                     }
-                    out.push(Ok(chunk_object(&id, created, &model, json!({}), Some(&reason))));
-                    if include_usage {
-                        let mut u = chunk_object(&id, created, &model, json!({}), None);
+                    out.push(Ok(r.chunk(json!({}), Some(&reason))));
+                    if r.include_usage {
+                        let mut u = r.chunk(json!({}), None);
                         u["choices"] = json!([]);
                         u["usage"] = usage(prompt, completion);
                         out.push(Ok(u));
@@ -512,9 +518,9 @@ fn stream_chat(
             None => {
                 let rest = stop.rest();
                 if !rest.is_empty() {
-                    out.push(Ok(content(rest, &mut pending)));
+                    out.push(Ok(r.content(rest, &mut pending)));
                 }
-                out.push(Ok(chunk_object(&id, created, &model, json!({}), Some("stop"))));
+                out.push(Ok(r.chunk(json!({}), Some("stop"))));
                 finished = true;
             }
         }
@@ -527,10 +533,7 @@ fn stream_chat(
 async fn collect_chat(
     chunks: impl futures_util::Stream<Item = Result<ChatDelta, HttpError>> + Send,
     mut stop: StopFilter,
-    id: String,
-    created: u64,
-    model: String,
-    want_logprobs: bool,
+    r: ChatReply,
 ) -> Result<Response, HttpError> {
     let mut chunks = std::pin::pin!(chunks);
     let (mut text, mut prompt, mut completion) = (String::new(), 0, 0);
@@ -552,9 +555,9 @@ async fn collect_chat(
             break;
         }
     }
-    let logprobs = if want_logprobs { json!({"content": chat_content(&lps)}) } else { Value::Null };
+    let logprobs = if r.want_logprobs { json!({"content": chat_content(&lps)}) } else { Value::Null };
     Ok(Json(json!({
-        "id": id, "object": "chat.completion", "created": created, "model": model,
+        "id": r.id, "object": "chat.completion", "created": r.created, "model": r.model,
         "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": logprobs,
                      "finish_reason": finish}],
         "usage": usage(prompt, completion),
