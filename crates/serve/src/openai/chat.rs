@@ -379,7 +379,7 @@ impl StopFilter {
 
 /// `chunks`, recording as they pass the time to the first token and between tokens
 /// (from `start`, the request's arrival) and the tokens read and generated.
-pub(super) fn timed(
+fn timed(
     chunks: impl futures_util::Stream<Item = Result<ChatDelta, HttpError>> + Send + 'static,
     start: std::time::Instant,
     metrics: GenerationMetrics,
@@ -403,20 +403,39 @@ pub(super) fn timed(
     })
 }
 
+/// Reads, decodes and queues one generation request under the request timeout; returns
+/// what `describe` takes from it, and its chunks, which then run under the stream's
+/// deadlines (so a long generation may go on) and are timed into `metrics`.
+pub(super) async fn queue_generation<A, T>(
+    ep: &Endpoint<A>,
+    metrics: GenerationMetrics,
+    headers: &HeaderMap,
+    body: Body,
+    describe: impl FnOnce(&ChatRequest) -> T,
+) -> Result<(T, impl futures_util::Stream<Item = Result<ChatDelta, HttpError>> + Send + 'static), HttpError>
+where
+    A: InferenceApi<Input = ChatRequest, Output = ChatDelta>,
+{
+    let start = std::time::Instant::now();
+    let deadline = ep.deadline();
+    let setup = async {
+        let value = ep.read_json(headers, body).await?;
+        let request = ep.decode(&value)?;
+        let deadlines = ep.stream_deadlines(deadline);
+        let described = describe(&request);
+        let rx = ep.call_stream(request, deadlines.first)?;
+        Ok((described, timed(chunks_until(rx, deadlines), start, metrics)))
+    };
+    ep.by(deadline, setup).await
+}
+
 async fn chat_route<C: ChatApi>(
     ep: Arc<Endpoint<ChatAdapter<C>>>,
     metrics: GenerationMetrics,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let start = std::time::Instant::now();
-    let deadline = ep.deadline();
-    // Reading and queueing the request run under the request timeout; its chunks then
-    // under the stream's deadlines (which may let a long generation go on).
-    let setup = async {
-        let value = ep.read_json(&headers, body).await?;
-        let request = ep.decode(&value)?;
-        let deadlines = ep.stream_deadlines(deadline);
+    let describe = |request: &ChatRequest| {
         let model = if request.model.is_empty() { ep.api.0.model_name() } else { request.model.clone() };
         let reply = ChatReply {
             id: completion_id(),
@@ -425,11 +444,10 @@ async fn chat_route<C: ChatApi>(
             include_usage: request.include_usage,
             want_logprobs: request.logprobs.is_some(),
         };
-        let (stream, stop) = (request.stream, StopFilter::new(request.stop.clone()));
-        let rx = ep.call_stream(request, deadlines.first)?;
-        Ok((timed(chunks_until(rx, deadlines), start, metrics), reply, stream, stop))
+        (reply, request.stream, StopFilter::new(request.stop.clone()))
     };
-    let (chunks, reply, stream, stop) = match ep.by(deadline, setup).await {
+    let ((reply, stream, stop), chunks) = match queue_generation(&ep, metrics, &headers, body, describe).await
+    {
         Ok(s) => s,
         Err(e) => return e.into_response(),
     };
@@ -530,37 +548,58 @@ fn stream_chat(
     stream_response(framing, futures_util::stream::once(async move { Ok(first) }).chain(body))
 }
 
-async fn collect_chat(
+/// A whole generation, gathered from its chunks.
+pub(super) struct Gathered {
+    /// The text, stop sequences applied.
+    pub text: String,
+    pub prompt_tokens: usize,
+    pub completion_tokens: usize,
+    /// `stop` or `length`.
+    pub finish: String,
+}
+
+/// Reads `chunks` to the end of the generation (its finish reason or a stop sequence),
+/// showing each chunk to `each` first.
+pub(super) async fn gather(
     chunks: impl futures_util::Stream<Item = Result<ChatDelta, HttpError>> + Send,
     mut stop: StopFilter,
-    r: ChatReply,
-) -> Result<Response, HttpError> {
+    mut each: impl FnMut(&ChatDelta),
+) -> Result<Gathered, HttpError> {
     let mut chunks = std::pin::pin!(chunks);
-    let (mut text, mut prompt, mut completion) = (String::new(), 0, 0);
-    let mut finish = "stop".to_owned();
-    let mut lps = Vec::new();
+    let mut g =
+        Gathered { text: String::new(), prompt_tokens: 0, completion_tokens: 0, finish: "stop".into() };
     while let Some(item) = chunks.next().await {
         let delta = item?;
-        prompt = delta.prompt_tokens;
-        completion += delta.tokens;
-        lps.extend(delta.logprobs);
+        each(&delta);
+        g.prompt_tokens = delta.prompt_tokens;
+        g.completion_tokens += delta.tokens;
         let (piece, hit_stop) = stop.push(&delta.text);
-        text.push_str(&piece);
+        g.text.push_str(&piece);
         if hit_stop {
             break;
         }
         if let Some(reason) = delta.finish_reason {
-            text.push_str(&stop.rest());
-            finish = reason;
+            g.text.push_str(&stop.rest());
+            g.finish = reason;
             break;
         }
     }
+    Ok(g)
+}
+
+async fn collect_chat(
+    chunks: impl futures_util::Stream<Item = Result<ChatDelta, HttpError>> + Send,
+    stop: StopFilter,
+    r: ChatReply,
+) -> Result<Response, HttpError> {
+    let mut lps = Vec::new();
+    let g = gather(chunks, stop, |delta| lps.extend(delta.logprobs.iter().cloned())).await?;
     let logprobs = if r.want_logprobs { json!({"content": chat_content(&lps)}) } else { Value::Null };
     Ok(Json(json!({
         "id": r.id, "object": "chat.completion", "created": r.created, "model": r.model,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": logprobs,
-                     "finish_reason": finish}],
-        "usage": usage(prompt, completion),
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": g.text}, "logprobs": logprobs,
+                     "finish_reason": g.finish}],
+        "usage": usage(g.prompt_tokens, g.completion_tokens),
     }))
     .into_response())
 }

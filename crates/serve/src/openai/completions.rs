@@ -2,7 +2,9 @@
 //! [`ChatApi`] that reads raw prompts ([`ChatApi::supports_completions`]). Evaluation
 //! harnesses score text through it: `echo` with `logprobs` (and `max_tokens` 0) returns
 //! the prompt's own tokens' log-probabilities.
-use super::chat::{check_sampling, parse_body, timed, usage, StopField, StopFilter, StreamOptions};
+use super::chat::{
+    check_sampling, gather, parse_body, queue_generation, usage, StopField, StopFilter, StreamOptions,
+};
 use super::logprobs::{completion_object, TokenLogprob};
 use super::now_secs;
 use crate::api::{Device, InferenceApi, StreamOutput};
@@ -11,7 +13,7 @@ use crate::error::{ApiError, HttpError, ServeError};
 use crate::metrics::GenerationMetrics;
 use crate::openai::{ChatAdapter, ChatApi, ChatDelta, ChatRequest};
 use crate::server::{Endpoint, Server};
-use crate::stream::{chunks_until, stream_response, Framing};
+use crate::stream::{stream_response, Framing};
 use axum::body::Body;
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
@@ -202,12 +204,7 @@ async fn completion_route<C: ChatApi>(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let start = std::time::Instant::now();
-    let deadline = ep.deadline();
-    let setup = async {
-        let value = ep.read_json(&headers, body).await?;
-        let request = ep.decode(&value)?;
-        let deadlines = ep.stream_deadlines(deadline);
+    let describe = |request: &ChatRequest| {
         let model = if request.model.is_empty() { ep.api.0 .0.model_name() } else { request.model.clone() };
         let answer = Answer {
             id: completion_id(),
@@ -217,14 +214,13 @@ async fn completion_route<C: ChatApi>(
             tokens: Vec::new(),
             want_logprobs: request.logprobs.is_some(),
         };
-        let meta = (request.stream, request.include_usage, StopFilter::new(request.stop.clone()));
-        let rx = ep.call_stream(request, deadlines.first)?;
-        Ok((timed(chunks_until(rx, deadlines), start, metrics), answer, meta))
+        (answer, request.stream, request.include_usage, StopFilter::new(request.stop.clone()))
     };
-    let (chunks, answer, (stream, include_usage, stop)) = match ep.by(deadline, setup).await {
-        Ok(s) => s,
-        Err(e) => return e.into_response(),
-    };
+    let ((answer, stream, include_usage, stop), chunks) =
+        match queue_generation(&ep, metrics, &headers, body, describe).await {
+            Ok(s) => s,
+            Err(e) => return e.into_response(),
+        };
     if stream {
         stream_completion(chunks, answer, stop, include_usage, Framing::from_headers(&headers))
     } else {
@@ -235,29 +231,12 @@ async fn completion_route<C: ChatApi>(
 async fn collect_completion(
     chunks: impl futures_util::Stream<Item = Result<ChatDelta, HttpError>> + Send,
     mut a: Answer,
-    mut stop: StopFilter,
+    stop: StopFilter,
 ) -> Result<Response, HttpError> {
-    let mut chunks = std::pin::pin!(chunks);
-    let (mut prompt, mut completion) = (0, 0);
-    let mut finish = "stop".to_owned();
-    while let Some(item) = chunks.next().await {
-        let delta = item?;
-        prompt = delta.prompt_tokens;
-        completion += delta.tokens;
-        a.tokens.extend(chunk_tokens(&delta));
-        let (piece, hit_stop) = stop.push(&delta.text);
-        a.text.push_str(&piece);
-        if hit_stop {
-            break;
-        }
-        if let Some(reason) = delta.finish_reason {
-            a.text.push_str(&stop.rest());
-            finish = reason;
-            break;
-        }
-    }
-    let mut body = a.object(vec![a.choice(&a.text, &a.tokens, 0, Some(&finish))]);
-    body["usage"] = usage(prompt, completion);
+    let g = gather(chunks, stop, |delta| a.tokens.extend(chunk_tokens(delta))).await?;
+    a.text.push_str(&g.text);
+    let mut body = a.object(vec![a.choice(&a.text, &a.tokens, 0, Some(&g.finish))]);
+    body["usage"] = usage(g.prompt_tokens, g.completion_tokens);
     Ok(Json(body).into_response())
 }
 
