@@ -254,6 +254,17 @@ fn the_greedy_answer_is_paris_and_usage_counts_tokens() {
         assert_eq!(cut.finish, "length");
         assert_eq!(cut.usage, (37, 3, 40));
         assert!(PARIS.starts_with(&cut.content) && cut.content.len() < PARIS.len(), "{cut:?}");
+
+        // Penalties reach the engine's sampler: a counting answer repeats its line
+        // breaks, which a frequency penalty pushes out.
+        let count = ask("Count from 1 to 20, separated by commas.", 60);
+        let plain = complete(&client, &served.chat_url(), &count).await.content;
+        let mut penalised = count.clone();
+        penalised["frequency_penalty"] = json!(2.0);
+        let penalised = complete(&client, &served.chat_url(), &penalised).await.content;
+        let lines = |t: &str| t.matches('\n').count();
+        assert!(lines(&plain) >= 10, "{plain:?}");
+        assert!(lines(&penalised) < lines(&plain) / 2, "{plain:?} vs penalised {penalised:?}");
     });
 }
 

@@ -6,7 +6,7 @@ use crate::engine::{Engine, EngineConfig, Event, Finish, Refused, Request};
 use crate::llama::{Llama, LlamaConfig};
 use crate::quantized::QuantLlama;
 use crate::sampling::Sampling;
-use crate::tokenizer::GgufTokenizer;
+use crate::tokenizer::{GgufTokenizer, Tokenizer};
 use crate::utf8_stream::Utf8Stream;
 use std::sync::Arc;
 use volt_formats::gguf::Gguf;
@@ -21,7 +21,7 @@ pub struct LlmChat {
     /// The engine that generates.
     pub engine: Arc<Engine>,
     /// The model's tokenizer.
-    pub tokenizer: Arc<GgufTokenizer>,
+    pub tokenizer: Arc<dyn Tokenizer>,
     /// The model's chat template.
     pub template: Arc<ChatTemplate>,
     /// The name responses carry.
@@ -29,6 +29,12 @@ pub struct LlmChat {
 }
 
 impl LlmChat {
+    /// Chat completions from `engine`, which runs a model that reads `tokenizer`'s ids;
+    /// conversations become prompts through `template`.
+    pub fn new(engine: Engine, tokenizer: Arc<dyn Tokenizer>, template: ChatTemplate, name: String) -> Self {
+        LlmChat { engine: Arc::new(engine), tokenizer, template: Arc::new(template), name }
+    }
+
     /// Reads a GGUF file (its tokenizer, chat template and weights) and starts an engine
     /// over it: on the CPU the weights stay quantized and `threads` threads run volt's
     /// kernels; on a CUDA device they are dequantized (the float path). Errors name the
@@ -64,12 +70,7 @@ impl LlmChat {
             _ => Engine::start(Llama::from_gguf(&bytes, &g, device).map_err(in_file)?, eog, config),
         };
         let engine = started.map_err(|e| crate::LlmError::Model(format!("cannot start the engine: {e}")))?;
-        Ok(LlmChat {
-            engine: Arc::new(engine),
-            tokenizer: Arc::new(tokenizer),
-            template: Arc::new(template),
-            name,
-        })
+        Ok(LlmChat::new(engine, Arc::new(tokenizer), template, name))
     }
 
     /// The prompt's tokens for `request` (its messages through the chat template, or its
@@ -93,7 +94,9 @@ impl LlmChat {
         if tokens.is_empty() {
             return Err(ApiError::field(field, "holds no tokens"));
         }
-        if tokens.len() >= limit {
+        // A model that slides crops a long prompt, unless each of its positions is to be scored.
+        let crops = self.engine.slides() && !(request.echo && request.logprobs.is_some());
+        if tokens.len() >= limit && !crops {
             return Err(ApiError::field(
                 field,
                 format!(
@@ -106,11 +109,13 @@ impl LlmChat {
     }
 
     /// `max_tokens`, checked against what the context leaves after `prompt` tokens (0
-    /// only with `echo`: the prompt's scores alone).
+    /// only with `echo`: the prompt's scores alone). A model that slides past its context
+    /// takes any number, and a context's worth when the request names none.
     fn max_tokens(&self, request: &ChatRequest, prompt: usize) -> Result<usize, ApiError> {
-        let room = self.engine.config().max_model_len - prompt;
+        let context = self.engine.config().max_model_len;
+        let room = if self.engine.slides() { usize::MAX } else { context - prompt };
         match request.max_tokens {
-            None => Ok(room),
+            None => Ok(room.min(context)),
             Some(0) if request.echo => Ok(0),
             Some(0) => Err(ApiError::field("max_tokens", "must be at least 1")),
             Some(n) if n > room => Err(ApiError::field(
@@ -198,6 +203,8 @@ impl LlmChat {
                 top_p: request.top_p.unwrap_or(1.0),
                 top_k: request.top_k.unwrap_or(0),
                 seed: request.seed,
+                presence_penalty: request.presence_penalty,
+                frequency_penalty: request.frequency_penalty,
             },
             logprobs: request.logprobs,
             echo: request.echo && request.logprobs.is_some(),
@@ -252,6 +259,10 @@ impl ChatApi for LlmChat {
         self.name.clone()
     }
     fn supports_completions(&self) -> bool {
+        true
+    }
+    /// The engine's sampler applies them.
+    fn supports_penalties(&self) -> bool {
         true
     }
     fn attach_metrics(&self, metrics: GenerationMetrics) {

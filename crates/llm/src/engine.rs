@@ -3,10 +3,12 @@
 //! A step, top to bottom ([`Engine::run`]): admit waiting requests while fewer than
 //! `max_num_seqs` run → give each running sequence its next input (a chunk of its prompt,
 //! at most `prefill_chunk` tokens a step in all, or the token it sampled last) → one
-//! batched forward over all of them ([`Llama::step`]) → sample each sequence that has
+//! batched forward over all of them ([`Model::step`]) → sample each sequence that has
 //! read its whole prompt, hand the token to its sink → drop the sequences that finished
 //! (end of generation, `max_tokens`, the context) or whose client left. Requests join and
-//! leave between steps; one that fails fails alone.
+//! leave between steps; one that fails fails alone. A model that [`Model::slides`] is not
+//! ended by the context: its sequence re-reads its last half-context into a fresh cache,
+//! which is one more prefill.
 use crate::model::{Model, Step};
 use crate::sampling::{log_probs, Sampler, Sampling};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -168,16 +170,28 @@ pub struct Engine {
     thread: Option<std::thread::JoinHandle<()>>,
     stats: Arc<EngineStats>,
     config: EngineConfig,
+    slides: bool,
 }
 
 struct Sequence<C> {
     request: Request,
     cache: C,
     sampler: Sampler,
-    /// Prompt tokens already read.
-    read: usize,
+    /// The prompt, then each generated token.
+    tokens: Vec<u32>,
+    /// Where in `tokens` the cache begins (past 0 only after a context shift).
+    start: usize,
+    /// `tokens` up to here are read as a prefill (chunked, sampled only at the end): the
+    /// prompt, or what a context shift re-reads.
+    fill_to: usize,
     generated: usize,
-    last: u32,
+}
+
+impl<C> Sequence<C> {
+    /// Position in `tokens` of the first token the cache does not hold.
+    fn fed<M: Model<Cache = C>>(&self) -> usize {
+        self.start + M::cached(&self.cache)
+    }
 }
 
 impl Engine {
@@ -195,10 +209,16 @@ impl Engine {
         });
         let shared = Arc::clone(&stats);
         let cfg = config.clone();
+        let slides = model.slides();
         let thread = std::thread::Builder::new()
             .name("volt-llm-engine".into())
             .spawn(move || Engine::run(&model, &end_of_generation, &cfg, &rx, &shared))?;
-        Ok(Engine { tx: Some(tx), thread: Some(thread), stats, config })
+        Ok(Engine { tx: Some(tx), thread: Some(thread), stats, config, slides })
+    }
+
+    /// Whether its sequences may generate past `max_model_len` ([`Model::slides`]).
+    pub fn slides(&self) -> bool {
+        self.slides
     }
 
     /// Queues `request`, or says why not without waiting and gives it back.
@@ -247,12 +267,19 @@ impl Engine {
                 };
                 let Some(request) = next else { break };
                 stats.dequeued();
+                // A sliding model reads a long prompt's last context's worth (nanoGPT's crop).
+                let start = if model.slides() {
+                    request.prompt.len().saturating_sub(config.max_model_len)
+                } else {
+                    0
+                };
                 running.push(Sequence {
                     cache: model.new_cache(),
                     sampler: Sampler::new(request.sampling.clone()),
-                    read: 0,
+                    tokens: request.prompt.clone(),
+                    start,
+                    fill_to: request.prompt.len(),
                     generated: 0,
-                    last: 0,
                     request,
                 });
             }
@@ -275,31 +302,39 @@ impl Engine {
 
     /// One batched forward over every running sequence, then sampling and clean-up.
     fn step<M: Model>(model: &M, eog: &[u32], config: &EngineConfig, running: &mut Vec<Sequence<M::Cache>>) {
+        // A sliding sequence whose next token would pass the context keeps its last half.
+        for s in running.iter_mut() {
+            if s.fed::<M>() >= s.fill_to && M::cached(&s.cache) >= config.max_model_len {
+                s.cache = model.new_cache();
+                s.start = s.tokens.len() - (config.max_model_len / 2).max(1);
+                s.fill_to = s.tokens.len();
+            }
+        }
         let mut budget = config.prefill_chunk.max(1);
-        // What each sequence reads this step: (start, end) in its prompt, or its last token.
-        let plans: Vec<Option<(usize, usize)>> = running
+        // What each sequence reads this step, as a span of its tokens: a chunk of what it
+        // prefills (at least one token, so that none starves), or its last token.
+        let spans: Vec<(usize, usize)> = running
             .iter()
             .map(|s| {
-                (s.read < s.request.prompt.len()).then(|| {
-                    let n = (s.request.prompt.len() - s.read).min(budget.max(1));
+                let from = s.fed::<M>();
+                if from < s.fill_to {
+                    let n = (s.fill_to - from).min(budget.max(1));
                     budget = budget.saturating_sub(n);
-                    (s.read, s.read + n)
-                })
+                    (from, from + n)
+                } else {
+                    (from, from + 1)
+                }
             })
             .collect();
-        let last_tokens: Vec<[u32; 1]> = running.iter().map(|s| [s.last]).collect();
+        // Echo scores every prompt position; only the first reading of the prompt has them.
+        let scores_prompt =
+            |s: &Sequence<M::Cache>| s.request.echo && s.request.logprobs.is_some() && s.start == 0;
         let mut steps: Vec<Step<'_, M::Cache>> = running
             .iter_mut()
-            .zip(&plans)
-            .zip(&last_tokens)
-            .map(|((s, plan), last)| {
-                let (tokens, all_logits) = match plan {
-                    Some((a, b)) => {
-                        (&s.request.prompt[*a..*b], s.request.echo && s.request.logprobs.is_some())
-                    }
-                    None => (&last[..], false),
-                };
-                Step { tokens, cache: &mut s.cache, all_logits }
+            .zip(&spans)
+            .map(|(s, &(a, b))| {
+                let all_logits = scores_prompt(s) && a < s.request.prompt.len();
+                Step { tokens: &s.tokens[a..b], cache: &mut s.cache, all_logits }
             })
             .collect();
         let logits = match model.step(&mut steps) {
@@ -314,40 +349,37 @@ impl Engine {
         };
         drop(steps);
         let mut keep = Vec::with_capacity(running.len());
-        for ((mut s, plan), rows) in running.drain(..).zip(plans).zip(logits) {
-            if let Some((a, b)) = plan {
-                if s.request.echo {
-                    if let Some(top) = s.request.logprobs {
-                        // Row i predicts prompt token a + i + 1.
-                        let mut lps: Vec<Option<TokenScore>> = Vec::new();
-                        if a == 0 {
-                            lps.push(None);
-                        }
-                        for (i, row) in rows.iter().enumerate().take(b - a) {
-                            if let Some(&next) = s.request.prompt.get(a + i + 1) {
-                                let (lp, alts) = log_probs(row, &[next], top);
-                                lps.push(Some((lp[0], alts)));
-                            }
-                        }
-                        if !(s.request.sink)(Event::PromptLogprobs(lps)) {
-                            continue;
+        for ((mut s, (a, b)), rows) in running.drain(..).zip(spans).zip(logits) {
+            let prefill = a < s.fill_to;
+            if prefill && scores_prompt(&s) {
+                if let Some(top) = s.request.logprobs {
+                    // Row i predicts prompt token a + i + 1.
+                    let mut lps: Vec<Option<TokenScore>> = Vec::new();
+                    if a == 0 {
+                        lps.push(None);
+                    }
+                    for (i, row) in rows.iter().enumerate().take(b - a) {
+                        if let Some(&next) = s.request.prompt.get(a + i + 1) {
+                            let (lp, alts) = log_probs(row, &[next], top);
+                            lps.push(Some((lp[0], alts)));
                         }
                     }
+                    if !(s.request.sink)(Event::PromptLogprobs(lps)) {
+                        continue;
+                    }
                 }
-                s.read = b;
-                if s.read < s.request.prompt.len() {
-                    keep.push(s);
-                    continue;
-                }
-                if s.request.max_tokens == 0 {
-                    // The prompt's scores were all that was asked (`echo`).
-                    finish(&mut s, Finish::Length);
-                    continue;
-                }
+            }
+            if b < s.fill_to {
+                keep.push(s);
+                continue;
+            }
+            if s.request.max_tokens == 0 {
+                // The prompt's scores were all that was asked (`echo`).
+                finish(&mut s, Finish::Length);
+                continue;
             }
             let Some(row) = rows.last() else { continue };
             let id = s.sampler.sample(row);
-            let total = M::cached(&s.cache) + 1;
             if eog.contains(&id) {
                 finish(&mut s, Finish::Stop);
                 continue;
@@ -357,11 +389,12 @@ impl Engine {
                 (lp[0], alts)
             });
             s.generated += 1;
-            s.last = id;
+            s.tokens.push(id);
             if !(s.request.sink)(Event::Token { id, logprobs }) {
                 continue;
             }
-            if s.generated >= s.request.max_tokens || total >= config.max_model_len {
+            let full = !model.slides() && M::cached(&s.cache) + 1 >= config.max_model_len;
+            if s.generated >= s.request.max_tokens || full {
                 finish(&mut s, Finish::Length);
                 continue;
             }

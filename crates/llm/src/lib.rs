@@ -21,4 +21,4 @@ pub use error::{LlmError, Result};
 pub use llama::{KvCache, Llama, LlamaConfig};
 pub use model::{Model, Step};
 pub use quantized::{QuantCache, QuantLlama};
-pub use tokenizer::GgufTokenizer;
+pub use tokenizer::{GgufTokenizer, Tokenizer};

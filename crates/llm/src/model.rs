@@ -29,11 +29,17 @@ pub trait Model: Send + 'static {
     /// One forward pass over `seqs`; each one's logits, one row over the vocabulary per
     /// position it asked for (every new one with `all_logits`, else the last).
     fn step(&self, seqs: &mut [Step<'_, Self::Cache>]) -> Result<Vec<Vec<Vec<f32>>>>;
+    /// Whether a generation may run past the context, the model then reading only its
+    /// last positions (nanoGPT's crop, llama.cpp's context shift): the engine re-reads
+    /// the last half of the context into a fresh cache. Otherwise the context ends it.
+    fn slides(&self) -> bool {
+        false
+    }
 }
 
 /// Refuses a step with no tokens, past the context, or with a token outside the
 /// vocabulary, before any work is done.
-pub(crate) fn check_step(tokens: &[u32], cached: usize, context: usize, vocab: usize) -> Result<()> {
+pub fn check_step(tokens: &[u32], cached: usize, context: usize, vocab: usize) -> Result<()> {
     let n = tokens.len();
     if n == 0 || cached + n > context {
         return Err(LlmError::input(format!(

@@ -1,8 +1,11 @@
-//! Choosing the next token from a row of logits: greedy at temperature 0, otherwise
-//! temperature, top-k and top-p (nucleus) sampling with a per-request seeded generator,
-//! and the log-probabilities OpenAI's `logprobs` reports.
+//! Choosing the next token from a row of logits: OpenAI's presence and frequency
+//! penalties, then greedy at temperature 0, otherwise temperature, top-k and top-p
+//! (nucleus) sampling with a per-request seeded generator; and the log-probabilities
+//! OpenAI's `logprobs` reports (of the model's own distribution, before penalties, as
+//! vLLM reports them).
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use std::collections::HashMap;
 
 /// How one request samples.
 #[derive(Clone, Debug, PartialEq)]
@@ -15,18 +18,33 @@ pub struct Sampling {
     pub top_k: usize,
     /// Seed of this request's generator (random when absent).
     pub seed: Option<u64>,
+    /// Subtracted once from the logit of every token generated so far (OpenAI's
+    /// `presence_penalty`).
+    pub presence_penalty: f64,
+    /// Subtracted from a token's logit once per time it was generated so far (OpenAI's
+    /// `frequency_penalty`).
+    pub frequency_penalty: f64,
 }
 
 impl Default for Sampling {
     fn default() -> Self {
-        Sampling { temperature: 1.0, top_p: 1.0, top_k: 0, seed: None }
+        Sampling {
+            temperature: 1.0,
+            top_p: 1.0,
+            top_k: 0,
+            seed: None,
+            presence_penalty: 0.0,
+            frequency_penalty: 0.0,
+        }
     }
 }
 
-/// A request's sampler: its settings and its own generator.
+/// A request's sampler: its settings, its own generator, and how often it drew each
+/// token (for the penalties).
 pub struct Sampler {
     settings: Sampling,
     rng: ChaCha8Rng,
+    counts: HashMap<u32, u32>,
 }
 
 impl Sampler {
@@ -36,11 +54,25 @@ impl Sampler {
             Some(s) => ChaCha8Rng::seed_from_u64(s),
             None => ChaCha8Rng::from_entropy(),
         };
-        Sampler { settings, rng }
+        Sampler { settings, rng, counts: HashMap::new() }
     }
 
-    /// The next token for `logits` (one row over the vocabulary).
+    /// The next token for `logits` (one row over the vocabulary), counted for the
+    /// penalties of the draws after it.
     pub fn sample(&mut self, logits: &[f32]) -> u32 {
+        let s = &self.settings;
+        let id = if self.counts.is_empty() || (s.presence_penalty == 0.0 && s.frequency_penalty == 0.0) {
+            self.draw(logits)
+        } else {
+            let mut penalised = logits.to_vec();
+            apply_penalties(&mut penalised, &self.counts, s.presence_penalty, s.frequency_penalty);
+            self.draw(&penalised)
+        };
+        *self.counts.entry(id).or_insert(0) += 1;
+        id
+    }
+
+    fn draw(&mut self, logits: &[f32]) -> u32 {
         let s = &self.settings;
         if s.temperature <= 0.0 || s.top_k == 1 {
             return argmax(logits);
@@ -75,6 +107,16 @@ impl Sampler {
             }
         }
         order[kept - 1]
+    }
+}
+
+/// OpenAI's presence and frequency penalties: `logit[j] -= count[j] × frequency +
+/// (count[j] > 0) × presence`, where `count[j]` is how often `j` was generated so far.
+pub fn apply_penalties(logits: &mut [f32], counts: &HashMap<u32, u32>, presence: f64, frequency: f64) {
+    for (&id, &count) in counts {
+        if let Some(logit) = logits.get_mut(id as usize) {
+            *logit = (f64::from(*logit) - f64::from(count) * frequency - presence) as f32;
+        }
     }
 }
 
@@ -129,6 +171,25 @@ mod tests {
         let mut s =
             Sampler::new(Sampling { top_k: 2, seed: Some(4), temperature: 5.0, ..Sampling::default() });
         assert!((0..200).all(|_| matches!(s.sample(&logits), 1 | 2)));
+    }
+
+    #[test]
+    fn penalties_follow_openais_formula_and_steer_greedy_draws() {
+        let mut logits = [1.0f32, 1.0, 1.0, 1.0];
+        let counts = HashMap::from([(1, 2), (3, 1)]);
+        apply_penalties(&mut logits, &counts, 0.5, 0.25);
+        assert_eq!(logits, [1.0, 1.0 - 2.0 * 0.25 - 0.5, 1.0, 1.0 - 0.25 - 0.5]);
+        // Greedy with a presence penalty larger than the gap never repeats a token
+        // until every one was drawn; without it, always the largest.
+        let logits = [3.0f32, 2.5, 2.0, 0.0];
+        let greedy = Sampling { temperature: 0.0, ..Sampling::default() };
+        let mut plain = Sampler::new(greedy.clone());
+        assert_eq!((0..3).map(|_| plain.sample(&logits)).collect::<Vec<_>>(), [0, 0, 0]);
+        let mut spread = Sampler::new(Sampling { presence_penalty: 2.0, ..greedy.clone() });
+        assert_eq!((0..4).map(|_| spread.sample(&logits)).collect::<Vec<_>>(), [0, 1, 2, 0]);
+        // A negative frequency penalty rewards repeats.
+        let mut repeat = Sampler::new(Sampling { frequency_penalty: -2.0, ..greedy });
+        assert_eq!((0..3).map(|_| repeat.sample(&[2.0f32, 2.5])).collect::<Vec<_>>(), [1, 1, 1]);
     }
 
     #[test]

@@ -13,7 +13,7 @@ use tokenizers::models::bpe::BPE;
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::pre_tokenizers::digits::Digits;
 use tokenizers::pre_tokenizers::sequence::Sequence;
-use tokenizers::{AddedToken, PreTokenizerWrapper, Tokenizer};
+use tokenizers::{AddedToken, PreTokenizerWrapper, Tokenizer as HfTokenizer};
 use volt_formats::gguf::{Gguf, Value};
 
 /// llama.cpp's token types (`tokenizer.ggml.token_type`).
@@ -23,9 +23,27 @@ const USER_DEFINED: i64 = 4;
 /// The pre-tokenizers volt implements, by `tokenizer.ggml.pre`.
 pub const SUPPORTED_PRE: [&str; 2] = ["smollm", "gpt2"];
 
+/// What serving needs of a model's tokenizer: text to ids, and each id's bytes for the
+/// stream (which holds back a UTF-8 character split across tokens).
+pub trait Tokenizer: Send + Sync {
+    /// The ids of `text`, as the model reads it (a bos token first if it takes one).
+    fn encode(&self, text: &str) -> Result<Vec<u32>>;
+    /// The bytes `id` stands for (a control token: none).
+    fn token_bytes(&self, id: u32) -> &[u8];
+}
+
+impl Tokenizer for GgufTokenizer {
+    fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        GgufTokenizer::encode(self, text)
+    }
+    fn token_bytes(&self, id: u32) -> &[u8] {
+        GgufTokenizer::token_bytes(self, id)
+    }
+}
+
 /// A GGUF file's tokenizer, with its special tokens.
 pub struct GgufTokenizer {
-    inner: Tokenizer,
+    inner: HfTokenizer,
     /// Bytes of every token's text (byte-level symbols mapped back), for streaming.
     bytes: Vec<Vec<u8>>,
     special: Vec<bool>,
@@ -96,7 +114,7 @@ impl GgufTokenizer {
             .vocab_and_merges(vocab, merges)
             .build()
             .map_err(|e| LlmError::model(format!("tokenizer: {e}")))?;
-        let mut inner = Tokenizer::new(bpe);
+        let mut inner = HfTokenizer::new(bpe);
         let byte_level = ByteLevel::new(false, true, true);
         let splits: Vec<PreTokenizerWrapper> = match pre {
             "smollm" => vec![Digits::new(true).into(), byte_level.into()],
