@@ -1,14 +1,14 @@
-//! `volt serve`: a model behind volt-serve — a digits-mlp checkpoint at `/predict`, a
-//! char-gpt checkpoint at `/v1/chat/completions`, pretrained all-MiniLM-L6-v2 at
-//! `/v1/embeddings`, or an LLM from a GGUF file (SmolLM2 from the zoo, or `--gguf PATH`)
-//! at `/v1/chat/completions` and `/v1/completions` with continuous batching. A model comes from exactly one
-//! source: `--model NAME` (the zoo) or `--gguf PATH`.
+//! `volt serve`: a model behind volt-serve — a digits-mlp checkpoint at `/predict`,
+//! pretrained all-MiniLM-L6-v2 at `/v1/embeddings`, or a language model — a char-gpt
+//! checkpoint, or an LLM from a GGUF file (SmolLM2 from the zoo, or `--gguf PATH`) — at
+//! `/v1/chat/completions` and `/v1/completions`, on volt-llm's continuously batching
+//! engine. A model comes from exactly one source: `--model NAME` (the zoo) or `--gguf PATH`.
 use clap::Args;
 use std::path::PathBuf;
 use std::time::Duration;
 use volt::CliError;
 use volt_serve::{Device, EndpointConfig, Server, ServerConfig};
-use volt_zoo::char_gpt_api::CharGptChat;
+use volt_zoo::char_gpt_api::char_gpt_chat;
 use volt_zoo::minilm::{find_model_dir, MiniLmApi};
 use volt_zoo::DigitsApi;
 
@@ -147,8 +147,9 @@ pub fn run(args: ServeArgs) -> Result<(), CliError> {
             let checkpoint = args.checkpoint.clone().ok_or_else(|| {
                 CliError::Usage("--checkpoint is required for char-gpt (a file written by `volt fit`)".into())
             })?;
-            let api = CharGptChat::new(checkpoint).map_err(|e| usage(&e))?;
-            server.openai_chat(endpoint("/v1/chat/completions", 0), api)
+            let device = args.cuda.map_or(tch::Device::Cpu, tch::Device::Cuda);
+            let chat = char_gpt_chat(&checkpoint, engine_config(&args)?, device).map_err(|e| usage(&e))?;
+            return serve_llm(server, endpoint("/v1/chat/completions", 0), chat, &args);
         }
         "minilm" => {
             let dir = find_model_dir(args.model_dir.as_deref()).map_err(|e| usage(&e))?;
@@ -171,13 +172,8 @@ pub fn run(args: ServeArgs) -> Result<(), CliError> {
     listen(server)
 }
 
-/// An LLM from `path`, its engine with the command line's limits, at `endpoint`.
-fn serve_gguf(
-    server: Server,
-    endpoint: EndpointConfig,
-    path: &std::path::Path,
-    args: &ServeArgs,
-) -> Result<(), CliError> {
+/// The engine's limits from the command line.
+fn engine_config(args: &ServeArgs) -> Result<volt_llm::EngineConfig, CliError> {
     let config = volt_llm::EngineConfig {
         max_num_seqs: args.max_num_seqs,
         max_model_len: args.max_model_len,
@@ -185,11 +181,31 @@ fn serve_gguf(
         ..volt_llm::EngineConfig::default()
     };
     config.check().map_err(|e| CliError::Usage(format!("--{}", e.replace('_', "-"))))?;
+    Ok(config)
+}
+
+/// An LLM from `path`, its engine with the command line's limits, at `endpoint`.
+fn serve_gguf(
+    server: Server,
+    endpoint: EndpointConfig,
+    path: &std::path::Path,
+    args: &ServeArgs,
+) -> Result<(), CliError> {
     let device = args.cuda.map_or(tch::Device::Cpu, tch::Device::Cuda);
     let threads =
         args.num_threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    let chat = volt_llm::LlmChat::from_gguf(path, config, device, threads)
+    let chat = volt_llm::LlmChat::from_gguf(path, engine_config(args)?, device, threads)
         .map_err(|e| CliError::Usage(e.to_string()))?;
+    serve_llm(server, endpoint, chat, args)
+}
+
+/// `chat` at `endpoint` (chat completions) and at `/v1/completions`.
+fn serve_llm(
+    server: Server,
+    endpoint: EndpointConfig,
+    chat: volt_llm::LlmChat,
+    args: &ServeArgs,
+) -> Result<(), CliError> {
     // One worker hands requests to the engine and goes back for more at once. A
     // generation is bounded by its first token and the gaps between tokens, not by the
     // request deadline: a long answer that keeps coming is not cut off.

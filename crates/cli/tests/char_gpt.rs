@@ -1,6 +1,6 @@
 //! char-gpt end to end through the `volt` binary: a few training steps, then
-//! `/v1/chat/completions` streamed and not, checked with the official `openai` client.
-use serde_json::Value;
+//! `/v1/chat/completions` streamed and not and `/v1/completions`, checked with the official `openai` client.
+use serde_json::{json, Value};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -77,6 +77,11 @@ for name, extra in [("presence", dict(presence_penalty=2.5)), ("n", dict(n=2))]:
         refused[name] = [e.status_code, str(e)]
 out["refused"] = refused
 out["models"] = [m.id for m in client.models.list()]
+# A prompt longer than the 64-character block is cropped to it; the text slides past it.
+c = client.completions.create(model="char-gpt", prompt="KING:\n" * 20, max_tokens=100, temperature=0)
+out["completion"] = [c.choices[0].text, c.usage.prompt_tokens, c.usage.completion_tokens]
+d = client.chat.completions.create(model="char-gpt", messages=[{"role": "user", "content": "KING:"}])
+out["default"] = d.usage.completion_tokens
 print(json.dumps(out))
 "#;
 
@@ -125,6 +130,9 @@ fn the_openai_client_streams_and_completes_char_gpt_text() {
         assert!(r[1].as_str().is_some_and(|m| m.contains(field)), "{name}: {r}");
     }
     assert_eq!(v["models"], serde_json::json!(["char-gpt"]));
+    assert_eq!(v["completion"][0].as_str().map(|t| t.chars().count()), Some(100), "{}", v["completion"]);
+    assert_eq!((&v["completion"][1], &v["completion"][2]), (&json!(120), &json!(100)));
+    assert_eq!(v["default"], 64, "without max_tokens, a block's worth of characters");
 }
 
 #[test]

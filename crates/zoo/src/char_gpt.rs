@@ -1,12 +1,13 @@
 //! char-gpt: a small GPT over characters (nanoGPT's CPU-sized Shakespeare setup): pre-
 //! LayerNorm blocks with causal self-attention and a GELU MLP, the output head tied to
-//! the token embedding; sampling with temperature, top-k, top-p and a seed, with a KV cache.
+//! the token embedding. Served by volt-llm's engine ([`volt_llm::Model`]): batched
+//! steps over KV caches, sliding past the block as nanoGPT's generation crops to it.
 use crate::shakespeare::Vocab;
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use tch::nn::{self, Module};
 use tch::{Device, Kind, Tensor};
+use volt_llm::model::{check_step, Step};
+use volt_llm::LlmError;
 use volt_train::metrics::LogOptions;
 use volt_train::schedule::{SchedulerConfig, SchedulerSpec};
 use volt_train::{OptimizerConfig, OptimizerSpec, StepContext, VoltModule};
@@ -92,41 +93,6 @@ impl KvCache {
     /// Whether nothing is cached.
     pub fn is_empty(&self) -> bool {
         self.len == 0
-    }
-}
-
-/// How to pick each next character.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Sampling {
-    /// Characters to generate at most.
-    pub max_tokens: usize,
-    /// Softmax temperature; 0 picks the most likely character.
-    pub temperature: f64,
-    /// Keep only the k most likely characters.
-    pub top_k: Option<usize>,
-    /// Keep the smallest set of characters whose probability reaches p.
-    pub top_p: Option<f64>,
-    /// Seed of the draws.
-    pub seed: u64,
-    /// Subtracted once from the logit of every character generated so far (OpenAI's
-    /// `presence_penalty`).
-    pub presence_penalty: f64,
-    /// Subtracted from each character's logit once per time it was generated so far
-    /// (OpenAI's `frequency_penalty`).
-    pub frequency_penalty: f64,
-}
-
-impl Default for Sampling {
-    fn default() -> Self {
-        Sampling {
-            max_tokens: 200,
-            temperature: 1.0,
-            top_k: None,
-            top_p: None,
-            seed: 0,
-            presence_penalty: 0.0,
-            frequency_penalty: 0.0,
-        }
     }
 }
 
@@ -226,174 +192,114 @@ impl CharGpt {
         self.ln_f.forward(x).linear::<Tensor>(&self.tok.ws, None)
     }
 
-    /// Logits `[vocab]` of the position after `new` (`[1, n]`), feeding only the new
-    /// positions through the network and keeping their keys and values in `cache`.
-    /// Several positions at once only into an empty cache (the prompt).
-    pub fn forward_cached(&self, new: &Tensor, cache: &mut KvCache) -> Tensor {
-        let n = new.size()[1];
-        let positions = Tensor::arange_start(cache.len, cache.len + n, (Kind::Int64, new.device()));
-        let mut x = self.tok.forward(new) + self.pos.forward(&positions);
-        for (i, b) in self.blocks.iter().enumerate() {
+    /// One forward pass over several sequences, each `Step` giving the characters that
+    /// follow what its cache holds: the linear layers run once over every new position
+    /// of every sequence, attention per sequence over its own cache. Each sequence's
+    /// logits (`[positions, vocab]`): every new position's with `all_logits`, else its
+    /// last one's.
+    pub fn step_tensors(&self, seqs: &mut [Step<'_, KvCache>]) -> volt_llm::Result<Vec<Tensor>> {
+        let block = self.config.block_size as usize;
+        for s in seqs.iter() {
+            check_step(s.tokens, s.cache.len as usize, block, self.vocab.len())?;
+        }
+        let device = self.vs.device();
+        let ids: Vec<i64> = seqs.iter().flat_map(|s| s.tokens.iter().map(|&t| i64::from(t))).collect();
+        let positions: Vec<i64> =
+            seqs.iter().flat_map(|s| s.cache.len..s.cache.len + s.tokens.len() as i64).collect();
+        let as_row = |v: &[i64]| Tensor::from_slice(v).view([1, -1]).to_device(device);
+        let mut x = self.tok.forward(&as_row(&ids)) + self.pos.forward(&as_row(&positions));
+        let spans: Vec<(i64, i64)> = seqs
+            .iter()
+            .scan(0i64, |at, s| {
+                let span = (*at, s.tokens.len() as i64);
+                *at += span.1;
+                Some(span)
+            })
+            .collect();
+        // Several new positions attend causally among themselves, after the whole cache.
+        let masks: Vec<Option<Tensor>> = seqs
+            .iter()
+            .map(|s| {
+                let (n, start) = (s.tokens.len() as i64, s.cache.len);
+                (n > 1).then(|| Tensor::ones([n, start + n], (Kind::Bool, device)).tril(start))
+            })
+            .collect();
+        for (l, b) in self.blocks.iter().enumerate() {
             let (q, k, v) = self.heads(b, &b.ln1.forward(&x));
-            let (k, v) = match cache.layers.get(i) {
-                Some((pk, pv)) => (Tensor::cat(&[pk, &k], 2), Tensor::cat(&[pv, &v], 2)),
-                None => (k, v),
-            };
-            // A prompt attends causally to itself; one new position attends to all.
-            let causal = cache.len == 0 && n > 1;
-            let a =
-                Tensor::scaled_dot_product_attention(&q, &k, &v, None::<&Tensor>, 0.0, causal, None, false);
-            if i < cache.layers.len() {
-                cache.layers[i] = (k, v);
-            } else {
-                cache.layers.push((k, v));
+            let mut outputs = Vec::with_capacity(seqs.len());
+            for ((s, &(at, n)), mask) in seqs.iter_mut().zip(&spans).zip(&masks) {
+                let (k_new, v_new) = (k.narrow(2, at, n), v.narrow(2, at, n));
+                let (k_all, v_all) = match s.cache.layers.get(l) {
+                    Some((pk, pv)) => (Tensor::cat(&[pk, &k_new], 2), Tensor::cat(&[pv, &v_new], 2)),
+                    None => (k_new, v_new),
+                };
+                outputs.push(Tensor::scaled_dot_product_attention(
+                    &q.narrow(2, at, n),
+                    &k_all,
+                    &v_all,
+                    mask.as_ref(),
+                    0.0,
+                    false,
+                    None,
+                    false,
+                ));
+                if l < s.cache.layers.len() {
+                    s.cache.layers[l] = (k_all, v_all);
+                } else {
+                    s.cache.layers.push((k_all, v_all));
+                }
             }
-            x = &x + self.merge(b, a);
+            x = &x + self.merge(b, Tensor::cat(&outputs, 2));
             x = &x + self.mlp(b, &x);
         }
-        cache.len += n;
-        self.head(&x.select(1, n - 1)).squeeze()
-    }
-
-    /// Generates up to `s.max_tokens` characters after `prompt` (an empty prompt starts
-    /// from a newline), calling `emit` with each as soon as it exists; `emit` returning
-    /// false stops generation. See [`Generation`] for the context window and the cache.
-    pub fn generate(
-        &self,
-        prompt: &str,
-        s: &Sampling,
-        cached: bool,
-        mut emit: impl FnMut(char) -> bool,
-    ) -> Result<String, String> {
-        let mut g = Generation::new(self, prompt, s.clone())?;
-        let mut out = String::new();
-        while let Some(c) = g.step(self, cached)? {
-            out.push(c);
-            if !emit(c) {
-                break;
-            }
+        let mut wanted = Vec::new();
+        for (s, &(at, n)) in seqs.iter_mut().zip(&spans) {
+            s.cache.len += n;
+            wanted.extend(if s.all_logits { at..at + n } else { at + n - 1..at + n });
         }
-        Ok(out)
+        let logits =
+            self.head(&x.index_select(1, &Tensor::from_slice(&wanted).to_device(device))).squeeze_dim(0);
+        let mut at = 0;
+        Ok(seqs
+            .iter()
+            .map(|s| {
+                let n = if s.all_logits { s.tokens.len() as i64 } else { 1 };
+                let out = logits.narrow(0, at, n);
+                at += n;
+                out
+            })
+            .collect())
     }
 }
 
-/// One generation in progress, advanced a character at a time (so that a server can
-/// interleave several). The context window follows nanoGPT's crop to the last
-/// block_size characters, moved half a block at a time so that, with the KV cache, each
-/// character costs one single-position step (plus one prompt pass per half block).
-pub struct Generation {
-    ids: Vec<i64>,
-    start: usize,
-    cache: KvCache,
-    rng: ChaCha8Rng,
-    produced: usize,
-    sampling: Sampling,
-    prompt_tokens: usize,
-    /// How often each character has been generated (not the prompt's), for the penalties.
-    counts: Vec<u32>,
-}
-
-impl Generation {
-    /// Starts after `prompt`; characters outside the vocabulary are an error naming them.
-    pub fn new(model: &CharGpt, prompt: &str, sampling: Sampling) -> Result<Generation, String> {
-        let ids = model.vocab.encode(if prompt.is_empty() { "\n" } else { prompt })?;
-        let start = ids.len().saturating_sub(model.config.block_size as usize);
-        let rng = ChaCha8Rng::seed_from_u64(sampling.seed);
-        let prompt_tokens = ids.len();
-        let counts = vec![0; model.vocab.len()];
-        let cache = KvCache::default();
-        Ok(Generation { ids, start, cache, rng, produced: 0, sampling, prompt_tokens, counts })
+impl volt_llm::Model for CharGpt {
+    type Cache = KvCache;
+    fn new_cache(&self) -> KvCache {
+        KvCache::default()
     }
-
-    /// Characters of the prompt.
-    pub fn prompt_tokens(&self) -> usize {
-        self.prompt_tokens
+    fn cached(cache: &KvCache) -> usize {
+        cache.len as usize
     }
-
-    /// The next character, or `None` once `max_tokens` are out.
-    pub fn step(&mut self, model: &CharGpt, cached: bool) -> Result<Option<char>, String> {
-        if self.produced >= self.sampling.max_tokens {
-            return Ok(None);
-        }
-        let block = model.config.block_size as usize;
-        if self.ids.len() - self.start > block {
-            self.start = self.ids.len() - block / 2;
-            self.cache = KvCache::default();
-        }
-        let device = model.vs.device();
-        let logits = tch::no_grad(|| {
-            if cached {
-                let fed = self.start + self.cache.len() as usize;
-                let new = Tensor::from_slice(&self.ids[fed..]).view([1, -1]).to_device(device);
-                model.forward_cached(&new, &mut self.cache)
-            } else {
-                let window = Tensor::from_slice(&self.ids[self.start..]).view([1, -1]).to_device(device);
-                model.forward_t(&window, false).select(1, -1).squeeze()
-            }
-        });
-        let mut logits = Vec::<f32>::try_from(logits.to_kind(Kind::Float).to_device(Device::Cpu))
-            .map_err(|e| e.to_string())?;
-        let s = &self.sampling;
-        apply_penalties(&mut logits, &self.counts, s.presence_penalty, s.frequency_penalty);
-        let next = sample(&logits, &self.sampling, &mut self.rng) as i64;
-        if let Some(c) = self.counts.get_mut(next as usize) {
-            *c += 1;
-        }
-        self.ids.push(next);
-        self.produced += 1;
-        Ok(Some(model.vocab.decode(&[next]).chars().next().unwrap_or('\n')))
+    fn context_len(&self) -> usize {
+        self.config.block_size as usize
     }
-}
-
-/// OpenAI's presence and frequency penalties: `logit[j] -= count[j] * frequency +
-/// (count[j] > 0) * presence`, where `count[j]` is how often `j` was generated so far.
-pub fn apply_penalties(logits: &mut [f32], counts: &[u32], presence: f64, frequency: f64) {
-    if presence == 0.0 && frequency == 0.0 {
-        return;
+    fn bytes_per_position(&self) -> usize {
+        let c = &self.config;
+        (c.n_layer * 2 * c.n_embd) as usize * self.vs.kind().elt_size_in_bytes()
     }
-    for (logit, &count) in logits.iter_mut().zip(counts) {
-        if count > 0 {
-            *logit = (f64::from(*logit) - f64::from(count) * frequency - presence) as f32;
-        }
+    fn step(&self, seqs: &mut [Step<'_, KvCache>]) -> volt_llm::Result<Vec<Vec<Vec<f32>>>> {
+        tch::no_grad(|| self.step_tensors(seqs))?
+            .into_iter()
+            .map(|t| {
+                Vec::<Vec<f32>>::try_from(t.to_kind(Kind::Float).to_device(Device::Cpu))
+                    .map_err(|e| LlmError::Model(format!("char-gpt logits: {e}")))
+            })
+            .collect()
     }
-}
-
-/// Picks an index from `logits` by temperature, top-k and top-p, with `rng`.
-pub fn sample(logits: &[f32], s: &Sampling, rng: &mut ChaCha8Rng) -> usize {
-    let argmax = || logits.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map_or(0, |(i, _)| i);
-    if s.temperature <= 0.0 {
-        return argmax();
+    /// nanoGPT generates past its block by cropping to the last `block_size` characters.
+    fn slides(&self) -> bool {
+        true
     }
-    let mut order: Vec<usize> = (0..logits.len()).collect();
-    order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]));
-    if let Some(k) = s.top_k {
-        order.truncate(k.max(1));
-    }
-    let top = f64::from(logits[order[0]]);
-    let mut probs: Vec<f64> =
-        order.iter().map(|&i| ((f64::from(logits[i]) - top) / s.temperature).exp()).collect();
-    let total: f64 = probs.iter().sum();
-    probs.iter_mut().for_each(|p| *p /= total);
-    if let Some(p) = s.top_p {
-        let mut acc = 0.0;
-        let keep = probs.iter().take_while(|&&q| {
-            let before = acc;
-            acc += q;
-            before < p
-        });
-        let n = keep.count().max(1);
-        probs.truncate(n);
-        order.truncate(n);
-    }
-    let total: f64 = probs.iter().sum();
-    let mut u = rng.gen::<f64>() * total;
-    for (i, q) in order.iter().zip(&probs) {
-        if u < *q {
-            return *i;
-        }
-        u -= q;
-    }
-    order[order.len() - 1]
 }
 
 impl VoltModule for CharGpt {

@@ -1,20 +1,38 @@
-//! char-gpt behind `/v1/chat/completions`: the conversation's text is the prompt, each
-//! generated character is one streamed chunk.
-use crate::char_gpt::{CharGpt, CharGptConfig, Generation, Sampling};
+//! char-gpt behind the OpenAI endpoints, on volt-llm's engine: a conversation's
+//! messages, one per line, are the prompt; each generated character is one token.
+use crate::char_gpt::{CharGpt, CharGptConfig};
 use crate::shakespeare::Vocab;
-use std::path::PathBuf;
-use volt_serve::openai::{ChatApi, ChatDelta, ChatRequest};
-use volt_serve::{ApiError, Device, StreamOutput};
+use std::path::Path;
+use std::sync::Arc;
+use volt_llm::{ChatTemplate, Engine, EngineConfig, LlmChat, Tokenizer};
 use volt_train::checkpoint::{restore_model, Checkpoint};
 
-/// Characters generated when a request gives no `max_tokens`.
-pub const DEFAULT_MAX_TOKENS: usize = 256;
+/// The prompt of a conversation: its messages' text, one per line.
+const TEMPLATE: &str =
+    "{% for m in messages %}{{ m.content }}{% if not loop.last %}\n{% endif %}{% endfor %}";
 
-/// Serves a char-gpt checkpoint written by `volt fit --model char-gpt`.
-pub struct CharGptChat {
-    checkpoint: PathBuf,
-    config: CharGptConfig,
+/// char-gpt's characters as tokens.
+pub struct CharTokenizer {
     vocab: Vocab,
+    bytes: Vec<Vec<u8>>,
+}
+
+impl CharTokenizer {
+    /// The tokenizer of `vocab`.
+    pub fn new(vocab: Vocab) -> Self {
+        let bytes = (0..vocab.len() as i64).map(|i| vocab.decode(&[i]).into_bytes()).collect();
+        CharTokenizer { vocab, bytes }
+    }
+}
+
+impl Tokenizer for CharTokenizer {
+    /// Characters outside the vocabulary are dropped: a character model cannot read them.
+    fn encode(&self, text: &str) -> volt_llm::Result<Vec<u32>> {
+        Ok(text.chars().filter_map(|c| self.vocab.id(c)).map(|i| i as u32).collect())
+    }
+    fn token_bytes(&self, id: u32) -> &[u8] {
+        self.bytes.get(id as usize).map_or(&[], Vec::as_slice)
+    }
 }
 
 #[derive(serde::Deserialize)]
@@ -23,105 +41,26 @@ struct Hparams {
     vocab: Vocab,
 }
 
-impl CharGptChat {
-    /// Reads the model's configuration and vocabulary from `checkpoint` and checks that
-    /// its weights fit, so that a bad file fails before the server starts.
-    pub fn new(checkpoint: PathBuf) -> volt_train::Result<Self> {
-        let ckpt = Checkpoint::load(&checkpoint)?;
-        let h: Hparams = serde_json::from_value(ckpt.state.hparams.clone()).map_err(|e| {
-            volt_train::Error::checkpoint(&checkpoint, format!("not a char-gpt checkpoint: {e}"))
-        })?;
-        let probe = CharGpt::new(h.config.clone(), h.vocab.clone(), tch::Device::Cpu)
-            .map_err(|e| volt_train::Error::checkpoint(&checkpoint, e))?;
-        restore_model(volt_train::VoltModule::var_store(&probe), &ckpt, &checkpoint)?;
-        Ok(CharGptChat { checkpoint, config: h.config, vocab: h.vocab })
-    }
-
-    /// The prompt of a conversation: its messages' text, one per line, in the model's
-    /// vocabulary (other characters are dropped, as a character model cannot read them).
-    fn prompt(&self, r: &ChatRequest) -> String {
-        let text: Vec<&str> = r.messages.iter().map(|m| m.content.as_str()).collect();
-        text.join("\n").chars().filter(|&c| self.vocab.id(c).is_some()).collect()
-    }
-}
-
-impl ChatApi for CharGptChat {
-    type Model = CharGpt;
-
-    fn setup(&self, device: Device) -> Result<CharGpt, ApiError> {
-        let device = match device {
-            Device::Cpu => tch::Device::Cpu,
-            Device::Cuda(n) => tch::Device::Cuda(n),
-        };
-        let model =
-            CharGpt::new(self.config.clone(), self.vocab.clone(), device).map_err(ApiError::Internal)?;
-        let ckpt = Checkpoint::load(&self.checkpoint).map_err(|e| ApiError::Internal(e.to_string()))?;
-        restore_model(volt_train::VoltModule::var_store(&model), &ckpt, &self.checkpoint)
-            .map_err(|e| ApiError::Internal(e.to_string()))?;
-        Ok(model)
-    }
-
-    /// Steps every request of the batch one character at a time in turn, so that each
-    /// stream gets its first character after one step of each, not after the others end.
-    fn generate(
-        &self,
-        model: &mut CharGpt,
-        requests: Vec<ChatRequest>,
-        out: &mut StreamOutput<ChatDelta>,
-    ) -> Result<(), ApiError> {
-        let mut live: Vec<(usize, Generation)> = Vec::new();
-        for (i, r) in requests.iter().enumerate() {
-            let sampling = Sampling {
-                max_tokens: r.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS),
-                temperature: r.temperature.unwrap_or(1.0),
-                top_k: r.top_k,
-                top_p: r.top_p,
-                seed: r.seed.unwrap_or_else(rand::random),
-                presence_penalty: r.presence_penalty,
-                frequency_penalty: r.frequency_penalty,
-            };
-            live.push((i, Generation::new(model, &self.prompt(r), sampling).map_err(ApiError::BadRequest)?));
-        }
-        while !live.is_empty() {
-            let mut still = Vec::with_capacity(live.len());
-            for (i, mut g) in live {
-                if out.is_cancelled(i) {
-                    continue;
-                }
-                let prompt_tokens = g.prompt_tokens();
-                match g.step(model, true).map_err(ApiError::Internal)? {
-                    Some(c) => {
-                        let delta = ChatDelta {
-                            text: c.to_string(),
-                            prompt_tokens,
-                            tokens: 1,
-                            ..ChatDelta::default()
-                        };
-                        if out.send(i, delta) {
-                            still.push((i, g));
-                        }
-                    }
-                    None => {
-                        let done = ChatDelta {
-                            finish_reason: Some("length".into()),
-                            prompt_tokens,
-                            ..ChatDelta::default()
-                        };
-                        out.send(i, done);
-                    }
-                }
-            }
-            live = still;
-        }
-        Ok(())
-    }
-
-    fn model_name(&self) -> String {
-        "char-gpt".into()
-    }
-
-    /// [`Generation`] applies them at each character.
-    fn supports_penalties(&self) -> bool {
-        true
-    }
+/// Serves a char-gpt checkpoint written by `volt fit --model char-gpt`: reads its
+/// configuration, vocabulary and weights (a bad file fails here, before the server
+/// starts) and starts an engine over it on `device`. The engine's `max_model_len` is
+/// at most the model's block; generations slide past it.
+pub fn char_gpt_chat(
+    checkpoint: &Path,
+    config: EngineConfig,
+    device: tch::Device,
+) -> volt_train::Result<LlmChat> {
+    let bad = |e: String| volt_train::Error::checkpoint(checkpoint, e);
+    config.check().map_err(volt_train::Error::Config)?;
+    let ckpt = Checkpoint::load(checkpoint)?;
+    let h: Hparams = serde_json::from_value(ckpt.state.hparams.clone())
+        .map_err(|e| bad(format!("not a char-gpt checkpoint: {e}")))?;
+    let model = CharGpt::new(h.config.clone(), h.vocab.clone(), device).map_err(bad)?;
+    restore_model(volt_train::VoltModule::var_store(&model), &ckpt, checkpoint)?;
+    let config =
+        EngineConfig { max_model_len: config.max_model_len.min(h.config.block_size as usize), ..config };
+    let template = ChatTemplate::new(TEMPLATE, "", "").map_err(|e| bad(e.to_string()))?;
+    let engine = Engine::start(model, Vec::new(), config)
+        .map_err(|e| volt_train::Error::Config(format!("cannot start the engine: {e}")))?;
+    Ok(LlmChat::new(engine, Arc::new(CharTokenizer::new(h.vocab)), template, "char-gpt".into()))
 }
