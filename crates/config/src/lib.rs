@@ -7,6 +7,7 @@
 #![warn(missing_docs)]
 
 pub mod callbacks;
+pub mod job;
 pub mod loader;
 pub mod optim;
 mod ranges;
@@ -17,6 +18,7 @@ pub mod trainer;
 pub use callbacks::{
     CheckpointState, EarlyStopping, EarlyStoppingState, LearningRateMonitor, ModelCheckpoint,
 };
+pub use job::{BackendKind, Fleet, Host, JobSpec, LoadedJob};
 pub use loader::ConfigError;
 pub use optim::{ClipAlgorithm, OptimizerConfig, OptimizerSpec};
 pub use run::{apply_optimizer, CallbacksConfig, OptimizerOverrides, RunConfig};

@@ -198,6 +198,15 @@ fn explain(path: &str, message: &str, tree: &Value, defaults: &Value) -> ConfigE
         let expected = plain_type(rest.split_once(", expected ").map_or(rest, |(_, e)| e));
         return ConfigError::WrongType { key: path.to_owned(), value: lookup(tree, path), expected };
     }
+    if let Some((_, ty)) =
+        message.strip_prefix("invalid value: integer ").and_then(|m| m.split_once(", expected "))
+    {
+        return ConfigError::WrongType {
+            key: path.to_owned(),
+            value: lookup(tree, path),
+            expected: plain_type(ty),
+        };
+    }
     if message.starts_with("invalid value: ") || message.starts_with("data did not match any variant") {
         let expected = match lookup(defaults, path) {
             d if d == "null" => message.to_owned(),
@@ -211,7 +220,9 @@ fn explain(path: &str, message: &str, tree: &Value, defaults: &Value) -> ConfigE
 /// serde's Rust type names in words a config file's author knows.
 fn plain_type(expected: &str) -> String {
     match expected {
-        "usize" | "u64" | "u32" | "u16" | "u8" => "a whole number, 0 or more".into(),
+        "usize" | "u64" | "u32" => "a whole number, 0 or more".into(),
+        "u16" => "a whole number from 0 to 65535".into(),
+        "u8" => "a whole number from 0 to 255".into(),
         "i64" | "i32" => "a whole number".into(),
         "f64" | "f32" => "a number".into(),
         "a boolean" => "true or false".into(),
@@ -219,13 +230,19 @@ fn plain_type(expected: &str) -> String {
     }
 }
 
-/// The value at a dotted path, as JSON text.
+/// The value at a dotted path (`hosts[0].port`, as serde_path_to_error writes them), as
+/// JSON text.
 fn lookup(tree: &Value, path: &str) -> String {
     let mut node = tree;
-    for part in path.split('.') {
+    for part in path.split(['.', '[']) {
         node = match node {
             Value::Object(m) => m.get(part).unwrap_or(&Value::Null),
-            Value::Array(a) => part.parse::<usize>().ok().and_then(|i| a.get(i)).unwrap_or(&Value::Null),
+            Value::Array(a) => part
+                .trim_end_matches(']')
+                .parse::<usize>()
+                .ok()
+                .and_then(|i| a.get(i))
+                .unwrap_or(&Value::Null),
             _ => &Value::Null,
         };
     }
