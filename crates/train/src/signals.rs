@@ -1,4 +1,5 @@
-//! Ctrl-C and SIGTERM during `fit`: the first asks the loop to stop after the current
+//! Ctrl-C, SIGTERM and SIGUSR1 (what Slurm's `--signal` sends ahead of a preemption)
+//! during `fit`: the first asks the loop to stop after the current
 //! step (and write `last`), a second one terminates as usual. Outside `fit` the signals
 //! keep their default behaviour.
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -17,9 +18,9 @@ fn flags() -> Option<&'static Flags> {
                 outside_fit: Arc::new(AtomicBool::new(true)),
                 stop: Arc::new(AtomicBool::new(false)),
             };
-            use signal_hook::consts::{SIGINT, SIGTERM};
+            use signal_hook::consts::{SIGINT, SIGTERM, SIGUSR1};
             use signal_hook::flag;
-            for sig in [SIGINT, SIGTERM] {
+            for sig in [SIGINT, SIGTERM, SIGUSR1] {
                 // Order matters: the default action runs when outside fit, or when a stop
                 // was already requested; otherwise the signal only requests a stop.
                 flag::register_conditional_default(sig, Arc::clone(&flags.outside_fit)).ok()?;
@@ -31,7 +32,7 @@ fn flags() -> Option<&'static Flags> {
         .as_ref()
 }
 
-/// While alive, SIGINT/SIGTERM request a graceful stop instead of terminating.
+/// While alive, SIGINT/SIGTERM/SIGUSR1 request a graceful stop instead of terminating.
 pub(crate) struct StopOnSignal {
     flags: Option<&'static Flags>,
 }

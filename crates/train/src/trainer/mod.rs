@@ -19,6 +19,7 @@ use crate::config::{BatchLimit, TrainerConfig};
 use crate::data::DataModule;
 use crate::error::{Error, Result};
 use crate::fabric::Fabric;
+use crate::job_run::JobRun;
 use crate::loggers::{next_version_dir, save_hparams, Logger};
 use crate::metrics::Metrics;
 use crate::module::VoltModule;
@@ -201,6 +202,7 @@ impl Trainer {
         let val_loader = data.val_dataloader().map(|l| self.fabric.setup_dataloader(l));
 
         // Everything that can fail on bad input happens before anything is written.
+        let job = (ckpt_path.is_none() && self.config.version.is_none()).then(JobRun::from_env).flatten();
         let resume_from = match &ckpt_path {
             Some(c) => {
                 let found = self.resolve_ckpt_path(c)?;
@@ -212,8 +214,12 @@ impl Trainer {
                 }
                 found
             }
-            None => None,
+            // Under `volt job`, each attempt resumes from the job's own `last`.
+            None => job.as_ref().and_then(|j| j.resume_from(&self.experiment_dir())),
         };
+        if let (Some(j), Some(path)) = (&job, &resume_from) {
+            tracing::info!("job attempt {}: resuming from {}", j.attempt, path.display());
+        }
         let restored = match &resume_from {
             Some(path) => Some(Checkpoint::load(path)?),
             None => None,
@@ -243,11 +249,20 @@ impl Trainer {
         let log_dir = if writes_files {
             let dir = match resume_from.as_deref().and_then(checkpoint::version_dir_of) {
                 Some(dir) if dir.parent() == Some(self.experiment_dir().as_path()) => dir,
-                _ => match self.config.version {
-                    Some(v) => self.experiment_dir().join(format!("version_{v}")),
-                    None => next_version_dir(&self.experiment_dir()),
+                _ => match (
+                    self.config.version,
+                    job.as_ref().and_then(|j| j.version_dir(&self.experiment_dir())),
+                ) {
+                    (Some(v), _) => self.experiment_dir().join(format!("version_{v}")),
+                    // A job's earlier attempt made its folder but wrote no checkpoint.
+                    (None, Some(dir)) => dir,
+                    (None, None) => next_version_dir(&self.experiment_dir()),
                 },
             };
+            if let Some(j) = job.as_ref().filter(|_| self.fabric.is_global_zero()) {
+                j.mark(&dir)
+                    .map_err(|e| Error::checkpoint(&dir, format!("cannot mark it as the job's: {e}")))?;
+            }
             Some(dir)
         } else {
             None
