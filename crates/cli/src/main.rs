@@ -1,7 +1,9 @@
 //! `volt`: train, evaluate and serve the zoo's models from the command line.
 //!
 //! Exit codes: 0 success, 2 usage or configuration error, 1 failure during the run.
+mod job;
 mod serve;
+mod studio;
 
 use clap::{Parser, Subcommand as ClapSubcommand};
 use std::process::ExitCode;
@@ -36,6 +38,16 @@ enum Command {
     Serve(Box<serve::ServeArgs>),
     /// List the zoo's models.
     Models,
+    /// Run a command on nodes of a backend, watched and restarted by the control plane.
+    Job {
+        #[command(subcommand)]
+        command: job::JobCommand,
+    },
+    /// The control plane that runs jobs.
+    Studio {
+        #[command(subcommand)]
+        command: studio::StudioCommand,
+    },
 }
 
 fn run_loop(command: Subcommand, args: &[String]) -> Result<(), CliError> {
@@ -63,6 +75,8 @@ fn main() -> ExitCode {
         Command::Test(a) => run_loop(Subcommand::Test, &a.args),
         Command::Predict(a) => run_loop(Subcommand::Predict, &a.args),
         Command::Serve(args) => serve::run(*args),
+        Command::Job { command } => job::run(command),
+        Command::Studio { command } => studio::run(command),
         Command::Models => {
             for m in volt_zoo::MODELS {
                 println!("{:<12} {} | {} | {}", m.name, m.task, m.dataset, m.defaults);

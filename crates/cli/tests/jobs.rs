@@ -1,0 +1,404 @@
+//! `volt job` on the local backend through the real binary: a control plane (`volt studio
+//! up`, or one the CLI starts), 2-node digits ddp jobs that succeed, lose a node or their
+//! rank-0 machine and come back bitwise on attempt 2, a control plane killed and restarted
+//! mid-job, retries, cancel, bad specs and the API's token.
+use serde_json::Value;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+use volt_train::Checkpoint;
+
+const VOLT: &str = env!("CARGO_BIN_EXE_volt");
+
+/// A control plane on its own home, killed when dropped.
+struct Studio {
+    child: Child,
+    home: PathBuf,
+    url: String,
+}
+
+impl Studio {
+    fn up(home: &Path) -> Studio {
+        let mut child = Command::new(VOLT)
+            .args(["studio", "up", "--port", "0"])
+            .env("VOLT_HOME", home)
+            .env_remove("VOLT_STUDIO_URL")
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("volt studio up");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("read");
+        let url =
+            line.trim().strip_prefix("studio listening on ").unwrap_or_else(|| panic!("{line:?}")).to_owned();
+        Studio { child, home: home.to_owned(), url }
+    }
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Studio {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn volt(home: &Path, args: &[&str]) -> Output {
+    Command::new(VOLT)
+        .args(args)
+        .env("VOLT_HOME", home)
+        .env_remove("VOLT_STUDIO_URL")
+        .output()
+        .expect("run volt")
+}
+
+fn text(o: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+/// Launches `spec` (written into `workdir/job.toml`); the job's id.
+fn launch(home: &Path, workdir: &Path, spec: &str) -> i64 {
+    let file = workdir.join("job.toml");
+    std::fs::write(&file, spec).expect("spec");
+    let out = volt(home, &["job", "launch", file.to_str().expect("path")]);
+    assert!(out.status.success(), "{}", text(&out));
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or_else(|_| panic!("{}", text(&out)))
+}
+
+/// `volt job status` as the API's JSON.
+fn detail(studio: &Studio, id: i64) -> Value {
+    let token = std::fs::read_to_string(studio.home.join("token")).expect("token");
+    let out = Command::new("curl")
+        .args(["-sf", "-H", &format!("authorization: Bearer {}", token.trim())])
+        .arg(format!("{}/api/jobs/{id}", studio.url))
+        .output()
+        .expect("curl");
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|_| panic!("{}", text(&out)))
+}
+
+fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !done() {
+        assert!(Instant::now() < deadline, "{what} within {limit:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn wait_final(studio: &Studio, id: i64, limit: Duration) -> Value {
+    let mut last = Value::Null;
+    wait_until(&format!("job {id} ends"), limit, || {
+        last = detail(studio, id);
+        matches!(last["job"]["status"].as_str(), Some("succeeded" | "failed" | "cancelled"))
+    });
+    last
+}
+
+fn digits_spec(root: &str, extra: &str, max_restarts: u32) -> String {
+    format!(
+        "name = \"digits-ddp\"\nnum_nodes = 2\n\
+         run = \"{VOLT} fit --model digits-mlp --seed 0 --trainer.strategy ddp --trainer.num_nodes 2 \
+         --trainer.max_epochs 40 --trainer.num_threads 1 --trainer.enable_progress_bar false \
+         --trainer.enable_model_summary false --trainer.default_root_dir {root} {extra}\"\n\
+         [retry]\nmax_restarts = {max_restarts}\n"
+    )
+}
+
+fn model_tensors(path: &Path) -> Vec<(String, Vec<f32>)> {
+    let ckpt = Checkpoint::load(path).expect("load checkpoint");
+    let mut out: Vec<(String, Vec<f32>)> = ckpt
+        .tensors
+        .iter()
+        .filter(|(name, _)| !name.starts_with(volt_train::checkpoint::OPTIMIZER_PREFIX))
+        .map(|(name, t)| (name.clone(), Vec::<f32>::try_from(t.flatten(0, -1)).expect("f32")))
+        .collect();
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
+/// The last `val_acc` in a run's metrics.csv.
+fn last_val_acc(version: &Path) -> f64 {
+    let csv = std::fs::read_to_string(version.join("metrics.csv")).expect("metrics.csv");
+    let mut lines = csv.lines();
+    let header: Vec<&str> = lines.next().expect("header").split(',').collect();
+    let col = header.iter().position(|h| *h == "val_acc").expect("a val_acc column");
+    lines.filter_map(|l| l.split(',').nth(col)?.parse::<f64>().ok()).next_back().expect("a val_acc value")
+}
+
+fn versions(experiment: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(experiment)
+        .map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// Processes whose parent is `pid`.
+fn children_of(pid: i64) -> Vec<i64> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").expect("/proc").filter_map(|e| e.ok()) {
+        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else { continue };
+        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else { continue };
+        if rest.split_whitespace().nth(1).and_then(|p| p.parse::<i64>().ok()) == Some(pid) {
+            if let Ok(child) = e.file_name().to_string_lossy().parse() {
+                out.push(child);
+            }
+        }
+    }
+    out
+}
+
+fn node_pid(d: &Value, attempt: i64, rank: i64) -> i64 {
+    let node = d["nodes"]
+        .as_array()
+        .expect("nodes")
+        .iter()
+        .find(|n| n["attempt"] == attempt && n["rank"] == rank)
+        .unwrap_or_else(|| panic!("no node {rank} of attempt {attempt}: {d}"));
+    let handle: Value = serde_json::from_str(node["handle"].as_str().expect("handle")).expect("handle json");
+    handle["pid"].as_i64().expect("pid")
+}
+
+fn alive(pid: i64) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .is_ok_and(|s| s.rfind(')').is_some_and(|i| !s[i + 1..].trim_start().starts_with('Z')))
+}
+
+fn events(d: &Value) -> String {
+    d["events"].as_array().map_or_else(String::new, |e| {
+        e.iter().filter_map(|e| e["message"].as_str()).collect::<Vec<_>>().join("\n")
+    })
+}
+
+#[test]
+fn a_two_node_digits_job_succeeds_in_one_version_folder_and_its_logs_are_kept() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let studio = Studio::up(&tmp.path().join("home"));
+    let id = launch(&studio.home, tmp.path(), &digits_spec("runs", "", 0));
+    let d = wait_final(&studio, id, Duration::from_secs(120));
+    assert_eq!(d["job"]["status"], "succeeded", "{}", events(&d));
+    assert_eq!(d["job"]["attempt"], 1);
+    let experiment = tmp.path().join("runs/lightning_logs");
+    assert_eq!(versions(&experiment), ["version_0"], "one version folder for both nodes");
+    let acc = last_val_acc(&experiment.join("version_0"));
+    assert!(acc >= 0.97, "val_acc {acc}");
+    // Each node's log, kept after the job: rank 0 reports the fit, rank 1 says nothing of it.
+    let logs = |node: &str| text(&volt(&studio.home, &["job", "logs", &id.to_string(), "--node", node]));
+    assert!(logs("0").contains("fit finished"), "{}", logs("0"));
+    assert!(!logs("1").contains("fit finished"), "{}", logs("1"));
+    let ls = text(&volt(&studio.home, &["job", "ls"]));
+    let row = ls.lines().find(|l| l.starts_with(&id.to_string())).unwrap_or_else(|| panic!("{ls}"));
+    for word in ["digits-ddp", "local", "2", "succeeded", "1"] {
+        assert!(row.split_whitespace().any(|w| w == word), "{word} in {row:?}");
+    }
+    let status = text(&volt(&studio.home, &["job", "status", &id.to_string()]));
+    assert!(
+        status.contains("succeeded, attempt 1 of 1") && status.contains("every node exited 0"),
+        "{status}"
+    );
+}
+
+/// Runs the digits job twice: once untouched, once with `break_it` applied to the first
+/// attempt as soon as it has written a checkpoint; both must end with the same weights.
+fn recovers_bitwise(break_it: impl FnOnce(&Value), named: &str) {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let studio = Studio::up(&tmp.path().join("home"));
+    let every = "--callbacks.model_checkpoint.every_n_train_steps 50";
+    let reference = launch(&studio.home, tmp.path(), &digits_spec("reference", every, 0));
+    let d = wait_final(&studio, reference, Duration::from_secs(120));
+    assert_eq!(d["job"]["status"], "succeeded", "{}", events(&d));
+
+    let id = launch(&studio.home, tmp.path(), &digits_spec("broken", every, 2));
+    let last = tmp.path().join("broken/lightning_logs/version_0/checkpoints/last.safetensors");
+    wait_until("a first checkpoint", Duration::from_secs(60), || last.is_file());
+    break_it(&detail(&studio, id));
+    let d = wait_final(&studio, id, Duration::from_secs(120));
+    let history = events(&d);
+    assert_eq!(d["job"]["status"], "succeeded", "{history}");
+    assert_eq!(d["job"]["attempt"], 2, "{history}");
+    assert!(history.contains(named), "the lost node is named: {history}");
+    assert_eq!(versions(&tmp.path().join("broken/lightning_logs")), ["version_0"]);
+    let log = text(&volt(&studio.home, &["job", "logs", &id.to_string(), "--attempt", "2"]));
+    assert!(log.contains("resuming from"), "attempt 2 resumed: {log}");
+    let want =
+        model_tensors(&tmp.path().join("reference/lightning_logs/version_0/checkpoints/last.safetensors"));
+    assert_eq!(model_tensors(&last), want, "resumed weights equal the uninterrupted run's, bit for bit");
+}
+
+#[test]
+fn a_node_killed_mid_epoch_is_restarted_and_the_job_ends_bitwise_as_if_untouched() {
+    recovers_bitwise(
+        |d| {
+            let trainer = children_of(node_pid(d, 1, 1));
+            assert!(!trainer.is_empty(), "node 1 runs volt fit");
+            for pid in trainer {
+                // SAFETY: kill has no memory effects.
+                unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            }
+        },
+        "node 1 on localhost exited with code 137",
+    );
+}
+
+#[test]
+fn losing_rank_zeros_machine_restarts_the_job_from_its_last_checkpoint() {
+    recovers_bitwise(
+        |d| {
+            // The whole of node 0 (its shell and its trainer) dies at once, as with its host.
+            // SAFETY: kill has no memory effects.
+            unsafe { libc::kill(-(node_pid(d, 1, 0) as i32), libc::SIGKILL) };
+        },
+        "node 0 on localhost was lost",
+    );
+}
+
+#[test]
+fn a_control_plane_killed_mid_job_re_adopts_it_and_nothing_runs_twice() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let home = tmp.path().join("home");
+    let mut studio = Studio::up(&home);
+    let spec = "num_nodes = 2\nrun = \"echo started $RANK >> starts.txt; sleep 3; echo done $RANK\"\n";
+    let id = launch(&home, tmp.path(), spec);
+    let starts = tmp.path().join("starts.txt");
+    wait_until("both nodes start", Duration::from_secs(20), || {
+        std::fs::read_to_string(&starts).is_ok_and(|s| s.lines().count() == 2)
+    });
+    studio.kill();
+    // The nodes run on without it.
+    std::thread::sleep(Duration::from_millis(500));
+    let studio = Studio::up(&home);
+    let d = detail(&studio, id);
+    assert_eq!(
+        (d["job"]["status"].as_str(), d["job"]["attempt"].as_i64()),
+        (Some("running"), Some(1)),
+        "{d}"
+    );
+    let d = wait_final(&studio, id, Duration::from_secs(30));
+    assert_eq!(d["job"]["status"], "succeeded", "{}", events(&d));
+    assert_eq!(d["job"]["attempt"], 1);
+    assert!(events(&d).contains("re-adopted attempt 1"), "{}", events(&d));
+    let started = std::fs::read_to_string(&starts).expect("starts");
+    assert_eq!(started.lines().count(), 2, "each node started once: {started}");
+    let log = text(&volt(&home, &["job", "logs", &id.to_string(), "--node", "1"]));
+    assert_eq!(log.trim(), "done 1");
+}
+
+#[test]
+fn a_failing_command_is_retried_then_fails_with_its_exit_code() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let studio = Studio::up(&tmp.path().join("home"));
+    let id = launch(
+        &studio.home,
+        tmp.path(),
+        "num_nodes = 2\nrun = \"echo try; exit $((RANK + 3))\"\n[retry]\nmax_restarts = 2\n",
+    );
+    let d = wait_final(&studio, id, Duration::from_secs(30));
+    let history = events(&d);
+    assert_eq!(d["job"]["status"], "failed", "{history}");
+    assert_eq!(d["job"]["attempt"], 3, "{history}");
+    let reason = d["job"]["reason"].as_str().expect("reason");
+    assert!(reason.contains("exited with code 3") && reason.contains("attempt 3 of 3"), "{reason}");
+    assert_eq!(history.matches("starting attempt").count(), 2, "{history}");
+    let log = text(&volt(&studio.home, &["job", "logs", &id.to_string()]));
+    assert_eq!(log.matches("try").count(), 3, "every attempt's log: {log}");
+    // --follow on a failed job ends with exit 1 and the reason.
+    let out = volt(&studio.home, &["job", "logs", &id.to_string(), "-f"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("attempt 3 of 3"), "{}", text(&out));
+}
+
+#[test]
+fn cancel_stops_every_node_within_ten_seconds() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let studio = Studio::up(&tmp.path().join("home"));
+    let id = launch(&studio.home, tmp.path(), "num_nodes = 2\nrun = \"sleep 300\"\n");
+    let mut d = Value::Null;
+    wait_until("two nodes run", Duration::from_secs(20), || {
+        d = detail(&studio, id);
+        d["nodes"].as_array().is_some_and(|n| n.len() == 2)
+    });
+    let pids: Vec<i64> = (0..2).map(|r| node_pid(&d, 1, r)).collect();
+    let sleeps: Vec<i64> = pids.iter().flat_map(|&p| children_of(p)).collect();
+    let started = Instant::now();
+    let out = volt(&studio.home, &["job", "cancel", &id.to_string()]);
+    assert!(out.status.success(), "{}", text(&out));
+    let d = wait_final(&studio, id, Duration::from_secs(10));
+    assert_eq!(d["job"]["status"], "cancelled");
+    wait_until(
+        "every process of the job is gone",
+        Duration::from_secs(10).saturating_sub(started.elapsed()),
+        || pids.iter().chain(&sleeps).all(|&p| !alive(p)),
+    );
+    // Cancelling what is over is refused, naming its status.
+    let out = volt(&studio.home, &["job", "cancel", &id.to_string()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out).contains("already cancelled"), "{}", text(&out));
+}
+
+#[test]
+fn bad_specs_exit_2_before_anything_is_started() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let home = tmp.path().join("home");
+    for (spec, named) in [
+        ("num_node = 2\nrun = \"x\"", "did you mean `num_nodes`?"),
+        ("num_nodes = \"two\"\nrun = \"x\"", "`num_nodes`"),
+        ("run = \"x\"\nnum_nodes = 3\n[backend]\nkind = \"ssh\"\nhosts = \"fleet.toml\"", "fleet.toml"),
+    ] {
+        std::fs::write(tmp.path().join("job.toml"), spec).expect("spec");
+        let out = volt(&home, &["job", "launch", tmp.path().join("job.toml").to_str().expect("path")]);
+        assert_eq!(out.status.code(), Some(2), "{spec}: {}", text(&out));
+        assert!(text(&out).contains(named), "{spec}: {}", text(&out));
+    }
+    assert!(!home.join("studio.json").exists(), "no control plane was started for a bad spec");
+}
+
+#[test]
+fn the_cli_starts_a_control_plane_when_none_runs_and_the_api_wants_its_token() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let home = tmp.path().join("home");
+    let id = launch(&home, tmp.path(), "run = \"echo hello from $VOLT_JOB_ID attempt $VOLT_JOB_ATTEMPT\"\n");
+    let listening: Value =
+        serde_json::from_slice(&std::fs::read(home.join("studio.json")).expect("studio.json")).expect("json");
+    let pid = listening["pid"].as_i64().expect("pid");
+    let url = listening["url"].as_str().expect("url").to_owned();
+    let stop = scopeguard(pid);
+    let out = volt(&home, &["job", "logs", &id.to_string(), "-f"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), format!("hello from {id} attempt 1"));
+    // A second command finds the same control plane.
+    let out = volt(&home, &["job", "ls"]);
+    assert!(out.status.success() && text(&out).contains("succeeded"), "{}", text(&out));
+    let again: Value =
+        serde_json::from_slice(&std::fs::read(home.join("studio.json")).expect("json")).expect("json");
+    assert_eq!(again["pid"], pid);
+    // Without the token, or with another, the API refuses; health needs none.
+    for auth in [vec![], vec!["-H", "authorization: Bearer wrong"]] {
+        let out = Command::new("curl")
+            .args(["-s", "-o", "/dev/null", "-w", "%{http_code}"])
+            .args(auth)
+            .arg(format!("{url}/api/jobs"))
+            .output()
+            .expect("curl");
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "401");
+    }
+    let out = Command::new("curl").args(["-sf", &format!("{url}/api/health")]).output().expect("curl");
+    assert!(out.status.success());
+    // A second control plane on the same home refuses to start.
+    let out = volt(&home, &["studio", "up", "--port", "0"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("another control plane"), "{}", text(&out));
+    drop(stop);
+}
+
+/// Kills process `pid` when dropped.
+fn scopeguard(pid: i64) -> impl Drop {
+    struct Kill(i64);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            // SAFETY: kill has no memory effects.
+            unsafe { libc::kill(self.0 as i32, libc::SIGKILL) };
+        }
+    }
+    Kill(pid)
+}

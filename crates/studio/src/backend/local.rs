@@ -1,0 +1,127 @@
+//! Nodes as processes on this machine: each in a session of its own (so that neither the
+//! control plane's death nor its terminal's takes them down), output to its log file,
+//! found again by pid and start time (so that a reused pid is never mistaken for it).
+use super::{node_script, Backend, Launch, Observed, Stop};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+
+/// The local backend.
+#[derive(Default)]
+pub struct Local {
+    /// The processes this controller started, reaped as they end.
+    children: Mutex<HashMap<i32, Child>>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Handle {
+    pid: i32,
+    /// Clock ticks after boot the process started at (`/proc/PID/stat`, field 22).
+    start: u64,
+    exit_file: PathBuf,
+}
+
+/// The start time and state of process `pid`, if it exists.
+fn proc_stat(pid: i32) -> Option<(u64, char)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces and parentheses: fields follow the last ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let state = fields.first()?.chars().next()?;
+    Some((fields.get(19)?.parse().ok()?, state))
+}
+
+fn exit_code(file: &std::path::Path) -> Option<i64> {
+    std::fs::read_to_string(file).ok()?.trim().parse().ok()
+}
+
+impl Local {
+    fn alive(&self, h: &Handle) -> bool {
+        if let Some(child) = self.children.lock().unwrap_or_else(|e| e.into_inner()).get_mut(&h.pid) {
+            if matches!(child.try_wait(), Ok(Some(_))) {
+                return false;
+            }
+        }
+        matches!(proc_stat(h.pid), Some((start, state)) if start == h.start && state != 'Z')
+    }
+}
+
+impl Backend for Local {
+    fn master_addr(&self) -> String {
+        "127.0.0.1".into()
+    }
+
+    fn start(&self, launch: &Launch) -> std::io::Result<(String, String)> {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&launch.log)?;
+        let mut command = Command::new("sh");
+        // `run = "volt fit ..."` means this volt: the control plane's own binary comes first.
+        if let Some(dir) = std::env::current_exe().ok().and_then(|e| e.parent().map(PathBuf::from)) {
+            let path = std::env::var_os("PATH").unwrap_or_default();
+            let paths = std::iter::once(dir).chain(std::env::split_paths(&path));
+            if let Ok(joined) = std::env::join_paths(paths) {
+                command.env("PATH", joined);
+            }
+        }
+        command
+            .arg("-c")
+            .arg(node_script(launch.setup.as_deref(), &launch.run))
+            .current_dir(&launch.workdir)
+            .envs(launch.env.iter().map(|(k, v)| (k, v)))
+            .env("VOLT_EXIT_FILE", &launch.exit_file)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        // SAFETY: setsid is async-signal-safe and touches no memory of the parent.
+        unsafe {
+            command.pre_exec(|| {
+                if libc::setsid() < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = command.spawn()?;
+        let pid = child.id() as i32;
+        let start = proc_stat(pid).map_or(0, |(s, _)| s);
+        self.children.lock().unwrap_or_else(|e| e.into_inner()).insert(pid, child);
+        let handle = Handle { pid, start, exit_file: launch.exit_file.clone() };
+        let json = serde_json::to_string(&handle).map_err(std::io::Error::other)?;
+        Ok(("localhost".into(), json))
+    }
+
+    fn observe(&self, handle: &str) -> Observed {
+        let Ok(h) = serde_json::from_str::<Handle>(handle) else {
+            return Observed::Lost(format!("a handle this controller cannot read: {handle}"));
+        };
+        if let Some(code) = exit_code(&h.exit_file) {
+            self.children.lock().unwrap_or_else(|e| e.into_inner()).remove(&h.pid);
+            return Observed::Exited(code);
+        }
+        if self.alive(&h) {
+            return Observed::Running;
+        }
+        // It may have written its code between the two looks.
+        match exit_code(&h.exit_file) {
+            Some(code) => Observed::Exited(code),
+            None => Observed::Lost(format!("process {} is gone without an exit code (killed)", h.pid)),
+        }
+    }
+
+    fn stop(&self, handle: &str, how: Stop) {
+        let Ok(h) = serde_json::from_str::<Handle>(handle) else { return };
+        if !self.alive(&h) {
+            return;
+        }
+        let sig = match how {
+            Stop::Term => libc::SIGTERM,
+            Stop::Kill => libc::SIGKILL,
+        };
+        // SAFETY: kill has no memory effects; the group is the node's own session.
+        unsafe {
+            libc::kill(-h.pid, sig);
+        }
+    }
+}

@@ -1,0 +1,281 @@
+//! The job controller: a loop that drives every pending and running job toward its end.
+//! A pending job gets its first attempt; a running one's nodes are observed each tick,
+//! and when one fails or is lost the others are stopped and the next attempt starts
+//! (same job id, a fresh `MASTER_PORT`), until `retry.max_restarts` is spent. All it
+//! knows lives in the store, so a restarted controller picks up where the last one was.
+use crate::backend::{local::Local, Backend, Launch, Observed, Stop};
+use crate::jobs::{Job, JobStatus, Node, NodeStatus};
+use crate::store::{now_ms, Store, StoreError};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Notify;
+use volt_config::BackendKind;
+
+/// How often running nodes are looked at.
+pub const TICK: Duration = Duration::from_millis(200);
+/// How long a node has between SIGTERM and SIGKILL when another node failed (it is most
+/// likely blocked in a collective with the dead one).
+pub const FAILURE_GRACE: Duration = Duration::from_secs(2);
+/// How long a cancelled node has to write `last` before SIGKILL.
+pub const CANCEL_GRACE: Duration = Duration::from_secs(5);
+
+/// Drives jobs; one per control plane.
+pub struct Controller {
+    store: Store,
+    /// Where attempts keep their logs and exit codes: `jobs/ID/attempt-K/`.
+    home: PathBuf,
+    local: Local,
+    /// Wakes the loop before its tick (a job was launched or cancelled).
+    pub wake: Notify,
+}
+
+impl Controller {
+    /// A controller over `store`, keeping files under `home`.
+    pub fn new(store: Store, home: PathBuf) -> Arc<Self> {
+        Arc::new(Controller { store, home, local: Local::default(), wake: Notify::new() })
+    }
+
+    /// The folder of a job's attempt.
+    pub fn attempt_dir(&self, job: i64, attempt: i64) -> PathBuf {
+        self.home.join("jobs").join(job.to_string()).join(format!("attempt-{attempt}"))
+    }
+
+    /// The log of a node of an attempt.
+    pub fn log_path(&self, job: i64, attempt: i64, rank: i64) -> PathBuf {
+        self.attempt_dir(job, attempt).join(format!("node-{rank}.log"))
+    }
+
+    fn backend(&self, kind: BackendKind) -> Option<&dyn Backend> {
+        match kind {
+            BackendKind::Local => Some(&self.local),
+            BackendKind::Ssh | BackendKind::Slurm => None,
+        }
+    }
+
+    /// Runs forever: a tick, then a wait for the next one or a wake-up. Jobs already
+    /// running (this control plane restarted) are noted as re-adopted first.
+    pub async fn run(self: Arc<Self>) {
+        if let Err(e) = self.readopt().await {
+            tracing::error!("job controller: {e}");
+        }
+        loop {
+            if let Err(e) = self.tick().await {
+                tracing::error!("job controller: {e}");
+            }
+            tokio::select! {
+                () = tokio::time::sleep(TICK) => {}
+                () = self.wake.notified() => {}
+            }
+        }
+    }
+
+    async fn readopt(&self) -> Result<(), StoreError> {
+        for job in self.store.active_jobs().await?.iter().filter(|j| j.status == JobStatus::Running) {
+            let what = format!("re-adopted attempt {} after a restart of the control plane", job.attempt);
+            self.store.event(job.id, job.attempt, &what).await?;
+        }
+        Ok(())
+    }
+
+    /// One pass over the active jobs.
+    pub async fn tick(&self) -> Result<(), StoreError> {
+        for job in self.store.active_jobs().await? {
+            self.drive(&job).await?;
+        }
+        Ok(())
+    }
+
+    async fn drive(&self, job: &Job) -> Result<(), StoreError> {
+        let Some(backend) = self.backend(job.spec.spec.backend.kind) else {
+            let reason = format!("the {} backend is not available in this control plane", job.backend);
+            self.store.event(job.id, job.attempt, &reason).await?;
+            return self.store.set_job(job.id, JobStatus::Failed, job.attempt, Some(&reason)).await;
+        };
+        if job.status == JobStatus::Pending {
+            if job.cancel_requested {
+                let reason = "cancelled before it started";
+                self.store.event(job.id, 0, reason).await?;
+                return self.store.set_job(job.id, JobStatus::Cancelled, 0, Some(reason)).await;
+            }
+            return self.start_attempt(backend, job, 1).await;
+        }
+        let nodes = self.store.nodes(job.id, Some(job.attempt)).await?;
+        if job.cancel_requested {
+            self.stop_nodes(backend, &nodes, CANCEL_GRACE).await?;
+            self.store.event(job.id, job.attempt, "cancelled").await?;
+            return self.store.set_job(job.id, JobStatus::Cancelled, job.attempt, Some("cancelled")).await;
+        }
+        let mut failures = Vec::new();
+        let mut succeeded = 0;
+        for node in &nodes {
+            let (status, code, why) = match node.status {
+                NodeStatus::Running => match backend.observe(&node.handle) {
+                    Observed::Running => continue,
+                    Observed::Exited(0) => (NodeStatus::Succeeded, Some(0), None),
+                    Observed::Exited(c) => {
+                        (NodeStatus::Failed, Some(c), Some(format!("exited with code {c}")))
+                    }
+                    Observed::Lost(why) => (NodeStatus::Lost, None, Some(format!("was lost: {why}"))),
+                },
+                NodeStatus::Succeeded => {
+                    succeeded += 1;
+                    continue;
+                }
+                other => {
+                    failures.push(format!("node {} on {} is {}", node.rank, node.host, other.as_str()));
+                    continue;
+                }
+            };
+            self.store.set_node(node, status, code).await?;
+            match why {
+                Some(why) => {
+                    let what = format!("node {} on {} {why}", node.rank, node.host);
+                    self.store.event(job.id, job.attempt, &what).await?;
+                    failures.push(what);
+                }
+                None => succeeded += 1,
+            }
+        }
+        // A start cut short by a restart of the controller left nodes unstarted.
+        if nodes.len() < job.num_nodes as usize && failures.is_empty() {
+            failures.push(format!("{} of {} nodes were started", nodes.len(), job.num_nodes));
+        }
+        if !failures.is_empty() {
+            self.stop_nodes(backend, &nodes, FAILURE_GRACE).await?;
+            let reason = format!("attempt {} failed: {}", job.attempt, failures.join("; "));
+            if job.attempt < job.max_attempts() {
+                self.store
+                    .event(job.id, job.attempt, &format!("{reason}; starting attempt {}", job.attempt + 1))
+                    .await?;
+                return self.start_attempt(backend, job, job.attempt + 1).await;
+            }
+            let reason = format!("{reason} (attempt {} of {})", job.attempt, job.max_attempts());
+            self.store.event(job.id, job.attempt, &reason).await?;
+            return self.store.set_job(job.id, JobStatus::Failed, job.attempt, Some(&reason)).await;
+        }
+        if succeeded == job.num_nodes as usize {
+            self.store.event(job.id, job.attempt, "every node exited 0").await?;
+            return self.store.set_job(job.id, JobStatus::Succeeded, job.attempt, None).await;
+        }
+        Ok(())
+    }
+
+    /// SIGTERM to every running node of `nodes`, SIGKILL to those still running after
+    /// `grace`; each is then `stopped`.
+    async fn stop_nodes(
+        &self,
+        backend: &dyn Backend,
+        nodes: &[Node],
+        grace: Duration,
+    ) -> Result<(), StoreError> {
+        let running: Vec<&Node> = nodes.iter().filter(|n| n.status == NodeStatus::Running).collect();
+        for n in &running {
+            backend.stop(&n.handle, Stop::Term);
+        }
+        let deadline = tokio::time::Instant::now() + grace;
+        while tokio::time::Instant::now() < deadline
+            && running.iter().any(|n| backend.observe(&n.handle) == Observed::Running)
+        {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        for n in &running {
+            backend.stop(&n.handle, Stop::Kill);
+            let code = match backend.observe(&n.handle) {
+                Observed::Exited(c) => Some(c),
+                _ => None,
+            };
+            self.store.set_node(n, NodeStatus::Stopped, code).await?;
+        }
+        Ok(())
+    }
+
+    /// Starts attempt `attempt` of `job` on all its nodes. The job is marked running at
+    /// that attempt first, so that a controller killed halfway finds the attempt short
+    /// of nodes and retries it, rather than starting a second copy of it.
+    async fn start_attempt(&self, backend: &dyn Backend, job: &Job, attempt: i64) -> Result<(), StoreError> {
+        self.store.set_job(job.id, JobStatus::Running, attempt, None).await?;
+        let dir = self.attempt_dir(job.id, attempt);
+        let spec = &job.spec.spec;
+        let port = match free_port() {
+            Ok(p) => p,
+            Err(e) => {
+                return self.fail_start(job, attempt, &format!("no free port for MASTER_PORT: {e}")).await
+            }
+        };
+        if let Err(e) = std::fs::create_dir_all(&dir) {
+            return self.fail_start(job, attempt, &format!("cannot create {}: {e}", dir.display())).await;
+        }
+        let mut started = Vec::new();
+        for rank in 0..spec.num_nodes {
+            let mut env: Vec<(String, String)> =
+                spec.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+            env.extend(
+                [
+                    ("MASTER_ADDR", backend.master_addr()),
+                    ("MASTER_PORT", port.to_string()),
+                    ("WORLD_SIZE", spec.num_nodes.to_string()),
+                    ("RANK", rank.to_string()),
+                    ("NODE_RANK", rank.to_string()),
+                    ("LOCAL_RANK", "0".into()),
+                    ("LOCAL_WORLD_SIZE", "1".into()),
+                    ("VOLT_JOB_ID", job.id.to_string()),
+                    // Job ids restart with a fresh store; this one names the job for good.
+                    ("VOLT_JOB_UID", format!("{}-{}", job.id, job.created_at)),
+                    ("VOLT_JOB_NAME", spec.name.clone()),
+                    ("VOLT_JOB_ATTEMPT", attempt.to_string()),
+                ]
+                .map(|(k, v)| (k.to_owned(), v)),
+            );
+            let launch = Launch {
+                rank,
+                workdir: job.spec.workdir.clone(),
+                setup: spec.setup.clone(),
+                run: spec.run.clone(),
+                env,
+                log: self.log_path(job.id, attempt, rank as i64),
+                exit_file: dir.join(format!("node-{rank}.exit")),
+            };
+            match backend.start(&launch) {
+                Ok((host, handle)) => {
+                    let node = Node {
+                        job_id: job.id,
+                        attempt,
+                        rank: rank as i64,
+                        host,
+                        handle,
+                        status: NodeStatus::Running,
+                        exit_code: None,
+                        started_at: now_ms(),
+                        ended_at: None,
+                    };
+                    self.store.insert_node(&node).await?;
+                    started.push(node);
+                }
+                Err(e) => {
+                    self.stop_nodes(backend, &started, FAILURE_GRACE).await?;
+                    return self.fail_start(job, attempt, &format!("node {rank} did not start: {e}")).await;
+                }
+            }
+        }
+        let hosts: Vec<&str> = started.iter().map(|n| n.host.as_str()).collect();
+        let what = format!(
+            "attempt {attempt} started: {} node(s) on {}, MASTER_PORT {port}",
+            started.len(),
+            hosts.join(", ")
+        );
+        self.store.event(job.id, attempt, &what).await
+    }
+
+    /// An attempt that could not start: the job fails, naming why (starting again would
+    /// meet the same problem).
+    async fn fail_start(&self, job: &Job, attempt: i64, why: &str) -> Result<(), StoreError> {
+        self.store.event(job.id, attempt, why).await?;
+        self.store.set_job(job.id, JobStatus::Failed, attempt, Some(why)).await
+    }
+}
+
+/// A TCP port free on this machine now.
+fn free_port() -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
