@@ -67,7 +67,10 @@ def by_hand(root, steps):
     return first - start
 
 
-studio = subprocess.Popen([volt, "studio", "up", "--port", "0"], env=env, stdout=subprocess.PIPE)
+# The control plane `volt job` starts: the libtorch-free volt-studio next to volt.
+alone = os.path.join(os.path.dirname(volt), "volt-studio")
+command = [alone] if os.path.exists(alone) else [volt, "studio", "up"]
+studio = subprocess.Popen(command + ["--port", "0"], env=env, stdout=subprocess.PIPE)
 url = studio.stdout.readline().decode().strip().removeprefix("studio listening on ")
 token = open(os.path.join(home, "token")).read().strip()
 

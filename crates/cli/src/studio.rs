@@ -88,17 +88,25 @@ pub async fn connect() -> Result<Client, CliError> {
     )))
 }
 
-/// `volt studio up --port 0` in a session of its own, its output to the home's log.
+/// The control plane in a session of its own, its output to the home's log: the
+/// libtorch-free `volt-studio` next to this binary when there is one, else `volt studio up`.
 fn start_in_background(home: &Home) -> Result<u32, CliError> {
     let exe = std::env::current_exe().map_err(|e| CliError::Run(format!("the volt binary: {e}")))?;
+    let alone = exe.with_file_name("volt-studio");
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(home.log())
         .map_err(|e| CliError::Run(format!("{}: {e}", home.log().display())))?;
     let err = log.try_clone().map_err(|e| CliError::Run(e.to_string()))?;
-    let mut command = Command::new(exe);
-    command.args(["studio", "up", "--port", "0"]).stdin(Stdio::null()).stdout(log).stderr(err);
+    let mut command = if alone.is_file() {
+        Command::new(alone)
+    } else {
+        let mut c = Command::new(exe);
+        c.args(["studio", "up"]);
+        c
+    };
+    command.args(["--port", "0"]).stdin(Stdio::null()).stdout(log).stderr(err);
     // SAFETY: setsid is async-signal-safe and touches no memory of the parent.
     unsafe {
         command.pre_exec(|| {
