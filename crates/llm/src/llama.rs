@@ -8,7 +8,7 @@
 //! which gives the same attention as transformers' `rotate_half` on the unpermuted ones.
 //! This is the float path: every tensor dequantized to f32 at load.
 use crate::error::{LlmError, Result};
-use crate::model::{check_step, Model, Step};
+use crate::model::{check_step, chunk_masks, row_spans, split_logits, wanted_rows, Model, Step};
 use tch::{Device, Kind, Tensor};
 use volt_formats::gguf::Gguf;
 
@@ -225,23 +225,8 @@ impl Llama {
         let rows = ids.len() as i64;
         let positions = Tensor::from_slice(&positions).to_device(device);
         let mut x = self.embed.index_select(0, &Tensor::from_slice(&ids).to_device(device));
-        // Row ranges of each sequence, and its causal mask over cache + new positions
-        // (none for a single new position: it sees everything before it).
-        let spans: Vec<(i64, i64)> = seqs
-            .iter()
-            .scan(0i64, |at, s| {
-                let span = (*at, s.tokens.len() as i64);
-                *at += span.1;
-                Some(span)
-            })
-            .collect();
-        let masks: Vec<Option<Tensor>> = seqs
-            .iter()
-            .map(|s| {
-                let (n, start) = (s.tokens.len() as i64, s.cache.len as i64);
-                (n > 1).then(|| Tensor::ones([n, start + n], (Kind::Bool, device)).tril(start))
-            })
-            .collect();
+        let spans = row_spans(seqs);
+        let masks = chunk_masks(seqs, |c: &KvCache| c.len, device);
         let groups = heads / kv_heads;
         for (l, layer) in self.layers.iter().enumerate() {
             let h = self.rms_norm(&x, &layer.attn_norm);
@@ -279,24 +264,13 @@ impl Llama {
             let gate = h.matmul(&layer.w_gate.tr()).silu();
             x += (gate * h.matmul(&layer.w_up.tr())).matmul(&layer.w_down.tr());
         }
-        // The head only for the rows whose logits are wanted (it is the largest matrix).
-        let mut wanted = Vec::new();
-        for (s, &(at, n)) in seqs.iter_mut().zip(&spans) {
+        let wanted = wanted_rows(seqs, &spans);
+        for s in seqs.iter_mut() {
             s.cache.len += s.tokens.len();
-            wanted.extend(if s.all_logits { at..at + n } else { at + n - 1..at + n });
         }
         let picked = x.index_select(0, &Tensor::from_slice(&wanted).to_device(device));
         let logits = self.rms_norm(&picked, &self.norm).matmul(&self.head.tr());
-        let mut at = 0;
-        Ok(seqs
-            .iter()
-            .map(|s| {
-                let n = if s.all_logits { s.tokens.len() as i64 } else { 1 };
-                let out = logits.narrow(0, at, n);
-                at += n;
-                out
-            })
-            .collect())
+        Ok(split_logits(seqs, &logits))
     }
 }
 

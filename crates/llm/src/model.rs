@@ -2,6 +2,7 @@
 //! pass over several of them. The tch float path ([`crate::Llama`]) and the quantized
 //! CPU path ([`crate::QuantLlama`]) both implement it.
 use crate::error::{LlmError, Result};
+use tch::{Device, Kind, Tensor};
 
 /// One sequence's part of a batched forward pass.
 pub struct Step<'a, C> {
@@ -51,4 +52,52 @@ pub fn check_step(tokens: &[u32], cached: usize, context: usize, vocab: usize) -
         return Err(LlmError::input(format!("token {bad} is not below the vocabulary's {vocab}")));
     }
     Ok(())
+}
+
+/// Where each sequence's new tokens sit among a step's rows: (first row, how many).
+pub fn row_spans<C>(seqs: &[Step<'_, C>]) -> Vec<(i64, i64)> {
+    seqs.iter()
+        .scan(0i64, |at, s| {
+            let span = (*at, s.tokens.len() as i64);
+            *at += span.1;
+            Some(span)
+        })
+        .collect()
+}
+
+/// Each sequence's attention mask over its `cached` positions and its new ones: none for
+/// a single new position (it sees everything before it), else causal among the new ones.
+pub fn chunk_masks<C>(
+    seqs: &[Step<'_, C>],
+    cached: impl Fn(&C) -> usize,
+    device: Device,
+) -> Vec<Option<Tensor>> {
+    seqs.iter()
+        .map(|s| {
+            let (n, start) = (s.tokens.len() as i64, cached(s.cache) as i64);
+            (n > 1).then(|| Tensor::ones([n, start + n], (Kind::Bool, device)).tril(start))
+        })
+        .collect()
+}
+
+/// The rows whose logits a step returns: every new one of a sequence that asks for
+/// `all_logits`, else its last (the head is the largest matrix: it runs on these alone).
+pub fn wanted_rows<C>(seqs: &[Step<'_, C>], spans: &[(i64, i64)]) -> Vec<i64> {
+    seqs.iter()
+        .zip(spans)
+        .flat_map(|(s, &(at, n))| if s.all_logits { at..at + n } else { at + n - 1..at + n })
+        .collect()
+}
+
+/// The logits of [`wanted_rows`] (`[rows, vocab]`), split back into each sequence's.
+pub fn split_logits<C>(seqs: &[Step<'_, C>], logits: &Tensor) -> Vec<Tensor> {
+    let mut at = 0;
+    seqs.iter()
+        .map(|s| {
+            let n = if s.all_logits { s.tokens.len() as i64 } else { 1 };
+            let out = logits.narrow(0, at, n);
+            at += n;
+            out
+        })
+        .collect()
 }

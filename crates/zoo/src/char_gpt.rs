@@ -6,7 +6,7 @@ use crate::shakespeare::Vocab;
 use serde::{Deserialize, Serialize};
 use tch::nn::{self, Module};
 use tch::{Device, Kind, Tensor};
-use volt_llm::model::{check_step, Step};
+use volt_llm::model::{check_step, chunk_masks, row_spans, split_logits, wanted_rows, Step};
 use volt_llm::LlmError;
 use volt_train::metrics::LogOptions;
 use volt_train::schedule::{SchedulerConfig, SchedulerSpec};
@@ -208,22 +208,8 @@ impl CharGpt {
             seqs.iter().flat_map(|s| s.cache.len..s.cache.len + s.tokens.len() as i64).collect();
         let as_row = |v: &[i64]| Tensor::from_slice(v).view([1, -1]).to_device(device);
         let mut x = self.tok.forward(&as_row(&ids)) + self.pos.forward(&as_row(&positions));
-        let spans: Vec<(i64, i64)> = seqs
-            .iter()
-            .scan(0i64, |at, s| {
-                let span = (*at, s.tokens.len() as i64);
-                *at += span.1;
-                Some(span)
-            })
-            .collect();
-        // Several new positions attend causally among themselves, after the whole cache.
-        let masks: Vec<Option<Tensor>> = seqs
-            .iter()
-            .map(|s| {
-                let (n, start) = (s.tokens.len() as i64, s.cache.len);
-                (n > 1).then(|| Tensor::ones([n, start + n], (Kind::Bool, device)).tril(start))
-            })
-            .collect();
+        let spans = row_spans(seqs);
+        let masks = chunk_masks(seqs, |c: &KvCache| c.len as usize, device);
         for (l, b) in self.blocks.iter().enumerate() {
             let (q, k, v) = self.heads(b, &b.ln1.forward(&x));
             let mut outputs = Vec::with_capacity(seqs.len());
@@ -252,23 +238,12 @@ impl CharGpt {
             x = &x + self.merge(b, Tensor::cat(&outputs, 2));
             x = &x + self.mlp(b, &x);
         }
-        let mut wanted = Vec::new();
-        for (s, &(at, n)) in seqs.iter_mut().zip(&spans) {
+        let wanted = wanted_rows(seqs, &spans);
+        for (s, &(_, n)) in seqs.iter_mut().zip(&spans) {
             s.cache.len += n;
-            wanted.extend(if s.all_logits { at..at + n } else { at + n - 1..at + n });
         }
-        let logits =
-            self.head(&x.index_select(1, &Tensor::from_slice(&wanted).to_device(device))).squeeze_dim(0);
-        let mut at = 0;
-        Ok(seqs
-            .iter()
-            .map(|s| {
-                let n = if s.all_logits { s.tokens.len() as i64 } else { 1 };
-                let out = logits.narrow(0, at, n);
-                at += n;
-                out
-            })
-            .collect())
+        let rows = Tensor::from_slice(&wanted).to_device(device);
+        Ok(split_logits(seqs, &self.head(&x.index_select(1, &rows)).squeeze_dim(0)))
     }
 }
 
