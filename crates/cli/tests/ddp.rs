@@ -1,5 +1,7 @@
 //! DDP through the `volt` binary: the launcher (`--trainer.devices 2` starts rank 1
 //! itself), torchrun-style ranks, a rank killed mid-run, and resuming from `last`.
+mod support;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -42,18 +44,6 @@ fn volt(args: &[String]) -> Command {
 
 fn last_of(root: &Path) -> PathBuf {
     root.join("lightning_logs/version_0/checkpoints/last.safetensors")
-}
-
-fn model_tensors(path: &Path) -> Vec<(String, Vec<f32>)> {
-    let ckpt = Checkpoint::load(path).expect("load checkpoint");
-    let mut out: Vec<(String, Vec<f32>)> = ckpt
-        .tensors
-        .iter()
-        .filter(|(name, _)| !name.starts_with(volt_train::checkpoint::OPTIMIZER_PREFIX))
-        .map(|(name, t)| (name.clone(), Vec::<f32>::try_from(t.flatten(0, -1)).expect("f32")))
-        .collect();
-    out.sort_by(|a, b| a.0.cmp(&b.0));
-    out
 }
 
 fn wait_for(path: &Path, limit: Duration) {
@@ -125,7 +115,8 @@ fn a_killed_rank_is_named_by_the_survivor_and_last_resumes_to_the_same_parameter
     args.extend(["--ckpt_path".into(), "last".into()]);
     let out = volt(&args).output().expect("resume");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let (a, b) = (model_tensors(&last_of(&reference)), model_tensors(&last_of(&interrupted)));
+    let (a, b) =
+        (support::model_tensors(&last_of(&reference)), support::model_tensors(&last_of(&interrupted)));
     assert_eq!(a.len(), 6);
     assert_eq!(a, b, "resumed run (from epoch {}) differs from the uninterrupted one", killed_at.epoch);
 }

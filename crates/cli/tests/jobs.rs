@@ -2,12 +2,13 @@
 //! up`, or one the CLI starts), 2-node digits ddp jobs that succeed, lose a node or their
 //! rank-0 machine and come back bitwise on attempt 2, a control plane killed and restarted
 //! mid-job, retries, cancel, bad specs and the API's token.
+mod support;
+
 use serde_json::Value;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
-use volt_train::Checkpoint;
 
 const VOLT: &str = env!("CARGO_BIN_EXE_volt");
 
@@ -103,18 +104,6 @@ fn digits_spec(root: &str, extra: &str, max_restarts: u32) -> String {
          --trainer.enable_model_summary false --trainer.default_root_dir {root} {extra}\"\n\
          [retry]\nmax_restarts = {max_restarts}\n"
     )
-}
-
-fn model_tensors(path: &Path) -> Vec<(String, Vec<f32>)> {
-    let ckpt = Checkpoint::load(path).expect("load checkpoint");
-    let mut out: Vec<(String, Vec<f32>)> = ckpt
-        .tensors
-        .iter()
-        .filter(|(name, _)| !name.starts_with(volt_train::checkpoint::OPTIMIZER_PREFIX))
-        .map(|(name, t)| (name.clone(), Vec::<f32>::try_from(t.flatten(0, -1)).expect("f32")))
-        .collect();
-    out.sort_by(|a, b| a.0.cmp(&b.0));
-    out
 }
 
 /// The last `val_acc` in a run's metrics.csv.
@@ -221,9 +210,14 @@ fn recovers_bitwise(break_it: impl FnOnce(&Value), named: &str) {
     assert_eq!(versions(&tmp.path().join("broken/lightning_logs")), ["version_0"]);
     let log = text(&volt(&studio.home, &["job", "logs", &id.to_string(), "--attempt", "2"]));
     assert!(log.contains("resuming from"), "attempt 2 resumed: {log}");
-    let want =
-        model_tensors(&tmp.path().join("reference/lightning_logs/version_0/checkpoints/last.safetensors"));
-    assert_eq!(model_tensors(&last), want, "resumed weights equal the uninterrupted run's, bit for bit");
+    let want = support::model_tensors(
+        &tmp.path().join("reference/lightning_logs/version_0/checkpoints/last.safetensors"),
+    );
+    assert_eq!(
+        support::model_tensors(&last),
+        want,
+        "resumed weights equal the uninterrupted run's, bit for bit"
+    );
 }
 
 #[test]

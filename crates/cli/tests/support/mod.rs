@@ -22,3 +22,16 @@ pub fn stdout(o: &Output) -> String {
 pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
+
+/// A checkpoint's model tensors (not the optimizer's), by name, as f32 values.
+pub fn model_tensors(path: &Path) -> Vec<(String, Vec<f32>)> {
+    let ckpt = volt_train::Checkpoint::load(path).expect("load checkpoint");
+    let mut out: Vec<(String, Vec<f32>)> = ckpt
+        .tensors
+        .iter()
+        .filter(|(name, _)| !name.starts_with(volt_train::checkpoint::OPTIMIZER_PREFIX))
+        .map(|(name, t)| (name.clone(), Vec::<f32>::try_from(t.flatten(0, -1)).expect("f32")))
+        .collect();
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
