@@ -3,7 +3,7 @@
 //! and when one fails or is lost the others are stopped and the next attempt starts
 //! (same job id, a fresh `MASTER_PORT`), until `retry.max_restarts` is spent. All it
 //! knows lives in the store, so a restarted controller picks up where the last one was.
-use crate::backend::{local::Local, Backend, Launch, Observed, Stop};
+use crate::backend::{local::Local, ssh::Ssh, Backend, Launch, Observed, Stop, Unplaced};
 use crate::jobs::{Job, JobStatus, Node, NodeStatus};
 use crate::store::{now_ms, Store, StoreError};
 use std::path::PathBuf;
@@ -26,6 +26,7 @@ pub struct Controller {
     /// Where attempts keep their logs and exit codes: `jobs/ID/attempt-K/`.
     home: PathBuf,
     local: Local,
+    ssh: Ssh,
     /// Wakes the loop before its tick (a job was launched or cancelled).
     pub wake: Notify,
 }
@@ -33,7 +34,8 @@ pub struct Controller {
 impl Controller {
     /// A controller over `store`, keeping files under `home`.
     pub fn new(store: Store, home: PathBuf) -> Arc<Self> {
-        Arc::new(Controller { store, home, local: Local::default(), wake: Notify::new() })
+        let ssh = Ssh::new(home.join("ssh"));
+        Arc::new(Controller { store, home, local: Local::default(), ssh, wake: Notify::new() })
     }
 
     /// The folder of a job's attempt.
@@ -49,7 +51,8 @@ impl Controller {
     fn backend(&self, kind: BackendKind) -> Option<&dyn Backend> {
         match kind {
             BackendKind::Local => Some(&self.local),
-            BackendKind::Ssh | BackendKind::Slurm => None,
+            BackendKind::Ssh => Some(&self.ssh),
+            BackendKind::Slurm => None,
         }
     }
 
@@ -98,7 +101,7 @@ impl Controller {
                 self.store.event(job.id, 0, reason).await?;
                 return self.store.set_job(job.id, JobStatus::Cancelled, 0, Some(reason)).await;
             }
-            return self.start_attempt(backend, job, 1).await;
+            return self.start_attempt(backend, job, job.attempt + 1).await;
         }
         let nodes = self.store.nodes(job.id, Some(job.attempt)).await?;
         if job.cancel_requested {
@@ -111,7 +114,10 @@ impl Controller {
         for node in &nodes {
             let (status, code, why) = match node.status {
                 NodeStatus::Running => match backend.observe(&node.handle) {
-                    Observed::Running => continue,
+                    Observed::Running => {
+                        backend.collect(&node.handle, false);
+                        continue;
+                    }
                     Observed::Exited(0) => (NodeStatus::Succeeded, Some(0), None),
                     Observed::Exited(c) => {
                         (NodeStatus::Failed, Some(c), Some(format!("exited with code {c}")))
@@ -127,6 +133,7 @@ impl Controller {
                     continue;
                 }
             };
+            backend.collect(&node.handle, true);
             self.store.set_node(node, status, code).await?;
             match why {
                 Some(why) => {
@@ -170,22 +177,35 @@ impl Controller {
         grace: Duration,
     ) -> Result<(), StoreError> {
         let running: Vec<&Node> = nodes.iter().filter(|n| n.status == NodeStatus::Running).collect();
+        // A node whose host cannot be reached is lost with it, and said so.
+        let mut unreachable: Vec<(&Node, String)> = Vec::new();
         for n in &running {
-            backend.stop(&n.handle, Stop::Term);
+            if let Err(why) = backend.stop(&n.handle, Stop::Term) {
+                unreachable.push((n, why));
+            }
         }
+        let reached: Vec<&&Node> =
+            running.iter().filter(|n| !unreachable.iter().any(|(u, _)| u == *n)).collect();
         let deadline = tokio::time::Instant::now() + grace;
         while tokio::time::Instant::now() < deadline
-            && running.iter().any(|n| backend.observe(&n.handle) == Observed::Running)
+            && reached.iter().any(|n| backend.observe(&n.handle) == Observed::Running)
         {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        for n in &running {
-            backend.stop(&n.handle, Stop::Kill);
+        for n in reached {
+            let _ = backend.stop(&n.handle, Stop::Kill);
             let code = match backend.observe(&n.handle) {
                 Observed::Exited(c) => Some(c),
                 _ => None,
             };
+            backend.collect(&n.handle, true);
             self.store.set_node(n, NodeStatus::Stopped, code).await?;
+        }
+        for (n, why) in unreachable {
+            self.store.set_node(n, NodeStatus::Lost, None).await?;
+            self.store
+                .event(n.job_id, n.attempt, &format!("node {} on {} was lost: {why}", n.rank, n.host))
+                .await?;
         }
         Ok(())
     }
@@ -194,9 +214,25 @@ impl Controller {
     /// that attempt first, so that a controller killed halfway finds the attempt short
     /// of nodes and retries it, rather than starting a second copy of it.
     async fn start_attempt(&self, backend: &dyn Backend, job: &Job, attempt: i64) -> Result<(), StoreError> {
+        let spec = &job.spec.spec;
+        let busy = self.store.busy_hosts(job.id).await?;
+        let placement = match backend.place(spec.num_nodes, &job.spec.hosts, &busy) {
+            Ok(p) => p,
+            Err(Unplaced::Refused(why)) => return self.fail_start(job, attempt, &why).await,
+            Err(Unplaced::Wait(why)) => {
+                // Pending until enough hosts are free; said once, not at every tick.
+                if job.reason.as_deref() != Some(why.as_str()) {
+                    self.store.event(job.id, attempt - 1, &why).await?;
+                }
+                return self.store.set_job(job.id, JobStatus::Pending, attempt - 1, Some(&why)).await;
+            }
+        };
+        let workdir = match self.workdir(job) {
+            Ok(w) => w,
+            Err(e) => return self.fail_start(job, attempt, &format!("the job's workdir: {e}")).await,
+        };
         self.store.set_job(job.id, JobStatus::Running, attempt, None).await?;
         let dir = self.attempt_dir(job.id, attempt);
-        let spec = &job.spec.spec;
         let port = match free_port() {
             Ok(p) => p,
             Err(e) => {
@@ -207,12 +243,13 @@ impl Controller {
             return self.fail_start(job, attempt, &format!("cannot create {}: {e}", dir.display())).await;
         }
         let mut started = Vec::new();
-        for rank in 0..spec.num_nodes {
+        let master = backend.master_addr(placement.first().and_then(Option::as_ref));
+        for (rank, host) in placement.into_iter().enumerate() {
             let mut env: Vec<(String, String)> =
                 spec.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
             env.extend(
                 [
-                    ("MASTER_ADDR", backend.master_addr()),
+                    ("MASTER_ADDR", master.clone()),
                     ("MASTER_PORT", port.to_string()),
                     ("WORLD_SIZE", spec.num_nodes.to_string()),
                     ("RANK", rank.to_string()),
@@ -221,7 +258,7 @@ impl Controller {
                     ("LOCAL_WORLD_SIZE", "1".into()),
                     ("VOLT_JOB_ID", job.id.to_string()),
                     // Job ids restart with a fresh store; this one names the job for good.
-                    ("VOLT_JOB_UID", format!("{}-{}", job.id, job.created_at)),
+                    ("VOLT_JOB_UID", job_uid(job)),
                     ("VOLT_JOB_NAME", spec.name.clone()),
                     ("VOLT_JOB_ATTEMPT", attempt.to_string()),
                 ]
@@ -229,7 +266,10 @@ impl Controller {
             );
             let launch = Launch {
                 rank,
-                workdir: job.spec.workdir.clone(),
+                host,
+                job_uid: job_uid(job),
+                attempt,
+                workdir: workdir.clone(),
                 setup: spec.setup.clone(),
                 run: spec.run.clone(),
                 env,
@@ -267,12 +307,64 @@ impl Controller {
         self.store.event(job.id, attempt, &what).await
     }
 
+    /// Where a job's nodes run from: the spec's folder for local nodes; for hosts, the
+    /// control plane's copy of it (made at the first attempt), which gathers what node 0
+    /// writes and goes to every host of each attempt.
+    fn workdir(&self, job: &Job) -> std::io::Result<PathBuf> {
+        if job.spec.spec.backend.kind == BackendKind::Local {
+            return Ok(job.spec.workdir.clone());
+        }
+        let copy = self.home.join("jobs").join(job.id.to_string()).join("work");
+        if !copy.is_dir() {
+            let partial = copy.with_extension("partial");
+            let _ = std::fs::remove_dir_all(&partial);
+            std::fs::create_dir_all(&partial)?;
+            // tar rather than cp: it leaves out the control plane's own home when that lies
+            // inside the workdir (it would copy itself), and sockets.
+            let src = &job.spec.workdir;
+            let mut pack = std::process::Command::new("tar");
+            pack.arg("-C").arg(src).args(["-cf", "-"]);
+            if let Some(inside) = std::fs::canonicalize(&self.home).ok().and_then(|h| {
+                std::fs::canonicalize(src).ok().and_then(|s| h.strip_prefix(s).ok().map(PathBuf::from))
+            }) {
+                pack.arg(format!("--exclude=./{}", inside.display()));
+            }
+            let mut pack = pack
+                .arg(".")
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()?;
+            let unpacked = std::process::Command::new("tar")
+                .arg("-C")
+                .arg(&partial)
+                .args(["-xf", "-"])
+                .stdin(pack.stdout.take().map_or_else(std::process::Stdio::null, std::process::Stdio::from))
+                .output()?;
+            let packed = pack.wait_with_output()?;
+            if !packed.status.success() || !unpacked.status.success() {
+                return Err(std::io::Error::other(format!(
+                    "cannot copy {}: {}{}",
+                    src.display(),
+                    String::from_utf8_lossy(&packed.stderr).trim(),
+                    String::from_utf8_lossy(&unpacked.stderr).trim()
+                )));
+            }
+            std::fs::rename(&partial, &copy)?;
+        }
+        Ok(copy)
+    }
+
     /// An attempt that could not start: the job fails, naming why (starting again would
     /// meet the same problem).
     async fn fail_start(&self, job: &Job, attempt: i64, why: &str) -> Result<(), StoreError> {
         self.store.event(job.id, attempt, why).await?;
         self.store.set_job(job.id, JobStatus::Failed, attempt, Some(why)).await
     }
+}
+
+/// What names a job for good (job ids start again with a fresh store).
+fn job_uid(job: &Job) -> String {
+    format!("{}-{}", job.id, job.created_at)
 }
 
 /// A TCP port free on this machine now.

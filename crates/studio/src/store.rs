@@ -178,6 +178,15 @@ impl Store {
         rows.iter().map(node_of).collect()
     }
 
+    /// The hosts where nodes of jobs other than `except` run now.
+    pub async fn busy_hosts(&self, except: i64) -> Result<Vec<String>> {
+        let rows = sqlx::query("SELECT DISTINCT host FROM nodes WHERE status = 'running' AND job_id <> $1")
+            .bind(except)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(|r| Ok(r.try_get("host")?)).collect()
+    }
+
     /// Sets a node's status and exit code, and when it ended if it did.
     pub async fn set_node(&self, node: &Node, status: NodeStatus, exit_code: Option<i64>) -> Result<()> {
         let ended = (status != NodeStatus::Running).then(now_ms);

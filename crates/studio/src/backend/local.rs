@@ -1,13 +1,14 @@
 //! Nodes as processes on this machine: each in a session of its own (so that neither the
 //! control plane's death nor its terminal's takes them down), output to its log file,
 //! found again by pid and start time (so that a reused pid is never mistaken for it).
-use super::{node_script, Backend, Launch, Observed, Stop};
+use super::{node_script, Backend, Launch, Observed, Stop, Unplaced};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
+use volt_config::Host;
 
 /// The local backend.
 #[derive(Default)]
@@ -50,7 +51,16 @@ impl Local {
 }
 
 impl Backend for Local {
-    fn master_addr(&self) -> String {
+    fn place(
+        &self,
+        num_nodes: usize,
+        _fleet: &[Host],
+        _busy: &[String],
+    ) -> Result<Vec<Option<Host>>, Unplaced> {
+        Ok(vec![None; num_nodes])
+    }
+
+    fn master_addr(&self, _host: Option<&Host>) -> String {
         "127.0.0.1".into()
     }
 
@@ -110,10 +120,10 @@ impl Backend for Local {
         }
     }
 
-    fn stop(&self, handle: &str, how: Stop) {
-        let Ok(h) = serde_json::from_str::<Handle>(handle) else { return };
+    fn stop(&self, handle: &str, how: Stop) -> Result<(), String> {
+        let Ok(h) = serde_json::from_str::<Handle>(handle) else { return Ok(()) };
         if !self.alive(&h) {
-            return;
+            return Ok(());
         }
         let sig = match how {
             Stop::Term => libc::SIGTERM,
@@ -123,5 +133,6 @@ impl Backend for Local {
         unsafe {
             libc::kill(-h.pid, sig);
         }
+        Ok(())
     }
 }

@@ -2,8 +2,10 @@
 //! state live in the controller, once. A node is found again from its handle (JSON in
 //! the store), also by a controller that restarted since it started the node.
 pub mod local;
+pub mod ssh;
 
 use std::path::PathBuf;
+use volt_config::Host;
 
 /// What a backend sees of a node.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -25,12 +27,27 @@ pub enum Stop {
     Kill,
 }
 
+/// Why an attempt cannot start now.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Unplaced {
+    /// Not enough hosts are free and answering: the job waits, `pending`.
+    Wait(String),
+    /// A host refuses the job's credentials: waiting would not help.
+    Refused(String),
+}
+
 /// One node to start.
 #[derive(Clone, Debug)]
 pub struct Launch {
     /// Its node rank.
     pub rank: usize,
-    /// The folder it runs in.
+    /// The host it runs on (the ssh backend's; none for local processes).
+    pub host: Option<Host>,
+    /// What tells the job apart from every other (`VOLT_JOB_UID`): its folders on hosts.
+    pub job_uid: String,
+    /// Its attempt.
+    pub attempt: i64,
+    /// The folder it runs in (for the ssh backend: the control plane's copy, sent to the host).
     pub workdir: PathBuf,
     /// `setup`, then `run`, as shell commands.
     pub setup: Option<String>,
@@ -46,14 +63,28 @@ pub struct Launch {
 
 /// A kind of machines nodes run on.
 pub trait Backend: Send + Sync {
-    /// The address node 0 is reached at (`MASTER_ADDR`), for a job of `num_nodes`.
-    fn master_addr(&self) -> String;
+    /// Hosts for an attempt of `num_nodes` nodes out of `fleet`, none of them in `busy`
+    /// (hosts running other jobs' nodes) and each answering now; or why not.
+    fn place(&self, num_nodes: usize, fleet: &[Host], busy: &[String])
+        -> Result<Vec<Option<Host>>, Unplaced>;
+    /// The address node 0 is reached at (`MASTER_ADDR`) when it runs on `host`.
+    fn master_addr(&self, host: Option<&Host>) -> String;
     /// Starts a node; the host it runs on, and its handle.
     fn start(&self, launch: &Launch) -> std::io::Result<(String, String)>;
     /// What the node of `handle` is doing.
     fn observe(&self, handle: &str) -> Observed;
-    /// Signals the node of `handle` and everything it started.
-    fn stop(&self, handle: &str, how: Stop);
+    /// Signals the node of `handle` and everything it started; `Err` says why its host
+    /// could not be reached (the node is then lost with it).
+    fn stop(&self, handle: &str, how: Stop) -> Result<(), String>;
+    /// Brings the files node 0 of `handle` wrote in its workdir since the last call to the
+    /// control plane (at most every second, or now when it is the `last` call, once the
+    /// node has ended); nothing for local nodes, which write there already.
+    fn collect(&self, _handle: &str, _last: bool) {}
+}
+
+/// `s` quoted for a POSIX shell.
+pub fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
 }
 
 /// The shell script a node runs: `setup` then `run`, each in a subshell, and then its exit
@@ -68,4 +99,41 @@ pub fn node_script(setup: Option<&str>, run: &str) -> String {
     format!(
         "{body}\ncode=$?\nprintf '%s\\n' \"$code\" > \"$VOLT_EXIT_FILE.tmp\" && mv -f \"$VOLT_EXIT_FILE.tmp\" \"$VOLT_EXIT_FILE\"\nexit $code\n"
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quoted_words_reach_the_shell_unchanged() {
+        for word in ["plain", "it's", "a b\tc", "$HOME `x` \"q\" \\ ;|&", "", "'''"] {
+            let out = std::process::Command::new("sh")
+                .arg("-c")
+                .arg(format!("printf %s {}", shell_quote(word)))
+                .output()
+                .expect("sh");
+            assert_eq!(String::from_utf8_lossy(&out.stdout), word);
+        }
+    }
+
+    #[test]
+    fn a_node_script_writes_its_exit_code_and_keeps_it() {
+        let dir = std::env::temp_dir().join(format!("volt-node-script-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let exit = dir.join("node.exit");
+        for (setup, run, code) in
+            [(None, "exit 7", 7), (Some("false"), "exit 0", 1), (Some("true"), "true", 0)]
+        {
+            let status = std::process::Command::new("sh")
+                .arg("-c")
+                .arg(node_script(setup, run))
+                .env("VOLT_EXIT_FILE", &exit)
+                .status()
+                .expect("sh");
+            assert_eq!(status.code(), Some(code));
+            assert_eq!(std::fs::read_to_string(&exit).expect("exit file").trim(), code.to_string());
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

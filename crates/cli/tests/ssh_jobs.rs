@@ -1,0 +1,292 @@
+//! `volt job` on the ssh backend, against real sshd "machines" (`scripts/ssh-rig`: one
+//! sshd per loopback address, each logging in to a Unix user of its own, so hosts share
+//! nothing but the network): a 2-node digits job, rank 0's host lost mid-run and the job
+//! finished on the remaining hosts bitwise as an untouched run, and a host that refuses
+//! the key. Needs root and openssh-server (`.ci/run` installs it).
+mod support;
+
+use serde_json::Value;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const VOLT: &str = env!("CARGO_BIN_EXE_volt");
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// SSH hosts on loopback addresses, torn down when dropped.
+struct Rig {
+    dir: tempfile::TempDir,
+}
+
+impl Rig {
+    fn up(hosts: usize) -> Rig {
+        // A port no other rig of this test run uses.
+        let port =
+            std::net::TcpListener::bind("127.0.0.2:0").expect("port").local_addr().expect("addr").port();
+        let dir = tempfile::Builder::new().prefix("volt-rig").tempdir_in("/tmp").expect("rig dir");
+        let out = Command::new(repo().join("scripts/ssh-rig"))
+            .args(["up", &dir.path().display().to_string(), &hosts.to_string(), &port.to_string()])
+            .env("VOLT_BIN", VOLT)
+            .output()
+            .expect("scripts/ssh-rig");
+        assert!(out.status.success(), "the rig: {}", text(&out));
+        Rig { dir }
+    }
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+    /// `KEY=VALUE` lines the hosts need to run volt (its PATH and libtorch).
+    fn env(&self) -> Vec<(String, String)> {
+        std::fs::read_to_string(self.path().join("env"))
+            .expect("rig env")
+            .lines()
+            .filter_map(|l| l.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())))
+            .collect()
+    }
+    fn lose(&self, host: usize) {
+        let out = Command::new(repo().join("scripts/ssh-rig"))
+            .args(["lose", &self.path().display().to_string(), &host.to_string()])
+            .output()
+            .expect("lose");
+        assert!(out.status.success(), "{}", text(&out));
+    }
+}
+
+impl Drop for Rig {
+    fn drop(&mut self) {
+        let _ = Command::new(repo().join("scripts/ssh-rig"))
+            .args(["down", &self.path().display().to_string()])
+            .output();
+    }
+}
+
+struct Studio {
+    child: Child,
+    home: PathBuf,
+    url: String,
+}
+
+impl Studio {
+    fn up(home: &Path) -> Studio {
+        let mut child = Command::new(VOLT)
+            .args(["studio", "up", "--port", "0"])
+            .env("VOLT_HOME", home)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("volt studio up");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("read");
+        let url =
+            line.trim().strip_prefix("studio listening on ").unwrap_or_else(|| panic!("{line:?}")).to_owned();
+        Studio { child, home: home.to_owned(), url }
+    }
+    fn detail(&self, id: i64) -> Value {
+        let token = std::fs::read_to_string(self.home.join("token")).expect("token");
+        let out = Command::new("curl")
+            .args(["-sf", "-H", &format!("authorization: Bearer {}", token.trim())])
+            .arg(format!("{}/api/jobs/{id}", self.url))
+            .output()
+            .expect("curl");
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|_| panic!("{}", text(&out)))
+    }
+    fn wait_final(&self, id: i64, limit: Duration) -> Value {
+        let deadline = Instant::now() + limit;
+        loop {
+            let d = self.detail(id);
+            if matches!(d["job"]["status"].as_str(), Some("succeeded" | "failed" | "cancelled")) {
+                return d;
+            }
+            assert!(Instant::now() < deadline, "job {id} did not end within {limit:?}: {d}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    fn launch(&self, dir: &Path, spec: &str) -> i64 {
+        let file = dir.join("job.toml");
+        std::fs::write(&file, spec).expect("spec");
+        let out = Command::new(VOLT)
+            .args(["job", "launch", file.to_str().expect("path")])
+            .env("VOLT_HOME", &self.home)
+            .env_remove("VOLT_STUDIO_URL")
+            .output()
+            .expect("launch");
+        assert!(out.status.success(), "{}", text(&out));
+        String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or_else(|_| panic!("{}", text(&out)))
+    }
+}
+
+impl Drop for Studio {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn text(o: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+fn events(d: &Value) -> String {
+    d["events"].as_array().map_or_else(String::new, |e| {
+        e.iter().filter_map(|e| e["message"].as_str()).collect::<Vec<_>>().join("\n")
+    })
+}
+
+const FIT: &str = "volt fit --model digits-mlp --seed 0 --trainer.strategy ddp --trainer.num_nodes 2 \
+    --trainer.max_epochs 40 --trainer.num_threads 1 --trainer.enable_progress_bar false \
+    --trainer.enable_model_summary false --trainer.default_root_dir runs \
+    --callbacks.model_checkpoint.every_n_train_steps 50";
+
+fn spec(rig: &Rig, fleet: &Path, restarts: u32) -> String {
+    let env: Vec<String> = rig.env().iter().map(|(k, v)| format!("{k} = {v:?}")).collect();
+    format!(
+        "name = \"digits-ssh\"\nnum_nodes = 2\nrun = \"{FIT}\"\n[env]\n{}\n[retry]\nmax_restarts = {restarts}\n\
+         [backend]\nkind = \"ssh\"\nhosts = {:?}\n",
+        env.join("\n"),
+        fleet.display().to_string()
+    )
+}
+
+fn last_val_acc(version: &Path) -> f64 {
+    let csv = std::fs::read_to_string(version.join("metrics.csv")).expect("metrics.csv");
+    let mut lines = csv.lines();
+    let header: Vec<&str> = lines.next().expect("header").split(',').collect();
+    let col = header.iter().position(|h| *h == "val_acc").expect("a val_acc column");
+    lines.filter_map(|l| l.split(',').nth(col)?.parse::<f64>().ok()).next_back().expect("a val_acc value")
+}
+
+#[test]
+fn a_two_node_job_runs_on_two_ssh_hosts_and_its_files_come_back() {
+    let rig = Rig::up(2);
+    let tmp = tempfile::tempdir().expect("tmp");
+    let studio = Studio::up(&tmp.path().join("home"));
+    let id = studio.launch(tmp.path(), &spec(&rig, &rig.path().join("fleet.toml"), 0));
+    let d = studio.wait_final(id, Duration::from_secs(180));
+    assert_eq!(d["job"]["status"], "succeeded", "{}", events(&d));
+    let hosts: Vec<&str> =
+        d["nodes"].as_array().expect("nodes").iter().filter_map(|n| n["host"].as_str()).collect();
+    assert_eq!(hosts, ["h1", "h2"], "one node on each host, rank 0 on the first");
+    // Node 0's run came back to the control plane: one version folder, trained.
+    let copy = studio.home.join(format!("jobs/{id}/work/runs/lightning_logs"));
+    let versions: Vec<String> = std::fs::read_dir(&copy)
+        .expect("the job's files")
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(versions, ["version_0"]);
+    let acc = last_val_acc(&copy.join("version_0"));
+    assert!(acc >= 0.97, "val_acc {acc}");
+    assert!(copy.join("version_0/checkpoints/last.safetensors").is_file());
+    // Both nodes' logs came back as they were written.
+    let logs = |node: &str| {
+        let out = Command::new(VOLT)
+            .args(["job", "logs", &id.to_string(), "--node", node])
+            .env("VOLT_HOME", &studio.home)
+            .output()
+            .expect("logs");
+        text(&out)
+    };
+    assert!(logs("0").contains("fit finished"), "{}", logs("0"));
+    assert!(!logs("1").contains("fit finished"), "{}", logs("1"));
+}
+
+#[test]
+fn losing_rank_zeros_host_finishes_the_job_on_the_others_bitwise_as_untouched() {
+    let rig = Rig::up(3);
+    let tmp = tempfile::tempdir().expect("tmp");
+    let studio = Studio::up(&tmp.path().join("home"));
+    let fleet = rig.path().join("fleet.toml");
+    let reference = studio.launch(tmp.path(), &spec(&rig, &fleet, 0));
+    let d = studio.wait_final(reference, Duration::from_secs(180));
+    assert_eq!(d["job"]["status"], "succeeded", "{}", events(&d));
+
+    let id = studio.launch(tmp.path(), &spec(&rig, &fleet, 2));
+    let last = studio
+        .home
+        .join(format!("jobs/{id}/work/runs/lightning_logs/version_0/checkpoints/last.safetensors"));
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !last.is_file() {
+        assert!(Instant::now() < deadline, "no checkpoint came back");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let d = studio.detail(id);
+    let node0 = d["nodes"].as_array().expect("nodes").iter().find(|n| n["rank"] == 0).expect("node 0");
+    assert_eq!(node0["host"], "h1");
+    rig.lose(1);
+    let d = studio.wait_final(id, Duration::from_secs(180));
+    let history = events(&d);
+    assert_eq!(d["job"]["status"], "succeeded", "{history}");
+    assert_eq!(d["job"]["attempt"], 2, "{history}");
+    assert!(history.contains("node 0 on h1 was lost"), "{history}");
+    let second: Vec<&str> = d["nodes"]
+        .as_array()
+        .expect("nodes")
+        .iter()
+        .filter(|n| n["attempt"] == 2)
+        .filter_map(|n| n["host"].as_str())
+        .collect();
+    assert_eq!(second, ["h2", "h3"], "attempt 2 runs on the hosts that answer");
+    let want =
+        support::model_tensors(&studio.home.join(format!(
+            "jobs/{reference}/work/runs/lightning_logs/version_0/checkpoints/last.safetensors"
+        )));
+    assert_eq!(support::model_tensors(&last), want, "bit for bit");
+}
+
+#[test]
+fn a_host_that_refuses_the_key_fails_the_job_naming_it() {
+    let rig = Rig::up(2);
+    let tmp = tempfile::tempdir().expect("tmp");
+    let studio = Studio::up(&tmp.path().join("home"));
+    // The same fleet with another key, which no host has authorized.
+    let key = tmp.path().join("other_key");
+    let made = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(&key)
+        .output()
+        .expect("ssh-keygen");
+    assert!(made.status.success(), "{}", text(&made));
+    let fleet = std::fs::read_to_string(rig.path().join("fleet.toml")).expect("fleet");
+    let original = rig.path().join("id_ed25519").display().to_string();
+    let wrong = tmp.path().join("fleet.toml");
+    std::fs::write(&wrong, fleet.replace(&original, &key.display().to_string())).expect("fleet");
+    let id = studio.launch(tmp.path(), &spec(&rig, &wrong, 3));
+    let d = studio.wait_final(id, Duration::from_secs(60));
+    let reason = d["job"]["reason"].as_str().unwrap_or_default().to_owned();
+    assert_eq!(d["job"]["status"], "failed", "{}", events(&d));
+    assert!(reason.contains("host h1") && reason.contains("refuses the login"), "{reason}");
+    assert!(d["nodes"].as_array().is_some_and(|n| n.is_empty()), "nothing started: {d}");
+}
+
+#[test]
+fn a_job_waits_pending_while_its_hosts_run_another_then_runs() {
+    let rig = Rig::up(2);
+    let tmp = tempfile::tempdir().expect("tmp");
+    let studio = Studio::up(&tmp.path().join("home"));
+    let fleet = rig.path().join("fleet.toml").display().to_string();
+    let sleeper = |secs: u32| {
+        format!("num_nodes = 2\nrun = \"sleep {secs}; echo done $RANK\"\n[backend]\nkind = \"ssh\"\nhosts = {fleet:?}\n")
+    };
+    let first = studio.launch(tmp.path(), &sleeper(4));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while studio.detail(first)["nodes"].as_array().is_none_or(|n| n.len() < 2) {
+        assert!(Instant::now() < deadline, "the first job did not start: {}", studio.detail(first));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let second = studio.launch(tmp.path(), &sleeper(0));
+    std::thread::sleep(Duration::from_millis(600));
+    let d = studio.detail(second);
+    assert_eq!(d["job"]["status"], "pending", "{d}");
+    let reason = d["job"]["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("running other jobs: h1, h2"), "{reason}");
+    let d = studio.wait_final(second, Duration::from_secs(60));
+    assert_eq!(d["job"]["status"], "succeeded", "{}", events(&d));
+    assert_eq!(studio.wait_final(first, Duration::from_secs(10))["job"]["status"], "succeeded");
+    let first_end = studio.detail(first)["nodes"][0]["ended_at"].as_i64().expect("ended");
+    let second_start = d["nodes"][0]["started_at"].as_i64().expect("started");
+    assert!(second_start >= first_end, "the second job started after the first ended");
+    assert_eq!(events(&d).matches("waiting for hosts").count(), 1, "said once: {}", events(&d));
+}
