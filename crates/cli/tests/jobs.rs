@@ -5,96 +5,12 @@
 mod support;
 
 use serde_json::Value;
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
+use support::studio::{detail, events, last_val_acc, launch, text, volt, wait_final, wait_until, Studio};
 
 const VOLT: &str = env!("CARGO_BIN_EXE_volt");
-
-/// A control plane on its own home, killed when dropped.
-struct Studio {
-    child: Child,
-    home: PathBuf,
-    url: String,
-}
-
-impl Studio {
-    fn up(home: &Path) -> Studio {
-        let mut child = Command::new(VOLT)
-            .args(["studio", "up", "--port", "0"])
-            .env("VOLT_HOME", home)
-            .env_remove("VOLT_STUDIO_URL")
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("volt studio up");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("read");
-        let url =
-            line.trim().strip_prefix("studio listening on ").unwrap_or_else(|| panic!("{line:?}")).to_owned();
-        Studio { child, home: home.to_owned(), url }
-    }
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Studio {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-fn volt(home: &Path, args: &[&str]) -> Output {
-    Command::new(VOLT)
-        .args(args)
-        .env("VOLT_HOME", home)
-        .env_remove("VOLT_STUDIO_URL")
-        .output()
-        .expect("run volt")
-}
-
-fn text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
-}
-
-/// Launches `spec` (written into `workdir/job.toml`); the job's id.
-fn launch(home: &Path, workdir: &Path, spec: &str) -> i64 {
-    let file = workdir.join("job.toml");
-    std::fs::write(&file, spec).expect("spec");
-    let out = volt(home, &["job", "launch", file.to_str().expect("path")]);
-    assert!(out.status.success(), "{}", text(&out));
-    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or_else(|_| panic!("{}", text(&out)))
-}
-
-/// `volt job status` as the API's JSON.
-fn detail(studio: &Studio, id: i64) -> Value {
-    let token = std::fs::read_to_string(studio.home.join("token")).expect("token");
-    let out = Command::new("curl")
-        .args(["-sf", "-H", &format!("authorization: Bearer {}", token.trim())])
-        .arg(format!("{}/api/jobs/{id}", studio.url))
-        .output()
-        .expect("curl");
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|_| panic!("{}", text(&out)))
-}
-
-fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !done() {
-        assert!(Instant::now() < deadline, "{what} within {limit:?}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn wait_final(studio: &Studio, id: i64, limit: Duration) -> Value {
-    let mut last = Value::Null;
-    wait_until(&format!("job {id} ends"), limit, || {
-        last = detail(studio, id);
-        matches!(last["job"]["status"].as_str(), Some("succeeded" | "failed" | "cancelled"))
-    });
-    last
-}
 
 fn digits_spec(root: &str, extra: &str, max_restarts: u32) -> String {
     format!(
@@ -104,15 +20,6 @@ fn digits_spec(root: &str, extra: &str, max_restarts: u32) -> String {
          --trainer.enable_model_summary false --trainer.default_root_dir {root} {extra}\"\n\
          [retry]\nmax_restarts = {max_restarts}\n"
     )
-}
-
-/// The last `val_acc` in a run's metrics.csv.
-fn last_val_acc(version: &Path) -> f64 {
-    let csv = std::fs::read_to_string(version.join("metrics.csv")).expect("metrics.csv");
-    let mut lines = csv.lines();
-    let header: Vec<&str> = lines.next().expect("header").split(',').collect();
-    let col = header.iter().position(|h| *h == "val_acc").expect("a val_acc column");
-    lines.filter_map(|l| l.split(',').nth(col)?.parse::<f64>().ok()).next_back().expect("a val_acc value")
 }
 
 fn versions(experiment: &Path) -> Vec<String> {
@@ -152,12 +59,6 @@ fn node_pid(d: &Value, attempt: i64, rank: i64) -> i64 {
 fn alive(pid: i64) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .is_ok_and(|s| s.rfind(')').is_some_and(|i| !s[i + 1..].trim_start().starts_with('Z')))
-}
-
-fn events(d: &Value) -> String {
-    d["events"].as_array().map_or_else(String::new, |e| {
-        e.iter().filter_map(|e| e["message"].as_str()).collect::<Vec<_>>().join("\n")
-    })
 }
 
 #[test]

@@ -5,11 +5,10 @@
 //! the key. Needs root and openssh-server (`.ci/run` installs it).
 mod support;
 
-use serde_json::Value;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
+use support::studio::{detail, events, last_val_acc, launch, text, volt, wait_final, Studio};
 
 const VOLT: &str = env!("CARGO_BIN_EXE_volt");
 
@@ -64,77 +63,6 @@ impl Drop for Rig {
     }
 }
 
-struct Studio {
-    child: Child,
-    home: PathBuf,
-    url: String,
-}
-
-impl Studio {
-    fn up(home: &Path) -> Studio {
-        let mut child = Command::new(VOLT)
-            .args(["studio", "up", "--port", "0"])
-            .env("VOLT_HOME", home)
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("volt studio up");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("read");
-        let url =
-            line.trim().strip_prefix("studio listening on ").unwrap_or_else(|| panic!("{line:?}")).to_owned();
-        Studio { child, home: home.to_owned(), url }
-    }
-    fn detail(&self, id: i64) -> Value {
-        let token = std::fs::read_to_string(self.home.join("token")).expect("token");
-        let out = Command::new("curl")
-            .args(["-sf", "-H", &format!("authorization: Bearer {}", token.trim())])
-            .arg(format!("{}/api/jobs/{id}", self.url))
-            .output()
-            .expect("curl");
-        serde_json::from_slice(&out.stdout).unwrap_or_else(|_| panic!("{}", text(&out)))
-    }
-    fn wait_final(&self, id: i64, limit: Duration) -> Value {
-        let deadline = Instant::now() + limit;
-        loop {
-            let d = self.detail(id);
-            if matches!(d["job"]["status"].as_str(), Some("succeeded" | "failed" | "cancelled")) {
-                return d;
-            }
-            assert!(Instant::now() < deadline, "job {id} did not end within {limit:?}: {d}");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-    fn launch(&self, dir: &Path, spec: &str) -> i64 {
-        let file = dir.join("job.toml");
-        std::fs::write(&file, spec).expect("spec");
-        let out = Command::new(VOLT)
-            .args(["job", "launch", file.to_str().expect("path")])
-            .env("VOLT_HOME", &self.home)
-            .env_remove("VOLT_STUDIO_URL")
-            .output()
-            .expect("launch");
-        assert!(out.status.success(), "{}", text(&out));
-        String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or_else(|_| panic!("{}", text(&out)))
-    }
-}
-
-impl Drop for Studio {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
-}
-
-fn events(d: &Value) -> String {
-    d["events"].as_array().map_or_else(String::new, |e| {
-        e.iter().filter_map(|e| e["message"].as_str()).collect::<Vec<_>>().join("\n")
-    })
-}
-
 const FIT: &str = "volt fit --model digits-mlp --seed 0 --trainer.strategy ddp --trainer.num_nodes 2 \
     --trainer.max_epochs 40 --trainer.num_threads 1 --trainer.enable_progress_bar false \
     --trainer.enable_model_summary false --trainer.default_root_dir runs \
@@ -150,21 +78,13 @@ fn spec(rig: &Rig, fleet: &Path, restarts: u32) -> String {
     )
 }
 
-fn last_val_acc(version: &Path) -> f64 {
-    let csv = std::fs::read_to_string(version.join("metrics.csv")).expect("metrics.csv");
-    let mut lines = csv.lines();
-    let header: Vec<&str> = lines.next().expect("header").split(',').collect();
-    let col = header.iter().position(|h| *h == "val_acc").expect("a val_acc column");
-    lines.filter_map(|l| l.split(',').nth(col)?.parse::<f64>().ok()).next_back().expect("a val_acc value")
-}
-
 #[test]
 fn a_two_node_job_runs_on_two_ssh_hosts_and_its_files_come_back() {
     let rig = Rig::up(2);
     let tmp = tempfile::tempdir().expect("tmp");
     let studio = Studio::up(&tmp.path().join("home"));
-    let id = studio.launch(tmp.path(), &spec(&rig, &rig.path().join("fleet.toml"), 0));
-    let d = studio.wait_final(id, Duration::from_secs(180));
+    let id = launch(&studio.home, tmp.path(), &spec(&rig, &rig.path().join("fleet.toml"), 0));
+    let d = wait_final(&studio, id, Duration::from_secs(180));
     assert_eq!(d["job"]["status"], "succeeded", "{}", events(&d));
     let hosts: Vec<&str> =
         d["nodes"].as_array().expect("nodes").iter().filter_map(|n| n["host"].as_str()).collect();
@@ -181,14 +101,7 @@ fn a_two_node_job_runs_on_two_ssh_hosts_and_its_files_come_back() {
     assert!(acc >= 0.97, "val_acc {acc}");
     assert!(copy.join("version_0/checkpoints/last.safetensors").is_file());
     // Both nodes' logs came back as they were written.
-    let logs = |node: &str| {
-        let out = Command::new(VOLT)
-            .args(["job", "logs", &id.to_string(), "--node", node])
-            .env("VOLT_HOME", &studio.home)
-            .output()
-            .expect("logs");
-        text(&out)
-    };
+    let logs = |node: &str| text(&volt(&studio.home, &["job", "logs", &id.to_string(), "--node", node]));
     assert!(logs("0").contains("fit finished"), "{}", logs("0"));
     assert!(!logs("1").contains("fit finished"), "{}", logs("1"));
 }
@@ -199,11 +112,11 @@ fn losing_rank_zeros_host_finishes_the_job_on_the_others_bitwise_as_untouched() 
     let tmp = tempfile::tempdir().expect("tmp");
     let studio = Studio::up(&tmp.path().join("home"));
     let fleet = rig.path().join("fleet.toml");
-    let reference = studio.launch(tmp.path(), &spec(&rig, &fleet, 0));
-    let d = studio.wait_final(reference, Duration::from_secs(180));
+    let reference = launch(&studio.home, tmp.path(), &spec(&rig, &fleet, 0));
+    let d = wait_final(&studio, reference, Duration::from_secs(180));
     assert_eq!(d["job"]["status"], "succeeded", "{}", events(&d));
 
-    let id = studio.launch(tmp.path(), &spec(&rig, &fleet, 2));
+    let id = launch(&studio.home, tmp.path(), &spec(&rig, &fleet, 2));
     let last = studio
         .home
         .join(format!("jobs/{id}/work/runs/lightning_logs/version_0/checkpoints/last.safetensors"));
@@ -212,11 +125,11 @@ fn losing_rank_zeros_host_finishes_the_job_on_the_others_bitwise_as_untouched() 
         assert!(Instant::now() < deadline, "no checkpoint came back");
         std::thread::sleep(Duration::from_millis(20));
     }
-    let d = studio.detail(id);
+    let d = detail(&studio, id);
     let node0 = d["nodes"].as_array().expect("nodes").iter().find(|n| n["rank"] == 0).expect("node 0");
     assert_eq!(node0["host"], "h1");
     rig.lose(1);
-    let d = studio.wait_final(id, Duration::from_secs(180));
+    let d = wait_final(&studio, id, Duration::from_secs(180));
     let history = events(&d);
     assert_eq!(d["job"]["status"], "succeeded", "{history}");
     assert_eq!(d["job"]["attempt"], 2, "{history}");
@@ -253,8 +166,8 @@ fn a_host_that_refuses_the_key_fails_the_job_naming_it() {
     let original = rig.path().join("id_ed25519").display().to_string();
     let wrong = tmp.path().join("fleet.toml");
     std::fs::write(&wrong, fleet.replace(&original, &key.display().to_string())).expect("fleet");
-    let id = studio.launch(tmp.path(), &spec(&rig, &wrong, 3));
-    let d = studio.wait_final(id, Duration::from_secs(60));
+    let id = launch(&studio.home, tmp.path(), &spec(&rig, &wrong, 3));
+    let d = wait_final(&studio, id, Duration::from_secs(60));
     let reason = d["job"]["reason"].as_str().unwrap_or_default().to_owned();
     assert_eq!(d["job"]["status"], "failed", "{}", events(&d));
     assert!(reason.contains("host h1") && reason.contains("refuses the login"), "{reason}");
@@ -270,22 +183,22 @@ fn a_job_waits_pending_while_its_hosts_run_another_then_runs() {
     let sleeper = |secs: u32| {
         format!("num_nodes = 2\nrun = \"sleep {secs}; echo done $RANK\"\n[backend]\nkind = \"ssh\"\nhosts = {fleet:?}\n")
     };
-    let first = studio.launch(tmp.path(), &sleeper(4));
+    let first = launch(&studio.home, tmp.path(), &sleeper(4));
     let deadline = Instant::now() + Duration::from_secs(30);
-    while studio.detail(first)["nodes"].as_array().is_none_or(|n| n.len() < 2) {
-        assert!(Instant::now() < deadline, "the first job did not start: {}", studio.detail(first));
+    while detail(&studio, first)["nodes"].as_array().is_none_or(|n| n.len() < 2) {
+        assert!(Instant::now() < deadline, "the first job did not start: {}", detail(&studio, first));
         std::thread::sleep(Duration::from_millis(20));
     }
-    let second = studio.launch(tmp.path(), &sleeper(0));
+    let second = launch(&studio.home, tmp.path(), &sleeper(0));
     std::thread::sleep(Duration::from_millis(600));
-    let d = studio.detail(second);
+    let d = detail(&studio, second);
     assert_eq!(d["job"]["status"], "pending", "{d}");
     let reason = d["job"]["reason"].as_str().unwrap_or_default();
     assert!(reason.contains("running other jobs: h1, h2"), "{reason}");
-    let d = studio.wait_final(second, Duration::from_secs(60));
+    let d = wait_final(&studio, second, Duration::from_secs(60));
     assert_eq!(d["job"]["status"], "succeeded", "{}", events(&d));
-    assert_eq!(studio.wait_final(first, Duration::from_secs(10))["job"]["status"], "succeeded");
-    let first_end = studio.detail(first)["nodes"][0]["ended_at"].as_i64().expect("ended");
+    assert_eq!(wait_final(&studio, first, Duration::from_secs(10))["job"]["status"], "succeeded");
+    let first_end = detail(&studio, first)["nodes"][0]["ended_at"].as_i64().expect("ended");
     let second_start = d["nodes"][0]["started_at"].as_i64().expect("started");
     assert!(second_start >= first_end, "the second job started after the first ended");
     assert_eq!(events(&d).matches("waiting for hosts").count(), 1, "said once: {}", events(&d));

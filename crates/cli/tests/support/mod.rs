@@ -1,5 +1,7 @@
 //! Running the `volt` binary from the CLI's tests, quietly, under a root folder.
 #![allow(dead_code)]
+pub mod studio;
+
 use std::path::Path;
 use std::process::{Command, Output};
 

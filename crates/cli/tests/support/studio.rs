@@ -1,0 +1,118 @@
+//! A control plane (`volt studio up`) on a home of its own for the job tests, and the
+//! calls they make of it.
+use serde_json::Value;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const VOLT: &str = env!("CARGO_BIN_EXE_volt");
+
+/// A control plane on its own home, killed when dropped.
+pub struct Studio {
+    child: Child,
+    /// Its `VOLT_HOME`.
+    pub home: PathBuf,
+    /// Where it listens.
+    pub url: String,
+}
+
+impl Studio {
+    /// Starts one on `home`, and waits until it listens.
+    pub fn up(home: &Path) -> Studio {
+        let mut child = Command::new(VOLT)
+            .args(["studio", "up", "--port", "0"])
+            .env("VOLT_HOME", home)
+            .env_remove("VOLT_STUDIO_URL")
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("volt studio up");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("read");
+        let url =
+            line.trim().strip_prefix("studio listening on ").unwrap_or_else(|| panic!("{line:?}")).to_owned();
+        Studio { child, home: home.to_owned(), url }
+    }
+    /// Kills it (SIGKILL) and reaps it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Studio {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// `volt ARGS` against the control plane of `home`.
+pub fn volt(home: &Path, args: &[&str]) -> Output {
+    Command::new(VOLT)
+        .args(args)
+        .env("VOLT_HOME", home)
+        .env_remove("VOLT_STUDIO_URL")
+        .output()
+        .expect("run volt")
+}
+
+/// What a command printed, stdout then stderr.
+pub fn text(o: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+/// Launches `spec` (written into `workdir/job.toml`); the job's id.
+pub fn launch(home: &Path, workdir: &Path, spec: &str) -> i64 {
+    let file = workdir.join("job.toml");
+    std::fs::write(&file, spec).expect("spec");
+    let out = volt(home, &["job", "launch", file.to_str().expect("path")]);
+    assert!(out.status.success(), "{}", text(&out));
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or_else(|_| panic!("{}", text(&out)))
+}
+
+/// `volt job status` as the API's JSON.
+/// A job as the API says it (`GET /api/jobs/ID`).
+pub fn detail(studio: &Studio, id: i64) -> Value {
+    let token = std::fs::read_to_string(studio.home.join("token")).expect("token");
+    let out = Command::new("curl")
+        .args(["-sf", "-H", &format!("authorization: Bearer {}", token.trim())])
+        .arg(format!("{}/api/jobs/{id}", studio.url))
+        .output()
+        .expect("curl");
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|_| panic!("{}", text(&out)))
+}
+
+/// Waits until `done`, failing the test with `what` after `limit`.
+pub fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !done() {
+        assert!(Instant::now() < deadline, "{what} within {limit:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Waits until job `id` ends; its detail.
+pub fn wait_final(studio: &Studio, id: i64, limit: Duration) -> Value {
+    let mut last = Value::Null;
+    wait_until(&format!("job {id} ends"), limit, || {
+        last = detail(studio, id);
+        matches!(last["job"]["status"].as_str(), Some("succeeded" | "failed" | "cancelled"))
+    });
+    last
+}
+
+/// The last `val_acc` in a run's metrics.csv.
+pub fn last_val_acc(version: &Path) -> f64 {
+    let csv = std::fs::read_to_string(version.join("metrics.csv")).expect("metrics.csv");
+    let mut lines = csv.lines();
+    let header: Vec<&str> = lines.next().expect("header").split(',').collect();
+    let col = header.iter().position(|h| *h == "val_acc").expect("a val_acc column");
+    lines.filter_map(|l| l.split(',').nth(col)?.parse::<f64>().ok()).next_back().expect("a val_acc value")
+}
+
+/// A job's events, one per line.
+pub fn events(d: &Value) -> String {
+    d["events"].as_array().map_or_else(String::new, |e| {
+        e.iter().filter_map(|e| e["message"].as_str()).collect::<Vec<_>>().join("\n")
+    })
+}
