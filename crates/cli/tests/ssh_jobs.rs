@@ -203,3 +203,52 @@ fn a_job_waits_pending_while_its_hosts_run_another_then_runs() {
     assert!(second_start >= first_end, "the second job started after the first ended");
     assert_eq!(events(&d).matches("waiting for hosts").count(), 1, "said once: {}", events(&d));
 }
+
+#[test]
+fn on_ssh_hosts_a_restarted_control_plane_re_adopts_its_job_and_cancel_stops_every_node() {
+    let rig = Rig::up(2);
+    let tmp = tempfile::tempdir().expect("tmp");
+    let home = tmp.path().join("home");
+    let mut studio = Studio::up(&home);
+    let fleet = rig.path().join("fleet.toml").display().to_string();
+    let spec = format!(
+        "num_nodes = 2\nrun = \"echo started $RANK; sleep 3; echo done $RANK\"\n[backend]\nkind = \"ssh\"\nhosts = {fleet:?}\n"
+    );
+    let id = launch(&home, tmp.path(), &spec);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !text(&volt(&home, &["job", "logs", &id.to_string(), "--node", "1"])).contains("started 1") {
+        assert!(Instant::now() < deadline, "node 1 did not start: {}", detail(&studio, id));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    studio.kill();
+    std::thread::sleep(Duration::from_millis(500));
+    let studio = Studio::up(&home);
+    let d = wait_final(&studio, id, Duration::from_secs(30));
+    assert_eq!(
+        (d["job"]["status"].as_str(), d["job"]["attempt"].as_i64()),
+        (Some("succeeded"), Some(1)),
+        "{}",
+        events(&d)
+    );
+    assert!(events(&d).contains("re-adopted attempt 1"), "{}", events(&d));
+    // The log came back whole, once: what was copied before the restart is not copied again.
+    let log = text(&volt(&home, &["job", "logs", &id.to_string(), "--node", "1"]));
+    assert_eq!(log.trim(), "started 1\ndone 1", "{log:?}");
+
+    // Cancel reaches the hosts: every node stops within 10 s, and its processes are gone.
+    let long = spec.replace("sleep 3", "sleep 299");
+    let id = launch(&home, tmp.path(), &long);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !text(&volt(&home, &["job", "logs", &id.to_string(), "--node", "1"])).contains("started 1") {
+        assert!(Instant::now() < deadline, "node 1 did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let started = Instant::now();
+    let out = volt(&home, &["job", "cancel", &id.to_string()]);
+    assert!(out.status.success(), "{}", text(&out));
+    let d = wait_final(&studio, id, Duration::from_secs(10));
+    assert_eq!(d["job"]["status"], "cancelled");
+    assert!(started.elapsed() < Duration::from_secs(10), "took {:?}", started.elapsed());
+    let sleeping = Command::new("pgrep").args(["-f", "sleep 299"]).output().expect("pgrep");
+    assert!(String::from_utf8_lossy(&sleeping.stdout).trim().is_empty(), "a node still sleeps");
+}
