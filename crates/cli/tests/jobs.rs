@@ -297,3 +297,34 @@ fn scopeguard(pid: i64) -> impl Drop {
     }
     Kill(pid)
 }
+
+#[test]
+fn a_job_being_stopped_holds_up_no_other_job() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let studio = Studio::up(&tmp.path().join("home"));
+    // It ignores SIGTERM, so cancelling it waits out the whole grace before SIGKILL.
+    let stubborn = launch(&studio.home, tmp.path(), "run = \"trap '' TERM; echo up; sleep 298\"\n");
+    wait_until("the stubborn job runs", Duration::from_secs(20), || {
+        text(&volt(&studio.home, &["job", "logs", &stubborn.to_string()])).contains("up")
+    });
+    let out = volt(&studio.home, &["job", "cancel", &stubborn.to_string()]);
+    assert!(out.status.success(), "{}", text(&out));
+    let quick = launch(&studio.home, tmp.path(), "run = \"echo quick\"\n");
+    let q = wait_final(&studio, quick, Duration::from_secs(30));
+    let s = wait_final(&studio, stubborn, Duration::from_secs(30));
+    assert_eq!(
+        (q["job"]["status"].as_str(), s["job"]["status"].as_str()),
+        (Some("succeeded"), Some("cancelled"))
+    );
+    let quick_done = q["job"]["updated_at"].as_i64().expect("time");
+    let stubborn_done = s["job"]["updated_at"].as_i64().expect("time");
+    assert!(quick_done < stubborn_done, "the quick job ran while the stubborn one was being stopped");
+    // What the node started is gone too, though its shell died first (at the SIGTERM).
+    let left = Command::new("pgrep").args(["-f", "sleep 298"]).output().expect("pgrep");
+    let running: Vec<i64> = String::from_utf8_lossy(&left.stdout)
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .filter(|&p| alive(p))
+        .collect();
+    assert!(running.is_empty(), "an orphan of the cancelled node runs: {running:?}");
+}
