@@ -6,8 +6,10 @@
 use crate::backend::{local::Local, ssh::Ssh, Backend, Launch, Observed, Stop, Unplaced};
 use crate::jobs::{Job, JobStatus, Node, NodeStatus};
 use crate::store::{now_ms, Store, StoreError};
+use std::collections::HashSet;
+use std::future::Future;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::Notify;
 use volt_config::BackendKind;
@@ -27,6 +29,8 @@ pub struct Controller {
     home: PathBuf,
     local: Local,
     ssh: Ssh,
+    /// Jobs whose nodes are being stopped in the background (the ticks pass them by).
+    settling: Mutex<HashSet<i64>>,
     /// Wakes the loop before its tick (a job was launched or cancelled).
     pub wake: Notify,
 }
@@ -35,7 +39,8 @@ impl Controller {
     /// A controller over `store`, keeping files under `home`.
     pub fn new(store: Store, home: PathBuf) -> Arc<Self> {
         let ssh = Ssh::new(home.join("ssh"));
-        Arc::new(Controller { store, home, local: Local::default(), ssh, wake: Notify::new() })
+        let settling = Mutex::default();
+        Arc::new(Controller { store, home, local: Local::default(), ssh, settling, wake: Notify::new() })
     }
 
     /// The folder of a job's attempt.
@@ -46,6 +51,11 @@ impl Controller {
     /// The log of a node of an attempt.
     pub fn log_path(&self, job: i64, attempt: i64, rank: i64) -> PathBuf {
         self.attempt_dir(job, attempt).join(format!("node-{rank}.log"))
+    }
+
+    /// The backend of a job whose backend exists (checked when it was driven).
+    fn backend_of(&self, job: &Job) -> &dyn Backend {
+        self.backend(job.spec.spec.backend.kind).unwrap_or(&self.local)
     }
 
     fn backend(&self, kind: BackendKind) -> Option<&dyn Backend> {
@@ -82,14 +92,35 @@ impl Controller {
     }
 
     /// One pass over the active jobs.
-    pub async fn tick(&self) -> Result<(), StoreError> {
+    pub async fn tick(self: &Arc<Self>) -> Result<(), StoreError> {
         for job in self.store.active_jobs().await? {
+            if self.settling.lock().unwrap_or_else(|e| e.into_inner()).contains(&job.id) {
+                continue;
+            }
             self.drive(&job).await?;
         }
         Ok(())
     }
 
-    async fn drive(&self, job: &Job) -> Result<(), StoreError> {
+    /// Runs `work` on `job` in a task of its own (stopping nodes waits out their grace),
+    /// so that the other jobs' ticks go on meanwhile.
+    fn settle<F>(self: &Arc<Self>, job: &Job, work: impl FnOnce(Arc<Self>, Job) -> F)
+    where
+        F: Future<Output = Result<(), StoreError>> + Send + 'static,
+    {
+        self.settling.lock().unwrap_or_else(|e| e.into_inner()).insert(job.id);
+        let (this, id) = (Arc::clone(self), job.id);
+        let task = work(Arc::clone(self), job.clone());
+        tokio::spawn(async move {
+            if let Err(e) = task.await {
+                tracing::error!("job controller, job {id}: {e}");
+            }
+            this.settling.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+            this.wake.notify_one();
+        });
+    }
+
+    async fn drive(self: &Arc<Self>, job: &Job) -> Result<(), StoreError> {
         let Some(backend) = self.backend(job.spec.spec.backend.kind) else {
             let reason = format!("the {} backend is not available in this control plane", job.backend);
             self.store.event(job.id, job.attempt, &reason).await?;
@@ -105,9 +136,13 @@ impl Controller {
         }
         let nodes = self.store.nodes(job.id, Some(job.attempt)).await?;
         if job.cancel_requested {
-            self.stop_nodes(backend, &nodes, CANCEL_GRACE).await?;
-            self.store.event(job.id, job.attempt, "cancelled").await?;
-            return self.store.set_job(job.id, JobStatus::Cancelled, job.attempt, Some("cancelled")).await;
+            self.settle(job, |this, job| async move {
+                let backend = this.backend_of(&job);
+                this.stop_nodes(backend, &nodes, CANCEL_GRACE).await?;
+                this.store.event(job.id, job.attempt, "cancelled").await?;
+                this.store.set_job(job.id, JobStatus::Cancelled, job.attempt, Some("cancelled")).await
+            });
+            return Ok(());
         }
         let mut failures = Vec::new();
         let mut succeeded = 0;
@@ -149,17 +184,22 @@ impl Controller {
             failures.push(format!("{} of {} nodes were started", nodes.len(), job.num_nodes));
         }
         if !failures.is_empty() {
-            self.stop_nodes(backend, &nodes, FAILURE_GRACE).await?;
-            let reason = format!("attempt {} failed: {}", job.attempt, failures.join("; "));
-            if job.attempt < job.max_attempts() {
-                self.store
-                    .event(job.id, job.attempt, &format!("{reason}; starting attempt {}", job.attempt + 1))
-                    .await?;
-                return self.start_attempt(backend, job, job.attempt + 1).await;
-            }
-            let reason = format!("{reason} (attempt {} of {})", job.attempt, job.max_attempts());
-            self.store.event(job.id, job.attempt, &reason).await?;
-            return self.store.set_job(job.id, JobStatus::Failed, job.attempt, Some(&reason)).await;
+            // The nodes as they are now: those that failed are marked so, and keep it.
+            let nodes = self.store.nodes(job.id, Some(job.attempt)).await?;
+            self.settle(job, |this, job| async move {
+                let backend = this.backend_of(&job);
+                this.stop_nodes(backend, &nodes, FAILURE_GRACE).await?;
+                let reason = format!("attempt {} failed: {}", job.attempt, failures.join("; "));
+                if job.attempt < job.max_attempts() {
+                    let next = format!("{reason}; starting attempt {}", job.attempt + 1);
+                    this.store.event(job.id, job.attempt, &next).await?;
+                    return this.start_attempt(backend, &job, job.attempt + 1).await;
+                }
+                let reason = format!("{reason} (attempt {} of {})", job.attempt, job.max_attempts());
+                this.store.event(job.id, job.attempt, &reason).await?;
+                this.store.set_job(job.id, JobStatus::Failed, job.attempt, Some(&reason)).await
+            });
+            return Ok(());
         }
         if succeeded == job.num_nodes as usize {
             self.store.event(job.id, job.attempt, "every node exited 0").await?;
@@ -187,9 +227,7 @@ impl Controller {
         let reached: Vec<&&Node> =
             running.iter().filter(|n| !unreachable.iter().any(|(u, _)| u == *n)).collect();
         let deadline = tokio::time::Instant::now() + grace;
-        while tokio::time::Instant::now() < deadline
-            && reached.iter().any(|n| backend.observe(&n.handle) == Observed::Running)
-        {
+        while tokio::time::Instant::now() < deadline && reached.iter().any(|n| !backend.stopped(&n.handle)) {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         for n in reached {

@@ -50,6 +50,17 @@ impl Local {
     }
 }
 
+impl Local {
+    /// Whether any process of the node's session runs (a process group outlives its
+    /// leader, and its id is not given to another process while it has members).
+    fn group_alive(&self, h: &Handle) -> bool {
+        self.alive(h) || {
+            // SAFETY: signal 0 only checks that the group exists.
+            unsafe { libc::kill(-h.pid, 0) == 0 }
+        }
+    }
+}
+
 impl Backend for Local {
     fn place(
         &self,
@@ -120,9 +131,14 @@ impl Backend for Local {
         }
     }
 
+    fn stopped(&self, handle: &str) -> bool {
+        serde_json::from_str::<Handle>(handle).map_or(true, |h| !self.group_alive(&h))
+    }
+
     fn stop(&self, handle: &str, how: Stop) -> Result<(), String> {
         let Ok(h) = serde_json::from_str::<Handle>(handle) else { return Ok(()) };
-        if !self.alive(&h) {
+        // The whole session, even once its shell is gone: what it started may live on.
+        if !self.group_alive(&h) {
             return Ok(());
         }
         let sig = match how {

@@ -76,6 +76,11 @@ pub trait Backend: Send + Sync {
     /// Signals the node of `handle` and everything it started; `Err` says why its host
     /// could not be reached (the node is then lost with it).
     fn stop(&self, handle: &str, how: Stop) -> Result<(), String>;
+    /// Whether nothing the node of `handle` started runs any more (its shell may be gone
+    /// while what it started lives on).
+    fn stopped(&self, handle: &str) -> bool {
+        self.observe(handle) != Observed::Running
+    }
     /// Brings the files node 0 of `handle` wrote in its workdir since the last call to the
     /// control plane (at most every second, or now when it is the `last` call, once the
     /// node has ended); nothing for local nodes, which write there already.

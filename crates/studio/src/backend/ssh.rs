@@ -329,11 +329,8 @@ impl Backend for Ssh {
             Stop::Term => "TERM",
             Stop::Kill => "KILL",
         };
-        let script = format!(
-            "[ \"$(sed 's/.*) //' /proc/{pid}/stat 2>/dev/null | cut -d' ' -f20)\" = {start} ] && kill -{sig} -- -{pid}; true",
-            pid = h.pid,
-            start = shell_quote(&h.start),
-        );
+        // The whole session, even once its shell is gone: what it started may live on.
+        let script = format!("kill -0 -- -{pid} 2>/dev/null && kill -{sig} -- -{pid}; true", pid = h.pid);
         match self.run(&h.host, &script) {
             Ok(o) if o.status.success() => Ok(()),
             Ok(o) => Err(format!(
@@ -344,6 +341,13 @@ impl Backend for Ssh {
             )),
             Err(e) => Err(format!("host {} ({}) does not answer: {e}", h.host.name, h.host.address)),
         }
+    }
+
+    fn stopped(&self, handle: &str) -> bool {
+        let Ok(h) = serde_json::from_str::<Handle>(handle) else { return true };
+        let script = format!("kill -0 -- -{} 2>/dev/null && echo alive; true", h.pid);
+        // A host that does not answer runs nothing this control plane can reach.
+        self.run(&h.host, &script).map_or(true, |o| !String::from_utf8_lossy(&o.stdout).contains("alive"))
     }
 
     fn collect(&self, handle: &str, last: bool) {
