@@ -131,10 +131,11 @@ impl LlmChat {
 
     fn request(
         &self,
-        request: &ChatRequest,
+        request: &mut ChatRequest,
         out: StreamSender<ChatDelta>,
     ) -> Result<Request, (ApiError, StreamSender<ChatDelta>)> {
-        let prompt = match self.prompt(request) {
+        // `check` tokenized it already (on the HTTP side); otherwise it is done here.
+        let prompt = match request.prompt_tokens.take().map_or_else(|| self.prompt(request), Ok) {
             Ok(p) => p,
             Err(e) => return Err((e, out)),
         };
@@ -218,9 +219,11 @@ impl ChatApi for LlmChat {
     fn setup(&self, _device: Device) -> Result<(), ApiError> {
         Ok(())
     }
-    fn check(&self, request: &ChatRequest) -> Result<(), ApiError> {
+    fn check(&self, request: &mut ChatRequest) -> Result<(), ApiError> {
         let prompt = self.prompt(request)?;
-        self.max_tokens(request, prompt.len()).map(|_| ())
+        self.max_tokens(request, prompt.len())?;
+        request.prompt_tokens = Some(prompt);
+        Ok(())
     }
     /// Hands each request to the engine and returns: the engine keeps generating for
     /// them while the worker fetches the next requests, which join between its steps.
@@ -230,9 +233,9 @@ impl ChatApi for LlmChat {
         requests: Vec<ChatRequest>,
         out: &mut StreamOutput<ChatDelta>,
     ) -> Result<(), ApiError> {
-        for (i, r) in requests.iter().enumerate() {
+        for (i, mut r) in requests.into_iter().enumerate() {
             let Some(sender) = out.detach(i) else { continue };
-            match self.request(r, sender) {
+            match self.request(&mut r, sender) {
                 Ok(req) => {
                     let mut req = req;
                     // Wait while the engine's queue is full: the server's own queue then

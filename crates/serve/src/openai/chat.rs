@@ -62,6 +62,9 @@ pub struct ChatRequest {
     pub prompt: Option<String>,
     /// `/v1/completions`' `echo`: with `logprobs`, also the prompt tokens' ones.
     pub echo: bool,
+    /// The prompt's token ids, when the model's [`ChatApi::check`] already made them, so
+    /// that generating does not render and tokenize the prompt a second time.
+    pub prompt_tokens: Option<Vec<u32>>,
 }
 
 #[derive(Deserialize)]
@@ -218,6 +221,7 @@ impl ChatRequest {
             logprobs,
             prompt: None,
             echo: false,
+            prompt_tokens: None,
         })
     }
 
@@ -280,8 +284,9 @@ pub trait ChatApi: Send + Sync + 'static {
     /// are recorded by the adapter for every model.)
     fn attach_metrics(&self, _metrics: GenerationMetrics) {}
     /// Refuses a request before it is queued, on the HTTP side, so that a refusal is a
-    /// 400 naming the problem even for a stream (a prompt longer than the context, say).
-    fn check(&self, _request: &ChatRequest) -> Result<(), ApiError> {
+    /// 400 naming the problem even for a stream (a prompt longer than the context, say);
+    /// it may keep what it computed on the way in the request (`prompt_tokens`).
+    fn check(&self, _request: &mut ChatRequest) -> Result<(), ApiError> {
         Ok(())
     }
     /// Whether `generate` reads [`ChatRequest::prompt`] (a raw prompt, no template) and
@@ -310,9 +315,9 @@ impl<C: ChatApi> InferenceApi for ChatAdapter<C> {
         self.0.setup(device)
     }
     fn decode_request(&self, body: &Value) -> Result<ChatRequest, ApiError> {
-        let request = ChatRequest::from_json(body)?;
+        let mut request = ChatRequest::from_json(body)?;
         request.refuse_unsupported(self.0.supports_penalties())?;
-        self.0.check(&request)?;
+        self.0.check(&mut request)?;
         Ok(request)
     }
     fn predict(&self, _: &mut C::Model, _: Vec<ChatRequest>) -> Result<Vec<ChatDelta>, ApiError> {

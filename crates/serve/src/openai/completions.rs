@@ -119,6 +119,7 @@ pub fn completion_request(body: &Value) -> Result<ChatRequest, ApiError> {
         logprobs: raw.logprobs.map(|k| k as usize),
         prompt: Some(prompt),
         echo: raw.echo,
+        prompt_tokens: None,
     })
 }
 
@@ -133,9 +134,9 @@ impl<C: ChatApi> InferenceApi for CompletionAdapter<C> {
         self.0.setup(device)
     }
     fn decode_request(&self, body: &Value) -> Result<ChatRequest, ApiError> {
-        let request = completion_request(body)?;
+        let mut request = completion_request(body)?;
         request.refuse_unsupported(self.0 .0.supports_penalties())?;
-        self.0 .0.check(&request)?;
+        self.0 .0.check(&mut request)?;
         Ok(request)
     }
     fn predict(&self, model: &mut C::Model, inputs: Vec<ChatRequest>) -> Result<Vec<ChatDelta>, ApiError> {
