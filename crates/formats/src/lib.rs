@@ -1,9 +1,10 @@
 //! volt-formats: the files volt reads and writes, free of libtorch so that they build
 //! fast and can be fuzzed: checkpoint headers ([`checkpoint`]), TensorBoard event files
 //! ([`tensorboard`]), Lightning's `metrics.csv` ([`metrics_csv`]) and the GGUF files LLMs
-//! are downloaded as ([`gguf`]).
+//! are downloaded as ([`gguf`]); and the atomic write all of them go through ([`atomic`]).
 #![warn(missing_docs)]
 
+pub mod atomic;
 pub mod checkpoint;
 pub mod gguf;
 pub mod metrics_csv;

@@ -2,10 +2,9 @@
 //! clients authenticate with, the lock that keeps a second control plane off the same
 //! store, and `studio.json`, which tells the CLI where the running one listens.
 use serde::{Deserialize, Serialize};
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::io::AsRawFd;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
+use volt_formats::atomic::{write_atomic, write_atomic_mode};
 
 /// The folder: `$VOLT_HOME`, else `~/.volt`.
 pub fn volt_home() -> PathBuf {
@@ -63,7 +62,7 @@ impl Home {
             _ => {}
         }
         let token: String = (0..32).map(|_| format!("{:02x}", rand::random::<u8>())).collect();
-        write_atomic(&path, token.as_bytes(), 0o600)?;
+        write_atomic_mode(&path, token.as_bytes(), 0o600)?;
         Ok(token)
     }
 
@@ -75,7 +74,7 @@ impl Home {
     /// Says where this control plane listens.
     pub fn set_listening(&self, l: &Listening) -> std::io::Result<()> {
         let json = serde_json::to_vec(l).map_err(std::io::Error::other)?;
-        write_atomic(&self.listening_file(), &json, 0o644)
+        write_atomic(&self.listening_file(), &json)
     }
 
     /// Takes the home's lock for this process's life, or says which process holds it.
@@ -93,14 +92,4 @@ impl Home {
         }
         Ok(file)
     }
-}
-
-/// Writes `bytes` to `path` through a temporary file and a rename, so that a reader sees
-/// the old content or the new, never part of it.
-pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
-    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
-    let mut f = std::fs::OpenOptions::new().create(true).truncate(true).write(true).mode(mode).open(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)
 }

@@ -4,7 +4,6 @@ use crate::error::{Error, Result};
 use safetensors::tensor::{Dtype, View};
 use std::borrow::Cow;
 use std::collections::HashMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc, Mutex};
 use tch::{nn, Kind, Tensor};
@@ -179,25 +178,9 @@ pub fn restore_model(vs: &nn::VarStore, ckpt: &Checkpoint, path: &Path) -> Resul
     })
 }
 
-/// Writes `bytes` to `path` through a fsynced temporary file and a rename.
+/// Writes `bytes` to `path` atomically ([`volt_formats::atomic::write_atomic`]).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    let file_name =
-        path.file_name().ok_or_else(|| Error::checkpoint(path, "not a file path"))?.to_string_lossy();
-    let tmp = dir.join(format!(".{file_name}.{}.tmp", std::process::id()));
-    let result = (|| -> std::io::Result<()> {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        // The rename itself must reach the disk too.
-        std::fs::File::open(dir)?.sync_all()
-    })();
-    result.map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        Error::io(path, e)
-    })
+    volt_formats::atomic::write_atomic(path, bytes).map_err(|e| Error::io(path, e))
 }
 
 enum WriteJob {

@@ -36,17 +36,14 @@ impl JobRun {
             .find(|dir| std::fs::read_to_string(dir.join(MARKER)).is_ok_and(|m| m.trim() == self.uid))
     }
 
-    /// The checkpoint to resume from: `last` of this job's folder, if one was written.
-    pub fn resume_from(&self, experiment_dir: &Path) -> Option<PathBuf> {
-        let last = self.version_dir(experiment_dir)?.join("checkpoints").join(LAST_NAME);
+    /// The checkpoint to resume from: `last` of the job's folder `dir`, if one was written.
+    pub fn last_in(dir: &Path) -> Option<PathBuf> {
+        let last = dir.join("checkpoints").join(LAST_NAME);
         last.is_file().then_some(last)
     }
 
     /// Marks `dir` as this job's folder.
     pub fn mark(&self, dir: &Path) -> std::io::Result<()> {
-        std::fs::create_dir_all(dir)?;
-        let tmp = dir.join(format!("{MARKER}.tmp"));
-        std::fs::write(&tmp, format!("{}\n", self.uid))?;
-        std::fs::rename(tmp, dir.join(MARKER))
+        volt_formats::atomic::write_atomic(&dir.join(MARKER), format!("{}\n", self.uid).as_bytes())
     }
 }
