@@ -203,6 +203,8 @@ impl Trainer {
 
         // Everything that can fail on bad input happens before anything is written.
         let job = (ckpt_path.is_none() && self.config.version.is_none()).then(JobRun::from_env).flatten();
+        // The folder an earlier attempt of this job made, if any.
+        let job_dir = job.as_ref().and_then(|j| j.version_dir(&self.experiment_dir()));
         let resume_from = match &ckpt_path {
             Some(c) => {
                 let found = self.resolve_ckpt_path(c)?;
@@ -215,7 +217,7 @@ impl Trainer {
                 found
             }
             // Under `volt job`, each attempt resumes from the job's own `last`.
-            None => job.as_ref().and_then(|j| j.resume_from(&self.experiment_dir())),
+            None => job_dir.as_deref().and_then(JobRun::last_in),
         };
         if let (Some(j), Some(path)) = (&job, &resume_from) {
             tracing::info!("job attempt {}: resuming from {}", j.attempt, path.display());
@@ -249,10 +251,7 @@ impl Trainer {
         let log_dir = if writes_files {
             let dir = match resume_from.as_deref().and_then(checkpoint::version_dir_of) {
                 Some(dir) if dir.parent() == Some(self.experiment_dir().as_path()) => dir,
-                _ => match (
-                    self.config.version,
-                    job.as_ref().and_then(|j| j.version_dir(&self.experiment_dir())),
-                ) {
+                _ => match (self.config.version, job_dir) {
                     (Some(v), _) => self.experiment_dir().join(format!("version_{v}")),
                     // A job's earlier attempt made its folder but wrote no checkpoint.
                     (None, Some(dir)) => dir,
