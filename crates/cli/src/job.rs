@@ -204,11 +204,8 @@ async fn follow_logs(client: &Client, id: i64, node: i64, only: Option<i64>) -> 
             offset = 0;
             continue;
         }
+        // Printed after the job was seen over: its last words are in.
         if job.status.is_final() {
-            // The last words of the final attempt.
-            if job.attempt >= attempt {
-                print_attempt(client, id, node, attempt, false, offset).await?;
-            }
             return match job.status {
                 JobStatus::Succeeded => Ok(()),
                 s => Err(CliError::Run(format!(

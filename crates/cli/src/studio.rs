@@ -31,7 +31,13 @@ pub fn run(command: StudioCommand) -> Result<(), CliError> {
         StudioCommand::Up { host, port } => {
             let home = Home::at(volt_home())
                 .map_err(|e| CliError::Run(format!("{}: {e}", volt_home().display())))?;
-            runtime()?.block_on(async move {
+            // Several threads: the job controller's calls to ssh and tar leave the API free.
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .map_err(|e| CliError::Run(e.to_string()))?;
+            runtime.block_on(async move {
                 let listener = tokio::net::TcpListener::bind((host.as_str(), port))
                     .await
                     .map_err(|e| CliError::Usage(format!("--host {host} --port {port}: {e}")))?;

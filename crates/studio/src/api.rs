@@ -12,7 +12,7 @@ use crate::controller::Controller;
 use crate::jobs::JobDetail;
 use crate::store::{Store, StoreError};
 use axum::extract::{Path, Query, Request, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -185,6 +185,6 @@ async fn logs(
     .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("the log: {e}")))?;
     let mut headers = HeaderMap::new();
     headers.insert("x-volt-log-size", read.0.into());
-    headers.insert(header::CONTENT_TYPE, "application/octet-stream".parse().map_err(|_| not_found(id))?);
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
     Ok((headers, read.1).into_response())
 }

@@ -3,7 +3,7 @@
 //! and when one fails or is lost the others are stopped and the next attempt starts
 //! (same job id, a fresh `MASTER_PORT`), until `retry.max_restarts` is spent. All it
 //! knows lives in the store, so a restarted controller picks up where the last one was.
-use crate::backend::{local::Local, ssh::Ssh, Backend, Launch, Observed, Stop, Unplaced};
+use crate::backend::{local::Local, send_tree, ssh::Ssh, Backend, Launch, Observed, Stop, Unplaced};
 use crate::jobs::{Job, JobStatus, Node, NodeStatus};
 use crate::store::{now_ms, Store, StoreError};
 use std::collections::HashSet;
@@ -148,9 +148,9 @@ impl Controller {
         let mut succeeded = 0;
         for node in &nodes {
             let (status, code, why) = match node.status {
-                NodeStatus::Running => match backend.observe(&node.handle) {
+                NodeStatus::Running => match blocking(|| backend.observe(&node.handle)) {
                     Observed::Running => {
-                        backend.collect(&node.handle, false);
+                        blocking(|| backend.collect(&node.handle, false));
                         continue;
                     }
                     Observed::Exited(0) => (NodeStatus::Succeeded, Some(0), None),
@@ -168,7 +168,7 @@ impl Controller {
                     continue;
                 }
             };
-            backend.collect(&node.handle, true);
+            blocking(|| backend.collect(&node.handle, true));
             self.store.set_node(node, status, code).await?;
             match why {
                 Some(why) => {
@@ -220,23 +220,27 @@ impl Controller {
         // A node whose host cannot be reached is lost with it, and said so.
         let mut unreachable: Vec<(&Node, String)> = Vec::new();
         for n in &running {
-            if let Err(why) = backend.stop(&n.handle, Stop::Term) {
+            if let Err(why) = blocking(|| backend.stop(&n.handle, Stop::Term)) {
                 unreachable.push((n, why));
             }
         }
         let reached: Vec<&&Node> =
             running.iter().filter(|n| !unreachable.iter().any(|(u, _)| u == *n)).collect();
         let deadline = tokio::time::Instant::now() + grace;
-        while tokio::time::Instant::now() < deadline && reached.iter().any(|n| !backend.stopped(&n.handle)) {
+        while tokio::time::Instant::now() < deadline
+            && blocking(|| reached.iter().any(|n| !backend.stopped(&n.handle)))
+        {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         for n in reached {
-            let _ = backend.stop(&n.handle, Stop::Kill);
-            let code = match backend.observe(&n.handle) {
-                Observed::Exited(c) => Some(c),
-                _ => None,
-            };
-            backend.collect(&n.handle, true);
+            let code = blocking(|| {
+                let _ = backend.stop(&n.handle, Stop::Kill);
+                backend.collect(&n.handle, true);
+                match backend.observe(&n.handle) {
+                    Observed::Exited(c) => Some(c),
+                    _ => None,
+                }
+            });
             self.store.set_node(n, NodeStatus::Stopped, code).await?;
         }
         for (n, why) in unreachable {
@@ -254,7 +258,7 @@ impl Controller {
     async fn start_attempt(&self, backend: &dyn Backend, job: &Job, attempt: i64) -> Result<(), StoreError> {
         let spec = &job.spec.spec;
         let busy = self.store.busy_hosts(job.id).await?;
-        let placement = match backend.place(spec.num_nodes, &job.spec.hosts, &busy) {
+        let placement = match blocking(|| backend.place(spec.num_nodes, &job.spec.hosts, &busy)) {
             Ok(p) => p,
             Err(Unplaced::Refused(why)) => return self.fail_start(job, attempt, &why).await,
             Err(Unplaced::Wait(why)) => {
@@ -265,7 +269,7 @@ impl Controller {
                 return self.store.set_job(job.id, JobStatus::Pending, attempt - 1, Some(&why)).await;
             }
         };
-        let workdir = match self.workdir(job) {
+        let workdir = match blocking(|| self.workdir(job)) {
             Ok(w) => w,
             Err(e) => return self.fail_start(job, attempt, &format!("the job's workdir: {e}")).await,
         };
@@ -314,7 +318,7 @@ impl Controller {
                 log: self.log_path(job.id, attempt, rank as i64),
                 exit_file: dir.join(format!("node-{rank}.exit")),
             };
-            match backend.start(&launch) {
+            match blocking(|| backend.start(&launch)) {
                 Ok((host, handle)) => {
                     let node = Node {
                         job_id: job.id,
@@ -360,33 +364,12 @@ impl Controller {
             // tar rather than cp: it leaves out the control plane's own home when that lies
             // inside the workdir (it would copy itself), and sockets.
             let src = &job.spec.workdir;
-            let mut pack = std::process::Command::new("tar");
-            pack.arg("-C").arg(src).args(["-cf", "-"]);
-            if let Some(inside) = std::fs::canonicalize(&self.home).ok().and_then(|h| {
+            let home_inside = std::fs::canonicalize(&self.home).ok().and_then(|h| {
                 std::fs::canonicalize(src).ok().and_then(|s| h.strip_prefix(s).ok().map(PathBuf::from))
-            }) {
-                pack.arg(format!("--exclude=./{}", inside.display()));
-            }
-            let mut pack = pack
-                .arg(".")
-                .stdout(std::process::Stdio::piped())
-                .stderr(std::process::Stdio::piped())
-                .spawn()?;
-            let unpacked = std::process::Command::new("tar")
-                .arg("-C")
-                .arg(&partial)
-                .args(["-xf", "-"])
-                .stdin(pack.stdout.take().map_or_else(std::process::Stdio::null, std::process::Stdio::from))
-                .output()?;
-            let packed = pack.wait_with_output()?;
-            if !packed.status.success() || !unpacked.status.success() {
-                return Err(std::io::Error::other(format!(
-                    "cannot copy {}: {}{}",
-                    src.display(),
-                    String::from_utf8_lossy(&packed.stderr).trim(),
-                    String::from_utf8_lossy(&unpacked.stderr).trim()
-                )));
-            }
+            });
+            let mut unpack = std::process::Command::new("tar");
+            unpack.arg("-C").arg(&partial).args(["-xf", "-"]);
+            send_tree(src, home_inside.as_deref(), &mut unpack)?;
             std::fs::rename(&partial, &copy)?;
         }
         Ok(copy)
@@ -397,6 +380,15 @@ impl Controller {
     async fn fail_start(&self, job: &Job, attempt: i64, why: &str) -> Result<(), StoreError> {
         self.store.event(job.id, attempt, why).await?;
         self.store.set_job(job.id, JobStatus::Failed, attempt, Some(why)).await
+    }
+}
+
+/// Runs a backend call, which may wait on ssh or tar, without holding up the runtime's
+/// other tasks (the API): on a multi-thread runtime its worker hands them on first.
+fn blocking<T>(call: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(call),
+        _ => call(),
     }
 }
 

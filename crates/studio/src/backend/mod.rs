@@ -4,7 +4,8 @@
 pub mod local;
 pub mod ssh;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
 use volt_config::Host;
 
 /// What a backend sees of a node.
@@ -85,6 +86,30 @@ pub trait Backend: Send + Sync {
     /// control plane (at most every second, or now when it is the `last` call, once the
     /// node has ended); nothing for local nodes, which write there already.
     fn collect(&self, _handle: &str, _last: bool) {}
+}
+
+/// Packs folder `dir` with tar (leaving out `exclude`, a path inside it) into the
+/// standard input of `into` (which unpacks it, here or on a host); `into`'s output.
+/// Fails, with both sides' words, if either side does.
+pub fn send_tree(dir: &Path, exclude: Option<&Path>, into: &mut Command) -> std::io::Result<Output> {
+    let mut pack = Command::new("tar");
+    pack.arg("-C").arg(dir).args(["-cf", "-"]);
+    if let Some(inside) = exclude {
+        pack.arg(format!("--exclude=./{}", inside.display()));
+    }
+    let mut pack = pack.arg(".").stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
+    into.stdin(pack.stdout.take().map_or_else(Stdio::null, Stdio::from));
+    let unpacked = into.output()?;
+    let packed = pack.wait_with_output()?;
+    if !packed.status.success() || !unpacked.status.success() {
+        return Err(std::io::Error::other(format!(
+            "cannot copy {}: {}{}",
+            dir.display(),
+            String::from_utf8_lossy(&packed.stderr).trim(),
+            String::from_utf8_lossy(&unpacked.stderr).trim()
+        )));
+    }
+    Ok(unpacked)
 }
 
 /// `s` quoted for a POSIX shell.

@@ -6,11 +6,11 @@
 //! of the node's log, and node 0's new files (its checkpoints and metrics), so that a
 //! lost host loses nothing already collected and the next attempt, wherever it runs,
 //! starts from them. A host that stops answering for [`LOST_AFTER`] loses its nodes.
-use super::{node_script, shell_quote, Backend, Launch, Observed, Stop, Unplaced};
+use super::{node_script, send_tree, shell_quote, Backend, Launch, Observed, Stop, Unplaced};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -54,8 +54,11 @@ impl Handle {
 }
 
 impl Ssh {
-    /// The backend, keeping its files in `dir`.
+    /// The backend, keeping its files in `dir` (made now; ssh needs it for its sockets).
     pub fn new(dir: PathBuf) -> Ssh {
+        if let Err(e) = std::fs::create_dir_all(&dir) {
+            tracing::error!("the ssh backend's folder {}: {e}", dir.display());
+        }
         Ssh { dir, silent: Mutex::default(), pulled: Mutex::default() }
     }
 
@@ -91,7 +94,6 @@ impl Ssh {
     }
 
     fn run(&self, host: &Host, script: &str) -> std::io::Result<Output> {
-        let _ = std::fs::create_dir_all(&self.dir);
         self.ssh(host, script).output()
     }
 
@@ -172,18 +174,6 @@ impl Ssh {
     }
 }
 
-/// Sends `dir` to `host`'s `dest` through tar, and runs `then` there.
-fn send_dir(backend: &Ssh, host: &Host, dir: &Path, dest: &str, then: &str) -> std::io::Result<Output> {
-    let mut tar =
-        Command::new("tar").arg("-C").arg(dir).args(["-cf", "-", "."]).stdout(Stdio::piped()).spawn()?;
-    let script = format!("set -e\nmkdir -p {d}\ntar -xf - -C {d}\n{then}", d = shell_quote(dest));
-    let mut ssh = backend.ssh(host, &script);
-    ssh.stdin(tar.stdout.take().map_or_else(Stdio::null, Stdio::from));
-    let out = ssh.output();
-    let _ = tar.wait();
-    out
-}
-
 impl Backend for Ssh {
     fn place(
         &self,
@@ -249,15 +239,14 @@ impl Backend for Ssh {
             exports = exports.join(" "),
             script = shell_quote(&node_script(launch.setup.as_deref(), &launch.run)),
         );
-        let out = send_dir(self, &host, &launch.workdir, &format!("{base}/work"), &then)?;
-        if !out.status.success() {
-            return Err(std::io::Error::other(format!(
-                "ssh to {} ({}) failed: {}",
-                host.name,
-                host.address,
-                String::from_utf8_lossy(&out.stderr).trim()
-            )));
-        }
+        // The workdir goes first, through tar on the same connection.
+        let script = format!(
+            "set -e\nmkdir -p {w}\ntar -xf - -C {w}\n{then}",
+            w = shell_quote(&format!("{base}/work"))
+        );
+        let out = send_tree(&launch.workdir, None, &mut self.ssh(&host, &script)).map_err(|e| {
+            std::io::Error::other(format!("starting a node on {} ({}): {e}", host.name, host.address))
+        })?;
         let said = String::from_utf8_lossy(&out.stdout);
         let mut words = said.split_whitespace();
         let pid = words.next().and_then(|p| p.parse().ok()).ok_or_else(|| {
