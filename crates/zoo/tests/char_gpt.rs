@@ -142,7 +142,7 @@ fn a_client_that_hangs_up_gets_nothing_more_and_frees_its_place() {
     let engine = Engine::start(model(4), Vec::new(), config).expect("engine");
     let s = Sampling { seed: Some(3), ..Sampling::default() };
     let out = serve(&engine, vec![(ids("KING:"), 50, s.clone())], 10);
-    assert_eq!(out[0], (out[0].0.clone(), false));
+    assert!(!out[0].1, "a request whose client left does not finish");
     assert_eq!(out[0].0.len(), 10, "nothing after the sink said the client left");
     let out = serve(&engine, vec![(ids("KING:"), 50, s)], usize::MAX);
     assert_eq!((out[0].0.len(), out[0].1), (50, true));
