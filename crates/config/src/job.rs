@@ -200,6 +200,20 @@ impl JobSpec {
         if let Some(cpus) = self.resources.cpus.filter(|c| !c.is_finite() || *c <= 0.0) {
             return Err(out_of_range("resources.cpus", &cpus.to_string(), "must be more than 0"));
         }
+        if let Some(mem) = self.resources.memory.as_deref().filter(|m| !is_memory(m)) {
+            return Err(out_of_range(
+                "resources.memory",
+                &format!("{mem:?}"),
+                "a size is a whole number with an optional unit K, M, G or T (\"8GB\", \"512M\")",
+            ));
+        }
+        if let Some(gpus) = self.resources.gpus.as_deref().filter(|g| !is_gpus(g)) {
+            return Err(out_of_range(
+                "resources.gpus",
+                &format!("{gpus:?}"),
+                "accelerators are a count, or a type and a count (\"2\", \"H100:8\")",
+            ));
+        }
         let kind = self.backend.kind;
         match (kind, &self.backend.hosts, &self.backend.partition) {
             (BackendKind::Ssh, None, _) => Err(out_of_range(
@@ -245,6 +259,25 @@ impl Fleet {
         }
         Ok(fleet)
     }
+}
+
+/// `8GB`, `512M`, `16g`, `100` (megabytes, as Slurm reads a bare number).
+fn is_memory(m: &str) -> bool {
+    let m = m.trim();
+    let unit = m.trim_start_matches(|c: char| c.is_ascii_digit());
+    let digits = &m[..m.len() - unit.len()];
+    let unit = unit.strip_suffix(['b', 'B']).unwrap_or(unit);
+    !digits.is_empty()
+        && digits.parse::<u64>().is_ok_and(|n| n > 0)
+        && matches!(unit.to_ascii_uppercase().as_str(), "" | "K" | "M" | "G" | "T")
+}
+
+/// `2` or `H100:8`: a count above zero, after a type of letters, digits, `-` and `_`.
+fn is_gpus(g: &str) -> bool {
+    let (kind, count) = g.rsplit_once(':').unwrap_or(("", g));
+    let kind_ok = !g.contains(':')
+        || (!kind.is_empty() && kind.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'));
+    kind_ok && count.parse::<u32>().is_ok_and(|n| n > 0)
 }
 
 fn is_env_name(k: &str) -> bool {

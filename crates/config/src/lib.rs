@@ -18,7 +18,7 @@ pub mod trainer;
 pub use callbacks::{
     CheckpointState, EarlyStopping, EarlyStoppingState, LearningRateMonitor, ModelCheckpoint,
 };
-pub use job::{BackendKind, Fleet, Host, JobSpec, LoadedJob};
+pub use job::{BackendKind, Fleet, Host, JobSpec, LoadedJob, Resources};
 pub use loader::ConfigError;
 pub use optim::{ClipAlgorithm, OptimizerConfig, OptimizerSpec};
 pub use run::{apply_optimizer, CallbacksConfig, OptimizerOverrides, RunConfig};

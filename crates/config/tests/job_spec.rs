@@ -64,6 +64,15 @@ fn the_issue_example_loads_with_its_fleet_in_toml_and_yaml() {
     // A local job needs no fleet; the defaults are one node, no restarts.
     let job = JobSpec::load(&write(tmp.path(), "one.toml", "run = \"true\"")).expect("local");
     assert_eq!((job.spec.num_nodes, job.spec.retry.max_restarts), (1, 0));
+    // Slurm's: a partition and what each node asks for.
+    let slurm = "run = \"true\"\n[resources]\ncpus = 2\nmemory = \"8GB\"\ngpus = \"H100:8\"\n\
+                 [backend]\nkind = \"slurm\"\npartition = \"gpu\"\n";
+    let on_slurm = JobSpec::load(&write(tmp.path(), "slurm.toml", slurm)).expect("slurm");
+    assert_eq!(on_slurm.spec.backend.partition.as_deref(), Some("gpu"));
+    assert_eq!(
+        (on_slurm.spec.resources.memory.as_deref(), on_slurm.spec.resources.gpus.as_deref()),
+        (Some("8GB"), Some("H100:8"))
+    );
     assert_eq!(job.spec.backend.kind, BackendKind::Local);
 }
 
@@ -92,6 +101,12 @@ fn mistakes_in_a_spec_are_named_by_key_with_a_suggestion() {
         ),
         ("run = \"x\"\n[env]\n\"1BAD\" = \"v\"", "`env.1BAD`", "environment variable"),
         ("run = \"x\"\n[resources]\ncpus = 0", "`resources.cpus`", "more than 0"),
+        ("run = \"x\"\n[resources]\nmemory = \"lots\"", "`resources.memory`", "unit K, M, G or T"),
+        ("run = \"x\"\n[resources]\nmemory = \"0GB\"", "`resources.memory`", "whole number"),
+        ("run = \"x\"\n[resources]\nmemory = \"8PB\"", "`resources.memory`", "unit"),
+        ("run = \"x\"\n[resources]\ngpus = \"H100:0\"", "`resources.gpus`", "a type and a count"),
+        ("run = \"x\"\n[resources]\ngpus = \":2\"", "`resources.gpus`", "a count"),
+        ("run = \"x\"\n[resources]\ngpus = \"many\"", "`resources.gpus`", "a count"),
         ("run = \"x\"\nworkdir = \"nowhere\"", "`workdir`", "not a folder"),
         (
             "run = \"x\"\nnum_nodes = 3\n[backend]\nkind = \"ssh\"\nhosts = \"fleet.toml\"",
