@@ -86,12 +86,6 @@ async fn launch(State(app): State<Arc<App>>, body: axum::body::Bytes) -> Result<
     let job: LoadedJob = serde_json::from_slice(&body)
         .map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("not a job spec: {e}")))?;
     job.spec.check().map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.to_string()))?;
-    if job.spec.backend.kind == BackendKind::Slurm {
-        return Err(ApiError(
-            StatusCode::BAD_REQUEST,
-            "`backend.kind` = \"slurm\": this control plane runs local and ssh jobs only".into(),
-        ));
-    }
     if job.spec.backend.kind == BackendKind::Ssh && job.hosts.len() < job.spec.num_nodes {
         return Err(ApiError(
             StatusCode::BAD_REQUEST,

@@ -3,7 +3,9 @@
 //! and when one fails or is lost the others are stopped and the next attempt starts
 //! (same job id, a fresh `MASTER_PORT`), until `retry.max_restarts` is spent. All it
 //! knows lives in the store, so a restarted controller picks up where the last one was.
-use crate::backend::{local::Local, send_tree, ssh::Ssh, Backend, Launch, Observed, Stop, Unplaced};
+use crate::backend::{
+    local::Local, send_tree, slurm::Slurm, ssh::Ssh, Backend, Launch, Observed, Stop, Unplaced,
+};
 use crate::jobs::{Job, JobStatus, Node, NodeStatus};
 use crate::store::{now_ms, Store, StoreError};
 use std::collections::HashSet;
@@ -29,6 +31,7 @@ pub struct Controller {
     home: PathBuf,
     local: Local,
     ssh: Ssh,
+    slurm: Slurm,
     /// Jobs whose nodes are being stopped in the background (the ticks pass them by).
     settling: Mutex<HashSet<i64>>,
     /// Wakes the loop before its tick (a job was launched or cancelled).
@@ -40,7 +43,8 @@ impl Controller {
     pub fn new(store: Store, home: PathBuf) -> Arc<Self> {
         let ssh = Ssh::new(home.join("ssh"));
         let settling = Mutex::default();
-        Arc::new(Controller { store, home, local: Local::default(), ssh, settling, wake: Notify::new() })
+        let (local, slurm) = (Local::default(), Slurm::default());
+        Arc::new(Controller { store, home, local, ssh, slurm, settling, wake: Notify::new() })
     }
 
     /// The folder of a job's attempt.
@@ -62,7 +66,7 @@ impl Controller {
         match kind {
             BackendKind::Local => Some(&self.local),
             BackendKind::Ssh => Some(&self.ssh),
-            BackendKind::Slurm => None,
+            BackendKind::Slurm => Some(&self.slurm),
         }
     }
 
@@ -139,6 +143,7 @@ impl Controller {
             self.settle(job, |this, job| async move {
                 let backend = this.backend_of(&job);
                 this.stop_nodes(backend, &nodes, CANCEL_GRACE).await?;
+                blocking(|| backend.end(&job_uid(&job)));
                 this.store.event(job.id, job.attempt, "cancelled").await?;
                 this.store.set_job(job.id, JobStatus::Cancelled, job.attempt, Some("cancelled")).await
             });
@@ -196,12 +201,15 @@ impl Controller {
                     return this.start_attempt(backend, &job, job.attempt + 1).await;
                 }
                 let reason = format!("{reason} (attempt {} of {})", job.attempt, job.max_attempts());
+                blocking(|| backend.end(&job_uid(&job)));
                 this.store.event(job.id, job.attempt, &reason).await?;
                 this.store.set_job(job.id, JobStatus::Failed, job.attempt, Some(&reason)).await
             });
             return Ok(());
         }
         if succeeded == job.num_nodes as usize {
+            // Nothing may run on (Slurm could have requeued a run that has just exited).
+            blocking(|| backend.end(&job_uid(job)));
             self.store.event(job.id, job.attempt, "every node exited 0").await?;
             return self.store.set_job(job.id, JobStatus::Succeeded, job.attempt, None).await;
         }
@@ -233,15 +241,19 @@ impl Controller {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         for n in reached {
-            let code = blocking(|| {
-                let _ = backend.stop(&n.handle, Stop::Kill);
+            let (killed, code) = blocking(|| {
+                let killed = backend.stop(&n.handle, Stop::Kill);
                 backend.collect(&n.handle, true);
                 match backend.observe(&n.handle) {
-                    Observed::Exited(c) => Some(c),
-                    _ => None,
+                    Observed::Exited(c) => (killed, Some(c)),
+                    _ => (killed, None),
                 }
             });
-            self.store.set_node(n, NodeStatus::Stopped, code).await?;
+            match killed {
+                // Its host stopped answering during the grace: lost with it.
+                Err(why) => unreachable.push((*n, why)),
+                Ok(()) => self.store.set_node(n, NodeStatus::Stopped, code).await?,
+            }
         }
         for (n, why) in unreachable {
             self.store.set_node(n, NodeStatus::Lost, None).await?;
@@ -275,24 +287,29 @@ impl Controller {
         };
         self.store.set_job(job.id, JobStatus::Running, attempt, None).await?;
         let dir = self.attempt_dir(job.id, attempt);
-        let port = match free_port() {
-            Ok(p) => p,
-            Err(e) => {
-                return self.fail_start(job, attempt, &format!("no free port for MASTER_PORT: {e}")).await
-            }
+        // Node 0's address and a port free now, unless the nodes find them themselves.
+        let rendezvous = match backend.master_addr(placement.first().and_then(Option::as_ref)) {
+            None => None,
+            Some(addr) => match free_port() {
+                Ok(port) => Some((addr, port.to_string())),
+                Err(e) => {
+                    return self.fail_start(job, attempt, &format!("no free port for MASTER_PORT: {e}")).await
+                }
+            },
         };
         if let Err(e) = std::fs::create_dir_all(&dir) {
             return self.fail_start(job, attempt, &format!("cannot create {}: {e}", dir.display())).await;
         }
         let mut started = Vec::new();
-        let master = backend.master_addr(placement.first().and_then(Option::as_ref));
         for (rank, host) in placement.into_iter().enumerate() {
             let mut env: Vec<(String, String)> =
                 spec.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+            if let Some((addr, port)) = &rendezvous {
+                env.push(("MASTER_ADDR".into(), addr.clone()));
+                env.push(("MASTER_PORT".into(), port.clone()));
+            }
             env.extend(
                 [
-                    ("MASTER_ADDR", master.clone()),
-                    ("MASTER_PORT", port.to_string()),
                     ("WORLD_SIZE", spec.num_nodes.to_string()),
                     ("RANK", rank.to_string()),
                     ("NODE_RANK", rank.to_string()),
@@ -311,6 +328,9 @@ impl Controller {
                 host,
                 job_uid: job_uid(job),
                 attempt,
+                num_nodes: spec.num_nodes,
+                resources: spec.resources.clone(),
+                partition: spec.backend.partition.clone(),
                 workdir: workdir.clone(),
                 setup: spec.setup.clone(),
                 run: spec.run.clone(),
@@ -340,20 +360,20 @@ impl Controller {
                 }
             }
         }
-        let hosts: Vec<&str> = started.iter().map(|n| n.host.as_str()).collect();
-        let what = format!(
-            "attempt {attempt} started: {} node(s) on {}, MASTER_PORT {port}",
-            started.len(),
-            hosts.join(", ")
-        );
+        let mut hosts: Vec<&str> = started.iter().map(|n| n.host.as_str()).collect();
+        hosts.dedup();
+        let port = rendezvous.map(|(_, port)| format!(", MASTER_PORT {port}")).unwrap_or_default();
+        let what =
+            format!("attempt {attempt} started: {} node(s) on {}{port}", started.len(), hosts.join(", "));
         self.store.event(job.id, attempt, &what).await
     }
 
-    /// Where a job's nodes run from: the spec's folder for local nodes; for hosts, the
+    /// Where a job's nodes run from: the spec's folder for local nodes and Slurm's (which
+    /// share this machine's filesystem, as a cluster's nodes share its login node's); for hosts, the
     /// control plane's copy of it (made at the first attempt), which gathers what node 0
     /// writes and goes to every host of each attempt.
     fn workdir(&self, job: &Job) -> std::io::Result<PathBuf> {
-        if job.spec.spec.backend.kind == BackendKind::Local {
+        if job.spec.spec.backend.kind != BackendKind::Ssh {
             return Ok(job.spec.workdir.clone());
         }
         let copy = self.home.join("jobs").join(job.id.to_string()).join("work");
@@ -378,6 +398,7 @@ impl Controller {
     /// An attempt that could not start: the job fails, naming why (starting again would
     /// meet the same problem).
     async fn fail_start(&self, job: &Job, attempt: i64, why: &str) -> Result<(), StoreError> {
+        blocking(|| self.backend_of(job).end(&job_uid(job)));
         self.store.event(job.id, attempt, why).await?;
         self.store.set_job(job.id, JobStatus::Failed, attempt, Some(why)).await
     }

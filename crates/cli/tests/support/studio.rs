@@ -20,8 +20,14 @@ pub struct Studio {
 impl Studio {
     /// Starts one on `home`, and waits until it listens.
     pub fn up(home: &Path) -> Studio {
+        Studio::up_with(home, &[])
+    }
+    /// Starts one on `home` with `env` added to its environment (a Slurm cluster's
+    /// `SLURM_CONF`), and waits until it listens.
+    pub fn up_with(home: &Path, env: &[(&str, &Path)]) -> Studio {
         let mut child = Command::new(VOLT)
             .args(["studio", "up", "--port", "0"])
+            .envs(env.iter().copied())
             .env("VOLT_HOME", home)
             .env_remove("VOLT_STUDIO_URL")
             .stdout(Stdio::piped())

@@ -1,7 +1,7 @@
 //! Nodes as processes on this machine: each in a session of its own (so that neither the
 //! control plane's death nor its terminal's takes them down), output to its log file,
 //! found again by pid and start time (so that a reused pid is never mistaken for it).
-use super::{node_script, Backend, Launch, Observed, Stop, Unplaced};
+use super::{node_script, own_path, Backend, Launch, Observed, Stop, Unplaced};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::os::unix::process::CommandExt;
@@ -71,20 +71,15 @@ impl Backend for Local {
         Ok(vec![None; num_nodes])
     }
 
-    fn master_addr(&self, _host: Option<&Host>) -> String {
-        "127.0.0.1".into()
+    fn master_addr(&self, _host: Option<&Host>) -> Option<String> {
+        Some("127.0.0.1".into())
     }
 
     fn start(&self, launch: &Launch) -> std::io::Result<(String, String)> {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&launch.log)?;
         let mut command = Command::new("sh");
-        // `run = "volt fit ..."` means this volt: the control plane's own binary comes first.
-        if let Some(dir) = std::env::current_exe().ok().and_then(|e| e.parent().map(PathBuf::from)) {
-            let path = std::env::var_os("PATH").unwrap_or_default();
-            let paths = std::iter::once(dir).chain(std::env::split_paths(&path));
-            if let Ok(joined) = std::env::join_paths(paths) {
-                command.env("PATH", joined);
-            }
+        if let Some(path) = own_path() {
+            command.env("PATH", path);
         }
         command
             .arg("-c")

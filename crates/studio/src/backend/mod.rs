@@ -2,11 +2,12 @@
 //! state live in the controller, once. A node is found again from its handle (JSON in
 //! the store), also by a controller that restarted since it started the node.
 pub mod local;
+pub mod slurm;
 pub mod ssh;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use volt_config::Host;
+use volt_config::{Host, Resources};
 
 /// What a backend sees of a node.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -48,6 +49,12 @@ pub struct Launch {
     pub job_uid: String,
     /// Its attempt.
     pub attempt: i64,
+    /// How many nodes the attempt has.
+    pub num_nodes: usize,
+    /// What each node needs (Slurm asks for it; the other backends do not check).
+    pub resources: Resources,
+    /// slurm: the partition.
+    pub partition: Option<String>,
     /// The folder it runs in (for the ssh backend: the control plane's copy, sent to the host).
     pub workdir: PathBuf,
     /// `setup`, then `run`, as shell commands.
@@ -68,8 +75,9 @@ pub trait Backend: Send + Sync {
     /// (hosts running other jobs' nodes) and each answering now; or why not.
     fn place(&self, num_nodes: usize, fleet: &[Host], busy: &[String])
         -> Result<Vec<Option<Host>>, Unplaced>;
-    /// The address node 0 is reached at (`MASTER_ADDR`) when it runs on `host`.
-    fn master_addr(&self, host: Option<&Host>) -> String;
+    /// The address node 0 is reached at (`MASTER_ADDR`) when it runs on `host`; `None`
+    /// when the nodes find it, and a free port, themselves (Slurm's batch script).
+    fn master_addr(&self, host: Option<&Host>) -> Option<String>;
     /// Starts a node; the host it runs on, and its handle.
     fn start(&self, launch: &Launch) -> std::io::Result<(String, String)>;
     /// What the node of `handle` is doing.
@@ -86,6 +94,16 @@ pub trait Backend: Send + Sync {
     /// control plane (at most every second, or now when it is the `last` call, once the
     /// node has ended); nothing for local nodes, which write there already.
     fn collect(&self, _handle: &str, _last: bool) {}
+    /// Makes sure nothing of job `job_uid` runs any more, once it failed or was
+    /// cancelled (Slurm may have requeued a run the controller no longer tracks).
+    fn end(&self, _job_uid: &str) {}
+}
+
+/// `PATH` with the folder of this binary first: `run = "volt fit ..."` means this volt.
+pub fn own_path() -> Option<std::ffi::OsString> {
+    let dir = std::env::current_exe().ok()?.parent()?.to_path_buf();
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::join_paths(std::iter::once(dir).chain(std::env::split_paths(&path))).ok()
 }
 
 /// Packs folder `dir` with tar (leaving out `exclude`, a path inside it) into the

@@ -213,8 +213,8 @@ impl Backend for Ssh {
         Err(Unplaced::Wait(why))
     }
 
-    fn master_addr(&self, host: Option<&Host>) -> String {
-        host.map_or_else(|| "127.0.0.1".into(), |h| h.address.clone())
+    fn master_addr(&self, host: Option<&Host>) -> Option<String> {
+        Some(host.map_or_else(|| "127.0.0.1".into(), |h| h.address.clone()))
     }
 
     fn start(&self, launch: &Launch) -> std::io::Result<(String, String)> {
