@@ -147,3 +147,39 @@ impl Backend for Local {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_node_whose_processes_all_ended_is_stopped_though_not_yet_reaped() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let starter = Local::default();
+        let launch = Launch {
+            rank: 0,
+            host: None,
+            job_uid: "test".into(),
+            attempt: 1,
+            num_nodes: 1,
+            resources: Default::default(),
+            partition: None,
+            workdir: dir.path().to_owned(),
+            setup: None,
+            run: "exit 0".into(),
+            env: Vec::new(),
+            log: dir.path().join("node-0.log"),
+            exit_file: dir.path().join("node-0.exit"),
+        };
+        let (_, handle) = starter.start(&launch).expect("start");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !launch.exit_file.exists() {
+            assert!(std::time::Instant::now() < deadline, "the node did not end");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        // A controller that did not start it (a restarted one) does not reap it: the
+        // node's shell is a zombie, which is no running process of the node.
+        assert!(Local::default().stopped(&handle), "a zombie counts as running");
+    }
+}
