@@ -35,6 +35,19 @@ fn proc_stat(pid: i32) -> Option<(u64, char)> {
     Some((fields.get(19)?.parse().ok()?, state))
 }
 
+/// Whether a process of group `pgid` runs (is not a zombie).
+fn group_runs(pgid: i32) -> bool {
+    let Ok(procs) = std::fs::read_dir("/proc") else { return true };
+    procs.filter_map(|e| e.ok()).any(|e| {
+        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else { return false };
+        // After the command name: state, ppid, pgrp.
+        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else { return false };
+        let mut fields = rest.split_whitespace();
+        let state = fields.next().unwrap_or("Z");
+        state != "Z" && fields.nth(1).and_then(|g| g.parse::<i32>().ok()) == Some(pgid)
+    })
+}
+
 fn exit_code(file: &std::path::Path) -> Option<i64> {
     std::fs::read_to_string(file).ok()?.trim().parse().ok()
 }
@@ -52,12 +65,12 @@ impl Local {
 
 impl Local {
     /// Whether any process of the node's session runs (a process group outlives its
-    /// leader, and its id is not given to another process while it has members).
+    /// leader, and its id is not given to another process while it has members). Zombies
+    /// do not run: an orphan's is reaped by init, which some inits do only every few
+    /// seconds, and the group exists until then.
     fn group_alive(&self, h: &Handle) -> bool {
-        self.alive(h) || {
-            // SAFETY: signal 0 only checks that the group exists.
-            unsafe { libc::kill(-h.pid, 0) == 0 }
-        }
+        // SAFETY: signal 0 only checks that the group exists.
+        self.alive(h) || (unsafe { libc::kill(-h.pid, 0) == 0 } && group_runs(h.pid))
     }
 }
 

@@ -334,7 +334,13 @@ impl Backend for Ssh {
 
     fn stopped(&self, handle: &str) -> bool {
         let Ok(h) = serde_json::from_str::<Handle>(handle) else { return true };
-        let script = format!("kill -0 -- -{} 2>/dev/null && echo alive; true", h.pid);
+        // Zombies do not run (an orphan's waits for init, which may reap it seconds later).
+        let script = format!(
+            "if command -v ps >/dev/null; then \
+               ps -e -o pgid=,stat= | awk -v g={pid} '$1 == g && $2 !~ /^Z/ {{ f = 1 }} END {{ exit !f }}' && echo alive; \
+             else kill -0 -- -{pid} 2>/dev/null && echo alive; fi; true",
+            pid = h.pid
+        );
         // A host that does not answer runs nothing this control plane can reach.
         self.run(&h.host, &script).map_or(true, |o| !String::from_utf8_lossy(&o.stdout).contains("alive"))
     }
