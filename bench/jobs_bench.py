@@ -10,6 +10,9 @@ usage: jobs_bench.py VOLT_BIN RUN_DIR ROUNDS
    SIGKILL once the run has checkpointed; the time until attempt 2 writes its first new
    checkpoint.
 3. The control plane's RSS, idle and with 100 finished jobs in its store.
+4. With VOLT_BENCH_SLURM_RIG (a scripts/slurm-rig folder; SLURM_CONF set): on Slurm, the
+   node running rank 0 lost (`slurm-rig lose`), and separately `scontrol requeue`, each
+   to the next attempt's first step (its first checkpoint after its tasks started).
 Prints one JSON object.
 """
 import json
@@ -143,6 +146,35 @@ for r in range(rounds):
     api(f"/api/jobs/{job_id}/cancel", {})
     wait_job(job_id)
 
+slurm = {}
+rig = os.environ.get("VOLT_BENCH_SLURM_RIG")
+if rig:
+    def next_first_step(job_id, root):
+        # Attempt 2's tasks write their host name as they start; its first step follows.
+        started = os.path.join(home, "jobs", str(job_id), "attempt-2", "node-0.host")
+        wait_file(started)
+        return wait_file(last(root), after=os.stat(started).st_mtime)
+
+    for how in ("lost_node", "requeue"):
+        slurm[how] = []
+        for r in range(rounds):
+            root = os.path.join(run_dir, f"slurm-{how}{r}")
+            job_id, _ = launch(job_spec(root, 3000, restarts=1) + '[backend]\nkind = "slurm"\n', f"{how}{r}")
+            wait_file(last(root))
+            if how == "lost_node":
+                host = open(os.path.join(home, "jobs", str(job_id), "attempt-1", "node-0.host")).read().strip()
+                broke = time.time()
+                subprocess.run(["scripts/slurm-rig", "lose", rig, host.removeprefix("n")], check=True,
+                               capture_output=True)
+            else:
+                node = next(n for n in api(f"/api/jobs/{job_id}")["nodes"] if n["rank"] == 0)
+                broke = time.time()
+                subprocess.run(["scontrol", "requeue", str(json.loads(node["handle"])["job"])], check=True)
+            slurm[how].append(next_first_step(job_id, root) - broke)
+            api(f"/api/jobs/{job_id}/cancel", {})
+            wait_job(job_id)
+    slurm = {how: {"median": statistics.median(v), "all": v} for how, v in slurm.items()}
+
 for i in range(100):
     job_id = api("/api/jobs", {"spec": {"name": f"noop{i}", "num_nodes": 1, "workdir": ".", "setup": None,
                                         "run": "true", "env": {}, "resources": {}, "retry": {"max_restarts": 0},
@@ -159,4 +191,5 @@ print(json.dumps({
                                "by_hand_all": hand, "volt_job_all": job},
     "death_to_next_first_step_s": {"median": statistics.median(recover), "all": recover},
     "studio_rss_mb": {"idle": round(idle_rss, 1), "with_100_finished_jobs": round(full_rss, 1)},
+    "slurm_to_next_first_step_s": slurm or "not run (needs root and Slurm: scripts/slurm-rig)",
 }, indent=2))
