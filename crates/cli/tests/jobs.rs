@@ -8,7 +8,9 @@ use serde_json::Value;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
-use support::studio::{detail, events, last_val_acc, launch, text, volt, wait_final, wait_until, Studio};
+use support::studio::{
+    detail, events, last_val_acc, launch, node_handle, text, versions, volt, wait_final, wait_until, Studio,
+};
 
 const VOLT: &str = env!("CARGO_BIN_EXE_volt");
 
@@ -20,14 +22,6 @@ fn digits_spec(root: &str, extra: &str, max_restarts: u32) -> String {
          --trainer.enable_model_summary false --trainer.default_root_dir {root} {extra}\"\n\
          [retry]\nmax_restarts = {max_restarts}\n"
     )
-}
-
-fn versions(experiment: &Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(experiment)
-        .map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect())
-        .unwrap_or_default();
-    v.sort();
-    v
 }
 
 /// Processes whose parent is `pid`.
@@ -46,14 +40,7 @@ fn children_of(pid: i64) -> Vec<i64> {
 }
 
 fn node_pid(d: &Value, attempt: i64, rank: i64) -> i64 {
-    let node = d["nodes"]
-        .as_array()
-        .expect("nodes")
-        .iter()
-        .find(|n| n["attempt"] == attempt && n["rank"] == rank)
-        .unwrap_or_else(|| panic!("no node {rank} of attempt {attempt}: {d}"));
-    let handle: Value = serde_json::from_str(node["handle"].as_str().expect("handle")).expect("handle json");
-    handle["pid"].as_i64().expect("pid")
+    node_handle(d, attempt, rank)["pid"].as_i64().expect("pid")
 }
 
 fn alive(pid: i64) -> bool {

@@ -13,7 +13,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
-use support::studio::{detail, events, last_val_acc, launch, text, volt, wait_final, wait_until, Studio};
+use support::studio::{
+    detail, events, last_val_acc, launch, node_handle, text, versions, volt, wait_final, wait_until, Studio,
+};
 
 static ONE_RIG: Mutex<()> = Mutex::new(());
 
@@ -98,22 +100,7 @@ fn task_hosts(studio: &Studio, id: i64, attempt: i64) -> Vec<String> {
 
 /// The Slurm job id of a node of an attempt.
 fn slurm_job(d: &Value, attempt: i64, rank: i64) -> u64 {
-    let node = d["nodes"]
-        .as_array()
-        .expect("nodes")
-        .iter()
-        .find(|n| n["attempt"] == attempt && n["rank"] == rank)
-        .unwrap_or_else(|| panic!("no node {rank} of attempt {attempt}: {d}"));
-    let handle: Value = serde_json::from_str(node["handle"].as_str().expect("handle")).expect("handle json");
-    handle["job"].as_u64().expect("job")
-}
-
-fn versions(experiment: &Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(experiment)
-        .map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect())
-        .unwrap_or_default();
-    v.sort();
-    v
+    node_handle(d, attempt, rank)["job"].as_u64().expect("job")
 }
 
 /// Pids of volt processes of job `id`'s node `rank` (from their environment).
@@ -328,4 +315,68 @@ fn a_failing_command_is_retried_on_slurm_and_a_bad_partition_fails_naming_it() {
     assert_eq!(d["job"]["status"], "failed", "{}", events(&d));
     assert!(reason.contains("sbatch") && reason.contains("partition"), "{reason}");
     assert!(d["nodes"].as_array().is_some_and(|n| n.is_empty()), "nothing started: {d}");
+}
+
+#[test]
+fn slurms_sigterm_without_a_requeue_is_no_success_the_job_resumes_on_attempt_two() {
+    // What a time limit, a preemption without requeue or an admin's `scancel --signal=TERM`
+    // does: volt fit stops early and writes `last`, which must not pass for the end of
+    // training.
+    let rig = Rig::up(2);
+    let tmp = tempfile::tempdir().expect("tmp");
+    let studio = rig.studio(&tmp.path().join("home"));
+    let id = launch(&studio.home, tmp.path(), &digits_spec("runs", 1));
+    let last = tmp.path().join("runs/lightning_logs/version_0/checkpoints/last.safetensors");
+    wait_until("a first checkpoint", Duration::from_secs(60), || last.is_file());
+    let job = slurm_job(&detail(&studio, id), 1, 0).to_string();
+    rig.slurm("scancel", &["--signal=TERM", &job]);
+    let d = wait_final(&studio, id, Duration::from_secs(120));
+    let history = events(&d);
+    assert_eq!(
+        (d["job"]["status"].as_str(), d["job"]["attempt"].as_i64()),
+        (Some("succeeded"), Some(2)),
+        "{history}"
+    );
+    assert!(history.contains("exited with code 143"), "{history}");
+    let log = text(&volt(&studio.home, &["job", "logs", &id.to_string(), "--attempt", "2"]));
+    assert!(log.contains("resuming from") && log.contains("max_epochs=40 reached"), "{log}");
+}
+
+#[test]
+fn a_job_waiting_in_slurms_queue_is_cancelled_at_once_and_a_wrong_slurm_conf_is_named() {
+    let rig = Rig::up(2);
+    let tmp = tempfile::tempdir().expect("tmp");
+    let studio = rig.studio(&tmp.path().join("home"));
+    let sleeper = "num_nodes = 2\nrun = \"sleep 296\"\n[backend]\nkind = \"slurm\"\n";
+    let busy = launch(&studio.home, tmp.path(), sleeper);
+    wait_until("the first job runs", Duration::from_secs(30), || rig.queue().contains("RUNNING"));
+    let waiting = launch(&studio.home, tmp.path(), sleeper);
+    wait_until("the second job waits in Slurm's queue", Duration::from_secs(30), || {
+        rig.queue().contains("PENDING")
+    });
+    assert_eq!(detail(&studio, waiting)["job"]["status"], "running", "submitted, so running to volt");
+    let started = Instant::now();
+    let out = volt(&studio.home, &["job", "cancel", &waiting.to_string()]);
+    assert!(out.status.success(), "{}", text(&out));
+    let d = wait_final(&studio, waiting, Duration::from_secs(10));
+    assert_eq!(d["job"]["status"], "cancelled", "{}", events(&d));
+    wait_until(
+        "Slurm forgets the waiting job",
+        Duration::from_secs(10).saturating_sub(started.elapsed()),
+        || !rig.queue().contains("PENDING"),
+    );
+    let nodes = d["nodes"].as_array().expect("nodes");
+    assert!(nodes.iter().all(|n| n["status"] == "stopped"), "stopped, not lost: {d}");
+    let out = volt(&studio.home, &["job", "cancel", &busy.to_string()]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(wait_final(&studio, busy, Duration::from_secs(10))["job"]["status"], "cancelled");
+
+    // A control plane whose SLURM_CONF names no file fails the job, saying so.
+    let home = tmp.path().join("home2");
+    let lost = Studio::up_with(&home, &[("SLURM_CONF", &tmp.path().join("nowhere/slurm.conf"))]);
+    let id = launch(&home, tmp.path(), "run = \"true\"\n[backend]\nkind = \"slurm\"\n");
+    let d = wait_final(&lost, id, Duration::from_secs(60));
+    let reason = d["job"]["reason"].as_str().unwrap_or_default();
+    assert_eq!(d["job"]["status"], "failed", "{}", events(&d));
+    assert!(reason.contains("nowhere/slurm.conf"), "{reason}");
 }

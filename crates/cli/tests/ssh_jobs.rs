@@ -91,12 +91,7 @@ fn a_two_node_job_runs_on_two_ssh_hosts_and_its_files_come_back() {
     assert_eq!(hosts, ["h1", "h2"], "one node on each host, rank 0 on the first");
     // Node 0's run came back to the control plane: one version folder, trained.
     let copy = studio.home.join(format!("jobs/{id}/work/runs/lightning_logs"));
-    let versions: Vec<String> = std::fs::read_dir(&copy)
-        .expect("the job's files")
-        .filter_map(|e| e.ok())
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect();
-    assert_eq!(versions, ["version_0"]);
+    assert_eq!(support::studio::versions(&copy), ["version_0"]);
     let acc = last_val_acc(&copy.join("version_0"));
     assert!(acc >= 0.97, "val_acc {acc}");
     assert!(copy.join("version_0/checkpoints/last.safetensors").is_file());

@@ -122,3 +122,23 @@ pub fn events(d: &Value) -> String {
         e.iter().filter_map(|e| e["message"].as_str()).collect::<Vec<_>>().join("\n")
     })
 }
+
+/// The version folders of an experiment folder, sorted.
+pub fn versions(experiment: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(experiment)
+        .map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// The backend's handle (JSON) of node `rank` of `attempt` in a job's detail.
+pub fn node_handle(d: &Value, attempt: i64, rank: i64) -> Value {
+    let node = d["nodes"]
+        .as_array()
+        .expect("nodes")
+        .iter()
+        .find(|n| n["attempt"] == attempt && n["rank"] == rank)
+        .unwrap_or_else(|| panic!("no node {rank} of attempt {attempt}: {d}"));
+    serde_json::from_str(node["handle"].as_str().expect("handle")).expect("handle json")
+}
