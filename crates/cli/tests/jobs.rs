@@ -5,7 +5,6 @@
 mod support;
 
 use serde_json::Value;
-use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 use support::studio::{

@@ -35,6 +35,8 @@ impl Home {
     /// The home at `dir`, created if missing.
     pub fn at(dir: PathBuf) -> std::io::Result<Home> {
         std::fs::create_dir_all(&dir)?;
+        // Absolute: nodes (Slurm's) write into it from folders of their own.
+        let dir = std::path::absolute(&dir)?;
         Ok(Home { dir })
     }
     /// The SQLite store.

@@ -1,7 +1,7 @@
 //! Nodes as processes on this machine: each in a session of its own (so that neither the
 //! control plane's death nor its terminal's takes them down), output to its log file,
 //! found again by pid and start time (so that a reused pid is never mistaken for it).
-use super::{node_script, own_path, Backend, Launch, Observed, Stop, Unplaced};
+use super::{node_script, own_path, Backend, Launch, Observed, Stop};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::os::unix::process::CommandExt;
@@ -75,15 +75,6 @@ impl Local {
 }
 
 impl Backend for Local {
-    fn place(
-        &self,
-        num_nodes: usize,
-        _fleet: &[Host],
-        _busy: &[String],
-    ) -> Result<Vec<Option<Host>>, Unplaced> {
-        Ok(vec![None; num_nodes])
-    }
-
     fn master_addr(&self, _host: Option<&Host>) -> Option<String> {
         Some("127.0.0.1".into())
     }

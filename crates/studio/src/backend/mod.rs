@@ -72,9 +72,16 @@ pub struct Launch {
 /// A kind of machines nodes run on.
 pub trait Backend: Send + Sync {
     /// Hosts for an attempt of `num_nodes` nodes out of `fleet`, none of them in `busy`
-    /// (hosts running other jobs' nodes) and each answering now; or why not.
-    fn place(&self, num_nodes: usize, fleet: &[Host], busy: &[String])
-        -> Result<Vec<Option<Host>>, Unplaced>;
+    /// (hosts running other jobs' nodes) and each answering now; or why not. By default
+    /// none: the nodes run here, or where the backend's scheduler puts them.
+    fn place(
+        &self,
+        num_nodes: usize,
+        _fleet: &[Host],
+        _busy: &[String],
+    ) -> Result<Vec<Option<Host>>, Unplaced> {
+        Ok(vec![None; num_nodes])
+    }
     /// The address node 0 is reached at (`MASTER_ADDR`) when it runs on `host`; `None`
     /// when the nodes find it, and a free port, themselves (Slurm's batch script).
     fn master_addr(&self, host: Option<&Host>) -> Option<String>;
@@ -140,12 +147,17 @@ pub fn shell_quote(s: &str) -> String {
 /// (a restarted controller, too) knows how it ended; a node killed with its shell leaves
 /// none, and is lost.
 pub fn node_script(setup: Option<&str>, run: &str) -> String {
+    node_script_then(setup, run, "")
+}
+
+/// `node_script` with `then` run once the exit code is in `$code`, before it is written.
+pub fn node_script_then(setup: Option<&str>, run: &str, then: &str) -> String {
     let body = match setup {
         Some(s) => format!("(\n{s}\n) && (\n{run}\n)"),
         None => format!("(\n{run}\n)"),
     };
     format!(
-        "{body}\ncode=$?\nprintf '%s\\n' \"$code\" > \"$VOLT_EXIT_FILE.tmp\" && mv -f \"$VOLT_EXIT_FILE.tmp\" \"$VOLT_EXIT_FILE\"\nexit $code\n"
+        "{body}\ncode=$?\n{then}printf '%s\\n' \"$code\" > \"$VOLT_EXIT_FILE.tmp\" && mv -f \"$VOLT_EXIT_FILE.tmp\" \"$VOLT_EXIT_FILE\"\nexit $code\n"
     )
 }
 

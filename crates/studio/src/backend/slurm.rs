@@ -7,11 +7,11 @@
 //! it instead of submitting another). The nodes share the control plane's filesystem, as
 //! a cluster's login and compute nodes do: they run in the spec's workdir and write their
 //! logs and exit codes into the control plane's attempt folders.
-use super::{node_script, own_path, shell_quote, Backend, Launch, Observed, Stop, Unplaced};
+use super::{node_script_then, own_path, shell_quote, Backend, Launch, Observed, Stop};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use volt_config::Host;
@@ -29,6 +29,11 @@ pub struct Slurm {
     /// Each node's heartbeat file: what it last held, and when that changed (by this
     /// machine's clock; the node's may differ).
     beats: Mutex<HashMap<PathBuf, (String, Instant)>>,
+    /// The Slurm job node 0 of each (job uid, attempt) started: the other nodes' too.
+    attempts: Mutex<HashMap<(String, i64), JobInfo>>,
+    /// Hosts each job's nodes fell silent on: its later attempts are kept off them
+    /// (Slurm marks a node down only after its SlurmdTimeout, minutes on most clusters).
+    silent_hosts: Mutex<HashMap<String, Vec<String>>>,
 }
 
 /// How long a running node may stay silent before it counts as lost with its host.
@@ -45,6 +50,9 @@ struct Handle {
     run: u32,
     rank: usize,
     exit_file: PathBuf,
+    /// The volt job's uid (absent in handles of older controllers).
+    #[serde(default)]
+    job_uid: Option<String>,
 }
 
 /// What `scontrol show job` says of a job.
@@ -109,11 +117,47 @@ fn parse_job(line: &str) -> Option<JobInfo> {
     })
 }
 
+/// How long a Slurm command may take before the controller gives up on it (a slurmctld
+/// that does not answer would otherwise hold up every job's tick).
+const CALL_LIMIT: Duration = Duration::from_secs(20);
+
 /// Runs a Slurm command; its standard output, or what it said on failure.
 fn slurm(program: &str, args: &[&str]) -> Result<String, String> {
-    let out = Command::new(program).args(args).output().map_err(|e| {
-        format!("cannot run {program} (is Slurm's client installed and SLURM_CONF set?): {e}")
-    })?;
+    let what = || format!("{program} {}", args.join(" "));
+    // Slurm's clients would retry a missing configuration for a minute; say it at once.
+    let conf = std::env::var_os("SLURM_CONF").map(PathBuf::from);
+    if let Some(conf) = conf.as_ref().filter(|c| !c.is_file()) {
+        return Err(format!(
+            "{}: SLURM_CONF names {}, which is not a file (set it where the control plane runs)",
+            what(),
+            conf.display()
+        ));
+    }
+    let mut child = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| {
+            format!("cannot run {program} (is Slurm's client installed and SLURM_CONF set?): {e}")
+        })?;
+    let deadline = Instant::now() + CALL_LIMIT;
+    // Its output is small (one job's line, a job id): the pipes do not fill before it exits.
+    while child.try_wait().map_err(|e| format!("{}: {e}", what()))?.is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            let conf = conf.map_or_else(|| "Slurm's default".into(), |c| c.display().to_string());
+            return Err(format!(
+                "{}: no answer within {} s (is slurmctld up? configuration: {conf})",
+                what(),
+                CALL_LIMIT.as_secs()
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let out = child.wait_with_output().map_err(|e| format!("{}: {e}", what()))?;
     if out.status.success() {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     } else {
@@ -162,11 +206,24 @@ impl Slurm {
         Ok(jobs)
     }
 
-    /// The Slurm job that runs `launch`'s attempt: the one Slurm already runs as that
-    /// attempt (requeued, or submitted by a controller that restarted before it noted
-    /// it), else a new one. Any other of the job's runs belongs to an attempt the
-    /// controller gave up on, and is cancelled first, so nothing runs twice.
+    /// The Slurm job that runs `launch`'s attempt: for node 0, the one Slurm already runs
+    /// as that attempt (a requeued run) or a new one; the other nodes join node 0's. Any
+    /// other run of the job belongs to an attempt the controller gave up on (one a
+    /// controller submitted just before it was killed, too) and is cancelled first, so
+    /// nothing runs twice.
     fn job_for(&self, launch: &Launch) -> std::io::Result<JobInfo> {
+        let key = (launch.job_uid.clone(), launch.attempt);
+        if launch.rank > 0 {
+            if let Some(job) = self.attempts.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
+                return Ok(job.clone());
+            }
+        }
+        let job = self.find_or_submit(launch)?;
+        self.attempts.lock().unwrap_or_else(|e| e.into_inner()).insert(key, job.clone());
+        Ok(job)
+    }
+
+    fn find_or_submit(&self, launch: &Launch) -> std::io::Result<JobInfo> {
         let active = self.active_jobs(&launch.job_uid).map_err(std::io::Error::other)?;
         let mut adopted = None;
         for job in active {
@@ -217,11 +274,16 @@ impl Slurm {
         if let Some(cpus) = launch.resources.cpus {
             args.push(format!("--cpus-per-task={}", cpus.ceil().max(1.0) as u64));
         }
+        let silent =
+            self.silent_hosts.lock().unwrap_or_else(|e| e.into_inner()).get(&launch.job_uid).cloned();
+        if let Some(hosts) = silent.filter(|h| !h.is_empty()) {
+            args.push(format!("--exclude={}", hosts.join(",")));
+        }
         if let Some(mem) = &launch.resources.memory {
             args.push(format!("--mem={}", slurm_memory(mem)));
         }
         if let Some(gpus) = &launch.resources.gpus {
-            args.push(format!("--gpus-per-node={}", gpus.to_lowercase()));
+            args.push(format!("--gpus-per-node={gpus}"));
         }
         args.push(script.display().to_string());
         let refs: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -311,9 +373,15 @@ fn batch_script(launch: &Launch, job_dir: &Path) -> String {
          (trap '' TERM; while :; do date +%s%N > \"$node.alive\"; sleep 1; done) &\n\
          beat=$!\n\
          trap 'kill -KILL $beat 2>/dev/null' EXIT\n\
-         trap : TERM\n\
+         trap 'signalled=1' TERM\n\
          {}",
-        node_script(launch.setup.as_deref(), &launch.run)
+        // A run that ends well after Slurm's SIGTERM stopped early (a time limit, a
+        // preemption, an admin's scancel; a requeue is told apart by its restart count).
+        node_script_then(
+            launch.setup.as_deref(),
+            &launch.run,
+            "if [ \"$code\" = 0 ] && [ -n \"${signalled:-}\" ]; then code=143; fi\n"
+        )
     );
     format!(
         "#!/bin/bash\n\
@@ -333,8 +401,10 @@ fn batch_script(launch: &Launch, job_dir: &Path) -> String {
            port=$(( port + 1 ))\n\
          done\n\
          export MASTER_PORT=$port\n\
-         exec srun --kill-on-bad-exit=1 --open-mode=append --output=\"$VOLT_ATTEMPT_DIR/node-%t.log\" \\\n  \
+         exec srun --kill-on-bad-exit=1{cpus} --open-mode=append --output=\"$VOLT_ATTEMPT_DIR/node-%t.log\" \\\n  \
            sh -c {node}\n",
+        // srun takes no --cpus-per-task from sbatch's (Slurm 22.05 to 23.02).
+        cpus = launch.resources.cpus.map_or_else(String::new, |c| format!(" --cpus-per-task={}", c.ceil().max(1.0) as u64)),
         uid = launch.job_uid,
         attempt = launch.attempt,
         exports = exports.join("\n"),
@@ -348,16 +418,6 @@ fn exit_code(file: &Path) -> Option<i64> {
 }
 
 impl Backend for Slurm {
-    fn place(
-        &self,
-        num_nodes: usize,
-        _fleet: &[Host],
-        _busy: &[String],
-    ) -> Result<Vec<Option<Host>>, Unplaced> {
-        // Slurm places the nodes (and queues the job until it can).
-        Ok(vec![None; num_nodes])
-    }
-
     fn master_addr(&self, _host: Option<&Host>) -> Option<String> {
         // The batch script sets it to the allocation's first host.
         None
@@ -365,8 +425,13 @@ impl Backend for Slurm {
 
     fn start(&self, launch: &Launch) -> std::io::Result<(String, String)> {
         let job = self.job_for(launch)?;
-        let handle =
-            Handle { job: job.id, run: job.restarts, rank: launch.rank, exit_file: launch.exit_file.clone() };
+        let handle = Handle {
+            job: job.id,
+            run: job.restarts,
+            rank: launch.rank,
+            exit_file: launch.exit_file.clone(),
+            job_uid: Some(launch.job_uid.clone()),
+        };
         let json = serde_json::to_string(&handle).map_err(std::io::Error::other)?;
         Ok((format!("slurm job {}", job.id), json))
     }
@@ -375,8 +440,10 @@ impl Backend for Slurm {
         let Ok(h) = serde_json::from_str::<Handle>(handle) else {
             return Observed::Lost(format!("a handle this controller cannot read: {handle}"));
         };
-        // An exit code may come from a run Slurm just requeued: ask afresh before taking it.
-        if h.exit_file.exists() {
+        // An exit code may come from a run Slurm just requeued (0 after its SIGTERM): read
+        // it first, then ask Slurm afresh before taking it.
+        let code = exit_code(&h.exit_file);
+        if code.is_some() {
             self.forget(h.job);
         }
         let info = match self.info(h.job) {
@@ -387,15 +454,18 @@ impl Backend for Slurm {
                 return Observed::Running;
             }
         };
-        // First: a requeued run's tasks may have written an exit code (0 after SIGTERM).
         if let Some(job) = info.as_ref().filter(|j| j.restarts > h.run) {
             let nodes = self.seen_nodes(h.job);
             return Observed::Lost(self.why_requeued(job, &nodes));
         }
-        if let Some(code) = exit_code(&h.exit_file) {
+        if let Some(code) = code {
             return Observed::Exited(code);
         }
         match info {
+            // A run Slurm holds (a launch that failed, an admin's hold) would wait forever.
+            Some(job) if job.state == "PENDING" && job.reason.to_lowercase().contains("held") => {
+                Observed::Lost(format!("Slurm holds job {} ({})", job.id, job.reason))
+            }
             Some(job) if !is_final(&job.state) => {
                 release(&job);
                 self.remember_nodes(h.job, &job.nodes);
@@ -419,13 +489,17 @@ impl Backend for Slurm {
     fn stop(&self, handle: &str, how: Stop) -> Result<(), String> {
         let Ok(h) = serde_json::from_str::<Handle>(handle) else { return Ok(()) };
         self.forget(h.job);
-        match self.info(h.job)? {
+        let pending = match self.info(h.job) {
             // The job now runs a later attempt (requeued): this node's run is over.
-            Some(job) if job.restarts == h.run && job.active() => {}
-            _ => return Ok(()),
-        }
+            Ok(Some(job)) if job.restarts == h.run && job.active() => job.state == "PENDING",
+            Ok(_) => return Ok(()),
+            // slurmctld does not answer: cancel all the same (it may hear it yet).
+            Err(_) => false,
+        };
         let id = h.job.to_string();
         let sent = match how {
+            // Nothing runs yet to write anything: Slurm takes no signal for it, only a cancel.
+            _ if pending => slurm("scancel", &[&id]).map(drop),
             // To the tasks of every step: volt fit writes `last`.
             Stop::Term => slurm("scancel", &["--signal=TERM", &id]).map(drop),
             Stop::Kill => {
@@ -459,6 +533,10 @@ impl Slurm {
     /// Why the node of `h` counts as lost with its host: it beat, and has been silent
     /// for `after` since. `None` before its first beat (Slurm may not have started it).
     fn silence(&self, h: &Handle, after: Duration) -> Option<String> {
+        // A node that exited has stopped beating, and is not lost.
+        if h.exit_file.exists() {
+            return None;
+        }
         let beat = h.exit_file.with_extension("alive");
         let now = std::fs::read_to_string(&beat).ok()?;
         let mut beats = self.beats.lock().unwrap_or_else(|e| e.into_inner());
@@ -468,14 +546,19 @@ impl Slurm {
             return None;
         }
         let silent = since.elapsed();
-        (silent >= after).then(|| {
-            let host = std::fs::read_to_string(h.exit_file.with_extension("host")).unwrap_or_default();
-            format!(
-                "its Slurm node {} stopped answering: no sign of life for {} s",
-                host.trim(),
-                silent.as_secs()
-            )
-        })
+        if silent < after {
+            return None;
+        }
+        let host = std::fs::read_to_string(h.exit_file.with_extension("host")).unwrap_or_default();
+        let host = host.trim().to_owned();
+        if let Some(uid) = h.job_uid.as_ref().filter(|_| !host.is_empty()) {
+            let mut silent_hosts = self.silent_hosts.lock().unwrap_or_else(|e| e.into_inner());
+            let hosts = silent_hosts.entry(uid.clone()).or_default();
+            if !hosts.contains(&host) {
+                hosts.push(host.clone());
+            }
+        }
+        Some(format!("its Slurm node {host} stopped answering: no sign of life for {} s", silent.as_secs()))
     }
 
     /// The nodes job `id` ran on when last seen running (a requeued job forgets them).
@@ -517,6 +600,33 @@ mod tests {
         assert!(!done.active());
         assert_eq!((done.nodes.as_str(), done.attempt()), ("n[1-2]", None));
         assert_eq!(parse_job("no job here"), None);
+    }
+
+    #[test]
+    fn the_batch_script_is_sound_shell_whatever_the_paths_and_values() {
+        let odd = PathBuf::from("/tmp/a b/it's \"odd\"/$HOME/`x`");
+        let launch = Launch {
+            rank: 0,
+            host: None,
+            job_uid: "7-1".into(),
+            attempt: 2,
+            num_nodes: 2,
+            resources: volt_config::Resources { cpus: Some(1.5), ..Default::default() },
+            partition: None,
+            workdir: odd.clone(),
+            setup: Some("echo 'set up'".into()),
+            run: "echo \"$RANK\" && exit 3".into(),
+            env: vec![("ODD".into(), "a 'b' \"c\" $d `e`".into())],
+            log: odd.join("attempt-2/node-0.log"),
+            exit_file: odd.join("attempt-2/node-0.exit"),
+        };
+        let script = batch_script(&launch, &odd);
+        for shell in ["bash", "sh"] {
+            let out = Command::new(shell).arg("-n").arg("-c").arg(&script).output().expect(shell);
+            assert!(out.status.success(), "{shell}: {}\n{script}", String::from_utf8_lossy(&out.stderr));
+        }
+        assert!(script.contains("--cpus-per-task=2"), "{script}");
+        assert!(script.contains("attempt=$(( 2 + ${SLURM_RESTART_COUNT:-0} ))"), "{script}");
     }
 
     #[test]
