@@ -7,11 +7,15 @@
 //! it instead of submitting another). The nodes share the control plane's filesystem, as
 //! a cluster's login and compute nodes do: they run in the spec's workdir and write their
 //! logs and exit codes into the control plane's attempt folders.
-use super::{node_script_then, own_path, shell_quote, Backend, Launch, Observed, Stop};
+mod commands;
+mod script;
+
+use super::{Backend, Launch, Observed, Stop};
+use commands::{is_final, job_name, parse_job, release, slurm, JobInfo};
+use script::{batch_script, slurm_memory};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use volt_config::Host;
@@ -53,121 +57,6 @@ struct Handle {
     /// The volt job's uid (absent in handles of older controllers).
     #[serde(default)]
     job_uid: Option<String>,
-}
-
-/// What `scontrol show job` says of a job.
-#[derive(Clone, Debug, PartialEq, Eq)]
-struct JobInfo {
-    id: u64,
-    name: String,
-    state: String,
-    reason: String,
-    restarts: u32,
-    /// The attempt it was submitted as (`--comment volt-attempt=K`).
-    base: Option<i64>,
-    nodes: String,
-}
-
-impl JobInfo {
-    /// The attempt its current run is: one more per requeue.
-    fn attempt(&self) -> Option<i64> {
-        self.base.map(|b| b + i64::from(self.restarts))
-    }
-    /// Whether Slurm still runs it or will (a requeued job is pending again).
-    fn active(&self) -> bool {
-        !is_final(&self.state)
-    }
-}
-
-fn is_final(state: &str) -> bool {
-    matches!(
-        state,
-        "COMPLETED"
-            | "FAILED"
-            | "CANCELLED"
-            | "TIMEOUT"
-            | "NODE_FAIL"
-            | "PREEMPTED"
-            | "OUT_OF_MEMORY"
-            | "BOOT_FAIL"
-            | "DEADLINE"
-            | "SPECIAL_EXIT"
-    )
-}
-
-/// Parses one job of `scontrol show job -o` (`Key=Value` words on a line; `Comment` is
-/// last among those read here only by its name, so values are cut at the next key).
-fn parse_job(line: &str) -> Option<JobInfo> {
-    let field = |key: &str| -> Option<String> {
-        let at = line
-            .find(&format!(" {key}="))
-            .map(|i| i + 1)
-            .or_else(|| line.starts_with(&format!("{key}=")).then_some(0))?;
-        let rest = &line[at + key.len() + 1..];
-        Some(rest.split(' ').next().unwrap_or_default().to_owned())
-    };
-    Some(JobInfo {
-        id: field("JobId")?.parse().ok()?,
-        name: field("JobName").unwrap_or_default(),
-        state: field("JobState")?,
-        reason: field("Reason").unwrap_or_default(),
-        restarts: field("Restarts").and_then(|r| r.parse().ok()).unwrap_or(0),
-        base: field("Comment").and_then(|c| c.strip_prefix("volt-attempt=").and_then(|a| a.parse().ok())),
-        nodes: field("NodeList").filter(|n| n != "(null)").unwrap_or_default(),
-    })
-}
-
-/// How long a Slurm command may take before the controller gives up on it (a slurmctld
-/// that does not answer would otherwise hold up every job's tick).
-const CALL_LIMIT: Duration = Duration::from_secs(20);
-
-/// Runs a Slurm command; its standard output, or what it said on failure.
-fn slurm(program: &str, args: &[&str]) -> Result<String, String> {
-    let what = || format!("{program} {}", args.join(" "));
-    // Slurm's clients would retry a missing configuration for a minute; say it at once.
-    let conf = std::env::var_os("SLURM_CONF").map(PathBuf::from);
-    if let Some(conf) = conf.as_ref().filter(|c| !c.is_file()) {
-        return Err(format!(
-            "{}: SLURM_CONF names {}, which is not a file (set it where the control plane runs)",
-            what(),
-            conf.display()
-        ));
-    }
-    let mut child = Command::new(program)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| {
-            format!("cannot run {program} (is Slurm's client installed and SLURM_CONF set?): {e}")
-        })?;
-    let deadline = Instant::now() + CALL_LIMIT;
-    // Its output is small (one job's line, a job id): the pipes do not fill before it exits.
-    while child.try_wait().map_err(|e| format!("{}: {e}", what()))?.is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            let conf = conf.map_or_else(|| "Slurm's default".into(), |c| c.display().to_string());
-            return Err(format!(
-                "{}: no answer within {} s (is slurmctld up? configuration: {conf})",
-                what(),
-                CALL_LIMIT.as_secs()
-            ));
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    let out = child.wait_with_output().map_err(|e| format!("{}: {e}", what()))?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    } else {
-        Err(format!("{program} {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim()))
-    }
-}
-
-/// The name every Slurm job of volt job `uid` has.
-fn job_name(uid: &str) -> String {
-    format!("volt-{uid}")
 }
 
 impl Slurm {
@@ -320,97 +209,6 @@ impl Slurm {
         }
         why
     }
-}
-
-/// A requeued job is held back two minutes (Slurm's own delay against requeue loops);
-/// the controller, which counts the attempts, runs the one it adopted now.
-fn release(job: &JobInfo) {
-    if job.restarts > 0 && job.state == "PENDING" && job.reason == "BeginTime" {
-        let _ = slurm("scontrol", &["update", &format!("JobId={}", job.id), "StartTime=now"]);
-    }
-}
-
-/// A spec's memory (`8GB`, `512M`, `16g`) as Slurm writes it (`8G`, `512M`).
-fn slurm_memory(mem: &str) -> String {
-    mem.trim().trim_end_matches(['b', 'B']).to_uppercase()
-}
-
-/// The batch script of an attempt. A requeued run is attempt `K + SLURM_RESTART_COUNT`:
-/// it logs into that attempt's folder, and its nodes get that `VOLT_JOB_ATTEMPT` and a
-/// fresh `MASTER_PORT`. Nodes get torchrun-style variables (one process each, as on the
-/// other backends); `MASTER_ADDR` is the first host of the allocation, where node 0 runs.
-fn batch_script(launch: &Launch, job_dir: &Path) -> String {
-    let own = [
-        "MASTER_ADDR",
-        "MASTER_PORT",
-        "RANK",
-        "NODE_RANK",
-        "LOCAL_RANK",
-        "LOCAL_WORLD_SIZE",
-        "VOLT_JOB_ATTEMPT",
-    ];
-    let mut exports: Vec<String> = launch
-        .env
-        .iter()
-        .filter(|(k, _)| !own.contains(&k.as_str()))
-        .map(|(k, v)| format!("export {k}={}", shell_quote(v)))
-        .collect();
-    if let Some(path) = own_path().and_then(|p| p.into_string().ok()) {
-        exports.push(format!("export PATH={}", shell_quote(&path)));
-    }
-    // Each task says where it runs and beats while it runs (the controller notices a
-    // lost node from its silence within seconds; Slurm takes SlurmdTimeout). The beat
-    // ignores SIGTERM, so a node being stopped still beats until its step ends, and only
-    // a lost one falls silent. Slurm signals every process of a step, and kills what is
-    // left once the task's shell exits: the shell catches SIGTERM (its children do not
-    // inherit a caught signal), so it outlives `run` — volt fit writing `last` — and
-    // records its exit code.
-    let node = format!(
-        "export RANK=$SLURM_PROCID NODE_RANK=$SLURM_PROCID LOCAL_RANK=0 LOCAL_WORLD_SIZE=1\n\
-         node=\"$VOLT_ATTEMPT_DIR/node-$SLURM_PROCID\"\n\
-         export VOLT_EXIT_FILE=\"$node.exit\"\n\
-         hostname > \"$node.host\"\n\
-         (trap '' TERM; while :; do date +%s%N > \"$node.alive\"; sleep 1; done) &\n\
-         beat=$!\n\
-         trap 'kill -KILL $beat 2>/dev/null' EXIT\n\
-         trap 'signalled=1' TERM\n\
-         {}",
-        // A run that ends well after Slurm's SIGTERM stopped early (a time limit, a
-        // preemption, an admin's scancel; a requeue is told apart by its restart count).
-        node_script_then(
-            launch.setup.as_deref(),
-            &launch.run,
-            "if [ \"$code\" = 0 ] && [ -n \"${signalled:-}\" ]; then code=143; fi\n"
-        )
-    );
-    format!(
-        "#!/bin/bash\n\
-         # volt job {uid}, attempt {attempt} (and one more at each requeue by Slurm).\n\
-         {exports}\n\
-         attempt=$(( {attempt} + ${{SLURM_RESTART_COUNT:-0}} ))\n\
-         export VOLT_JOB_ATTEMPT=$attempt\n\
-         export VOLT_ATTEMPT_DIR={job_dir}/attempt-$attempt\n\
-         mkdir -p \"$VOLT_ATTEMPT_DIR\"\n\
-         echo \"volt: attempt $attempt on $SLURM_JOB_NODELIST\"\n\
-         MASTER_ADDR=$(scontrol show hostnames \"$SLURM_JOB_NODELIST\" | head -n 1)\n\
-         export MASTER_ADDR\n\
-         # A port nothing listens on at node 0 (this script runs there), fresh per run.\n\
-         port=$(( 15000 + (SLURM_JOB_ID * 16 + ${{SLURM_RESTART_COUNT:-0}}) % 40000 ))\n\
-         for _ in $(seq 100); do\n\
-           (exec 3<>\"/dev/tcp/127.0.0.1/$port\") 2>/dev/null || break\n\
-           port=$(( port + 1 ))\n\
-         done\n\
-         export MASTER_PORT=$port\n\
-         exec srun --kill-on-bad-exit=1{cpus} --open-mode=append --output=\"$VOLT_ATTEMPT_DIR/node-%t.log\" \\\n  \
-           sh -c {node}\n",
-        // srun takes no --cpus-per-task from sbatch's (Slurm 22.05 to 23.02).
-        cpus = launch.resources.cpus.map_or_else(String::new, |c| format!(" --cpus-per-task={}", c.ceil().max(1.0) as u64)),
-        uid = launch.job_uid,
-        attempt = launch.attempt,
-        exports = exports.join("\n"),
-        job_dir = shell_quote(&job_dir.display().to_string()),
-        node = shell_quote(&node),
-    )
 }
 
 fn exit_code(file: &Path) -> Option<i64> {
@@ -568,71 +366,6 @@ impl Slurm {
     fn remember_nodes(&self, id: u64, nodes: &str) {
         if !nodes.is_empty() {
             self.nodes.lock().unwrap_or_else(|e| e.into_inner()).insert(id, nodes.to_owned());
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_job_line_of_scontrol_is_read() {
-        let line = "JobId=12 JobName=volt-3-17 UserId=root(0) GroupId=root(0) Priority=1 \
-            JobState=PENDING Reason=BeginTime Dependency=(null) Requeue=1 Restarts=2 \
-            BatchFlag=1 NodeList=(null) Comment=volt-attempt=4 StdErr=/x";
-        let job = parse_job(line).expect("parsed");
-        assert_eq!(
-            job,
-            JobInfo {
-                id: 12,
-                name: "volt-3-17".into(),
-                state: "PENDING".into(),
-                reason: "BeginTime".into(),
-                restarts: 2,
-                base: Some(4),
-                nodes: String::new(),
-            }
-        );
-        assert_eq!(job.attempt(), Some(6));
-        assert!(job.active());
-        let done = parse_job("JobId=9 JobState=NODE_FAIL Restarts=0 NodeList=n[1-2]").expect("parsed");
-        assert!(!done.active());
-        assert_eq!((done.nodes.as_str(), done.attempt()), ("n[1-2]", None));
-        assert_eq!(parse_job("no job here"), None);
-    }
-
-    #[test]
-    fn the_batch_script_is_sound_shell_whatever_the_paths_and_values() {
-        let odd = PathBuf::from("/tmp/a b/it's \"odd\"/$HOME/`x`");
-        let launch = Launch {
-            rank: 0,
-            host: None,
-            job_uid: "7-1".into(),
-            attempt: 2,
-            num_nodes: 2,
-            resources: volt_config::Resources { cpus: Some(1.5), ..Default::default() },
-            partition: None,
-            workdir: odd.clone(),
-            setup: Some("echo 'set up'".into()),
-            run: "echo \"$RANK\" && exit 3".into(),
-            env: vec![("ODD".into(), "a 'b' \"c\" $d `e`".into())],
-            log: odd.join("attempt-2/node-0.log"),
-            exit_file: odd.join("attempt-2/node-0.exit"),
-        };
-        let script = batch_script(&launch, &odd);
-        for shell in ["bash", "sh"] {
-            let out = Command::new(shell).arg("-n").arg("-c").arg(&script).output().expect(shell);
-            assert!(out.status.success(), "{shell}: {}\n{script}", String::from_utf8_lossy(&out.stderr));
-        }
-        assert!(script.contains("--cpus-per-task=2"), "{script}");
-        assert!(script.contains("attempt=$(( 2 + ${SLURM_RESTART_COUNT:-0} ))"), "{script}");
-    }
-
-    #[test]
-    fn memory_is_written_the_way_slurm_reads_it() {
-        for (spec, slurm) in [("8GB", "8G"), ("512M", "512M"), ("16g", "16G"), ("100", "100")] {
-            assert_eq!(slurm_memory(spec), slurm);
         }
     }
 }
