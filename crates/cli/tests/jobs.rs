@@ -8,7 +8,8 @@ use serde_json::Value;
 use std::process::Command;
 use std::time::{Duration, Instant};
 use support::studio::{
-    detail, events, last_val_acc, launch, node_handle, text, versions, volt, wait_final, wait_until, Studio,
+    assert_one_trained_run, detail, events, launch, ls_row, node_handle, text, versions, volt, wait_final,
+    wait_until, Studio,
 };
 
 const VOLT: &str = env!("CARGO_BIN_EXE_volt");
@@ -55,18 +56,11 @@ fn a_two_node_digits_job_succeeds_in_one_version_folder_and_its_logs_are_kept() 
     let d = wait_final(&studio, id, Duration::from_secs(120));
     assert_eq!(d["job"]["status"], "succeeded", "{}", events(&d));
     assert_eq!(d["job"]["attempt"], 1);
-    let experiment = tmp.path().join("runs/lightning_logs");
-    assert_eq!(versions(&experiment), ["version_0"], "one version folder for both nodes");
-    let acc = last_val_acc(&experiment.join("version_0"));
-    assert!(acc >= 0.97, "val_acc {acc}");
-    // Each node's log, kept after the job: rank 0 reports the fit, rank 1 says nothing of it.
-    let logs = |node: &str| text(&volt(&studio.home, &["job", "logs", &id.to_string(), "--node", node]));
-    assert!(logs("0").contains("fit finished"), "{}", logs("0"));
-    assert!(!logs("1").contains("fit finished"), "{}", logs("1"));
-    let ls = text(&volt(&studio.home, &["job", "ls"]));
-    let row = ls.lines().find(|l| l.starts_with(&id.to_string())).unwrap_or_else(|| panic!("{ls}"));
+    // Each node's log is kept after the job.
+    assert_one_trained_run(&studio, id, &tmp.path().join("runs/lightning_logs"));
+    let row = ls_row(&studio.home, id);
     for word in ["digits-ddp", "local", "2", "succeeded", "1"] {
-        assert!(row.split_whitespace().any(|w| w == word), "{word} in {row:?}");
+        assert!(row.iter().any(|w| w == word), "{word} in {row:?}");
     }
     let status = text(&volt(&studio.home, &["job", "status", &id.to_string()]));
     assert!(

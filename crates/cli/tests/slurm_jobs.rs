@@ -14,7 +14,8 @@ use std::process::Command;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use support::studio::{
-    detail, events, last_val_acc, launch, node_handle, text, versions, volt, wait_final, wait_until, Studio,
+    assert_one_trained_run, detail, events, launch, ls_row, node_handle, text, versions, volt, wait_final,
+    wait_until, Studio,
 };
 
 static ONE_RIG: Mutex<()> = Mutex::new(());
@@ -135,16 +136,9 @@ fn a_two_node_job_runs_one_task_on_each_of_two_slurm_nodes() {
         "node 0 on the first Slurm node, node 1 on the second"
     );
     assert_eq!(slurm_job(&d, 1, 0), slurm_job(&d, 1, 1), "one Slurm job per attempt");
-    let experiment = tmp.path().join("runs/lightning_logs");
-    assert_eq!(versions(&experiment), ["version_0"], "one version folder for both nodes");
-    let acc = last_val_acc(&experiment.join("version_0"));
-    assert!(acc >= 0.97, "val_acc {acc}");
-    let logs = |node: &str| text(&volt(&studio.home, &["job", "logs", &id.to_string(), "--node", node]));
-    assert!(logs("0").contains("fit finished"), "{}", logs("0"));
-    assert!(!logs("1").contains("fit finished"), "{}", logs("1"));
-    let ls = text(&volt(&studio.home, &["job", "ls"]));
-    let row = ls.lines().find(|l| l.starts_with(&id.to_string())).unwrap_or_else(|| panic!("{ls}"));
-    assert!(row.split_whitespace().any(|w| w == "slurm"), "{row}");
+    assert_one_trained_run(&studio, id, &tmp.path().join("runs/lightning_logs"));
+    let row = ls_row(&studio.home, id);
+    assert!(row.iter().any(|w| w == "slurm"), "{row:?}");
     assert_eq!(rig.queue().trim(), "", "nothing left in Slurm's queue");
 }
 

@@ -142,3 +142,21 @@ pub fn node_handle(d: &Value, attempt: i64, rank: i64) -> Value {
         .unwrap_or_else(|| panic!("no node {rank} of attempt {attempt}: {d}"));
     serde_json::from_str(node["handle"].as_str().expect("handle")).expect("handle json")
 }
+
+/// What a succeeded 2-node digits job leaves: one version folder under `experiment`,
+/// trained (val_acc ≥ 0.97), node 0's log reporting the fit and node 1's not.
+pub fn assert_one_trained_run(studio: &Studio, id: i64, experiment: &Path) {
+    assert_eq!(versions(experiment), ["version_0"], "one version folder for both nodes");
+    let acc = last_val_acc(&experiment.join("version_0"));
+    assert!(acc >= 0.97, "val_acc {acc}");
+    let logs = |node: &str| text(&volt(&studio.home, &["job", "logs", &id.to_string(), "--node", node]));
+    assert!(logs("0").contains("fit finished"), "{}", logs("0"));
+    assert!(!logs("1").contains("fit finished"), "{}", logs("1"));
+}
+
+/// The words of job `id`'s row in `volt job ls`.
+pub fn ls_row(home: &Path, id: i64) -> Vec<String> {
+    let ls = text(&volt(home, &["job", "ls"]));
+    let row = ls.lines().find(|l| l.starts_with(&id.to_string())).unwrap_or_else(|| panic!("{ls}"));
+    row.split_whitespace().map(str::to_owned).collect()
+}
