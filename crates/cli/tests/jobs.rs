@@ -8,8 +8,8 @@ use serde_json::Value;
 use std::process::Command;
 use std::time::{Duration, Instant};
 use support::studio::{
-    assert_one_trained_run, detail, events, launch, ls_row, node_handle, text, versions, volt, wait_final,
-    wait_until, Studio,
+    assert_one_trained_run, assert_recovers_bitwise, detail, events, launch, ls_row, node_handle, text, volt,
+    wait_final, wait_until, Studio,
 };
 
 const VOLT: &str = env!("CARGO_BIN_EXE_volt");
@@ -69,36 +69,13 @@ fn a_two_node_digits_job_succeeds_in_one_version_folder_and_its_logs_are_kept() 
     );
 }
 
-/// Runs the digits job twice: once untouched, once with `break_it` applied to the first
-/// attempt as soon as it has written a checkpoint; both must end with the same weights.
+/// The local backend's side of `assert_recovers_bitwise`.
 fn recovers_bitwise(break_it: impl FnOnce(&Value), named: &str) {
     let tmp = tempfile::tempdir().expect("tmp");
     let studio = Studio::up(&tmp.path().join("home"));
     let every = "--callbacks.model_checkpoint.every_n_train_steps 50";
-    let reference = launch(&studio.home, tmp.path(), &digits_spec("reference", every, 0));
-    let d = wait_final(&studio, reference, Duration::from_secs(120));
-    assert_eq!(d["job"]["status"], "succeeded", "{}", events(&d));
-
-    let id = launch(&studio.home, tmp.path(), &digits_spec("broken", every, 2));
-    let last = tmp.path().join("broken/lightning_logs/version_0/checkpoints/last.safetensors");
-    wait_until("a first checkpoint", Duration::from_secs(60), || last.is_file());
-    break_it(&detail(&studio, id));
-    let d = wait_final(&studio, id, Duration::from_secs(120));
-    let history = events(&d);
-    assert_eq!(d["job"]["status"], "succeeded", "{history}");
-    assert_eq!(d["job"]["attempt"], 2, "{history}");
-    assert!(history.contains(named), "the lost node is named: {history}");
-    assert_eq!(versions(&tmp.path().join("broken/lightning_logs")), ["version_0"]);
-    let log = text(&volt(&studio.home, &["job", "logs", &id.to_string(), "--attempt", "2"]));
-    assert!(log.contains("resuming from"), "attempt 2 resumed: {log}");
-    let want = support::model_tensors(
-        &tmp.path().join("reference/lightning_logs/version_0/checkpoints/last.safetensors"),
-    );
-    assert_eq!(
-        support::model_tensors(&last),
-        want,
-        "resumed weights equal the uninterrupted run's, bit for bit"
-    );
+    let spec = |root: &str, restarts| digits_spec(root, every, restarts);
+    assert_recovers_bitwise(&studio, tmp.path(), spec, break_it, named);
 }
 
 #[test]

@@ -14,8 +14,8 @@ use std::process::Command;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use support::studio::{
-    assert_one_trained_run, detail, events, launch, ls_row, node_handle, text, versions, volt, wait_final,
-    wait_until, Studio,
+    assert_one_trained_run, assert_recovers_bitwise, detail, events, launch, ls_row, node_handle, text, volt,
+    wait_final, wait_until, Studio,
 };
 
 static ONE_RIG: Mutex<()> = Mutex::new(());
@@ -142,9 +142,8 @@ fn a_two_node_job_runs_one_task_on_each_of_two_slurm_nodes() {
     assert_eq!(rig.queue().trim(), "", "nothing left in Slurm's queue");
 }
 
-/// Runs the digits job untouched, then again with `break_it` applied as soon as attempt 1
-/// has written a checkpoint: the second must end on attempt 2, resumed, with the same
-/// weights, and its events must say `named`. Its detail.
+/// The slurm backend's side of `assert_recovers_bitwise`, which leaves nothing in
+/// Slurm's queue.
 fn recovers_bitwise(
     rig: &Rig,
     tmp: &Path,
@@ -152,25 +151,7 @@ fn recovers_bitwise(
     named: &str,
 ) -> (Studio, i64, Value) {
     let studio = rig.studio(&tmp.join("home"));
-    let reference = launch(&studio.home, tmp, &digits_spec("reference", 0));
-    let d = wait_final(&studio, reference, Duration::from_secs(120));
-    assert_eq!(d["job"]["status"], "succeeded", "{}", events(&d));
-
-    let id = launch(&studio.home, tmp, &digits_spec("broken", 2));
-    let last = tmp.join("broken/lightning_logs/version_0/checkpoints/last.safetensors");
-    wait_until("a first checkpoint", Duration::from_secs(60), || last.is_file());
-    break_it(&detail(&studio, id));
-    let d = wait_final(&studio, id, Duration::from_secs(120));
-    let history = events(&d);
-    assert_eq!(d["job"]["status"], "succeeded", "{history}");
-    assert_eq!(d["job"]["attempt"], 2, "{history}");
-    assert!(history.contains(named), "said why: {history}");
-    assert_eq!(versions(&tmp.join("broken/lightning_logs")), ["version_0"]);
-    let log = text(&volt(&studio.home, &["job", "logs", &id.to_string(), "--attempt", "2"]));
-    assert!(log.contains("resuming from"), "attempt 2 resumed: {log}");
-    let want =
-        support::model_tensors(&tmp.join("reference/lightning_logs/version_0/checkpoints/last.safetensors"));
-    assert_eq!(support::model_tensors(&last), want, "resumed weights equal the untouched run's, bit for bit");
+    let (id, d) = assert_recovers_bitwise(&studio, tmp, digits_spec, break_it, named);
     assert_eq!(rig.queue().trim(), "", "nothing left in Slurm's queue");
     (studio, id, d)
 }

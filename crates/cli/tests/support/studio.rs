@@ -160,3 +160,37 @@ pub fn ls_row(home: &Path, id: i64) -> Vec<String> {
     let row = ls.lines().find(|l| l.starts_with(&id.to_string())).unwrap_or_else(|| panic!("{ls}"));
     row.split_whitespace().map(str::to_owned).collect()
 }
+
+/// Runs a digits job twice in `workdir` on `studio`: untouched (`spec("reference", 0)`),
+/// then (`spec("broken", 2)`) with `break_it` applied to attempt 1 once it has written a
+/// checkpoint. The second must end on attempt 2, resumed in the same version folder, its
+/// events saying `named`, with weights equal to the first's bit for bit. Its id and detail.
+pub fn assert_recovers_bitwise(
+    studio: &Studio,
+    workdir: &Path,
+    spec: impl Fn(&str, u32) -> String,
+    break_it: impl FnOnce(&Value),
+    named: &str,
+) -> (i64, Value) {
+    let reference = launch(&studio.home, workdir, &spec("reference", 0));
+    let d = wait_final(studio, reference, Duration::from_secs(120));
+    assert_eq!(d["job"]["status"], "succeeded", "{}", events(&d));
+
+    let id = launch(&studio.home, workdir, &spec("broken", 2));
+    let last = workdir.join("broken/lightning_logs/version_0/checkpoints/last.safetensors");
+    wait_until("a first checkpoint", Duration::from_secs(60), || last.is_file());
+    break_it(&detail(studio, id));
+    let d = wait_final(studio, id, Duration::from_secs(120));
+    let history = events(&d);
+    assert_eq!(d["job"]["status"], "succeeded", "{history}");
+    assert_eq!(d["job"]["attempt"], 2, "{history}");
+    assert!(history.contains(named), "said why: {history}");
+    assert_eq!(versions(&workdir.join("broken/lightning_logs")), ["version_0"]);
+    let log = text(&volt(&studio.home, &["job", "logs", &id.to_string(), "--attempt", "2"]));
+    assert!(log.contains("resuming from"), "attempt 2 resumed: {log}");
+    let want = super::model_tensors(
+        &workdir.join("reference/lightning_logs/version_0/checkpoints/last.safetensors"),
+    );
+    assert_eq!(super::model_tensors(&last), want, "resumed weights equal the untouched run's, bit for bit");
+    (id, d)
+}
