@@ -1,0 +1,161 @@
+//! LoRA (Hu et al., 2021), as PEFT and LitGPT do it: a frozen linear layer `W` plus a
+//! trainable low-rank update, `y = x Wᵀ + b + (α/r) · dropout(x) Aᵀ Bᵀ`, with `A` (r × in)
+//! Kaiming-uniform as `nn.Linear` initialises (bound 1/√in) and `B` (out × r) zero, so a
+//! fresh adapter changes nothing. The base weight is held untrainable: it gets no
+//! gradient and no optimizer state. Adapter tensors are named as PEFT names them
+//! (`<layer>.lora_A.weight`, `<layer>.lora_B.weight`), so a saved adapter maps onto
+//! PEFT's by name. Any model whose linear layers are built through [`LoraLinear`] gets it.
+use crate::error::{Error, Result};
+use tch::{nn, Tensor};
+
+/// What targets `all-linear` means: every linear layer the model offers (PEFT's
+/// `"all-linear"`, which leaves out the output head; the model decides what it offers).
+pub const ALL_LINEAR: &str = "all-linear";
+
+/// A LoRA adapter's shape and which layers get one.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LoraConfig {
+    /// The rank `r` of the update (≥ 1).
+    pub r: i64,
+    /// `alpha`: the update is scaled by `alpha / r`.
+    pub alpha: f64,
+    /// Dropout on the adapter's input while training, in [0, 1).
+    pub dropout: f64,
+    /// Layers that get an adapter, by name or name suffix (`q_proj` matches
+    /// `model.layers.0.self_attn.q_proj`), or [`ALL_LINEAR`].
+    pub targets: Vec<String>,
+}
+
+impl Default for LoraConfig {
+    /// LitGPT's defaults: r 8, alpha 16, dropout 0.05, on the attention's query and value.
+    fn default() -> Self {
+        LoraConfig { r: 8, alpha: 16.0, dropout: 0.05, targets: vec!["q_proj".into(), "v_proj".into()] }
+    }
+}
+
+impl LoraConfig {
+    /// The update's scale, `alpha / r`.
+    pub fn scale(&self) -> f64 {
+        self.alpha / self.r as f64
+    }
+
+    /// Checks the ranges, naming the bad field as `lora.<field>`.
+    pub fn check(&self) -> Result<()> {
+        let bad = |field: &str, value: String, why: &str| {
+            Err(Error::Config(format!("lora.{field} = {value}: {why}")))
+        };
+        if self.r < 1 {
+            return bad("r", self.r.to_string(), "the rank must be at least 1");
+        }
+        if !self.alpha.is_finite() || self.alpha <= 0.0 {
+            return bad("alpha", self.alpha.to_string(), "must be a number above 0");
+        }
+        if !(0.0..1.0).contains(&self.dropout) {
+            return bad("dropout", self.dropout.to_string(), "must be in [0, 1)");
+        }
+        if self.targets.is_empty() {
+            return bad("targets", "[]".into(), "name at least one layer, or \"all-linear\"");
+        }
+        Ok(())
+    }
+
+    /// Which of a model's linear layers (`layers`, by full name) get an adapter. A target
+    /// that matches none of them is an error that lists the names it could have been.
+    pub fn select<'a>(&self, layers: &[&'a str]) -> Result<Vec<&'a str>> {
+        self.check()?;
+        if self.targets.iter().any(|t| t == ALL_LINEAR) {
+            return Ok(layers.to_vec());
+        }
+        let matches = |layer: &str, target: &str| layer == target || layer.ends_with(&format!(".{target}"));
+        if let Some(missing) = self.targets.iter().find(|t| !layers.iter().any(|l| matches(l, t))) {
+            let mut short: Vec<&str> = layers.iter().map(|l| l.rsplit('.').next().unwrap_or(l)).collect();
+            short.sort_unstable();
+            short.dedup();
+            return Err(Error::Config(format!(
+                "lora.targets: no linear layer is named {missing:?}; this model's are {} (or \"{ALL_LINEAR}\")",
+                short.join(", ")
+            )));
+        }
+        Ok(layers.iter().copied().filter(|l| self.targets.iter().any(|t| matches(l, t))).collect())
+    }
+}
+
+/// A linear layer, frozen, with an optional LoRA adapter.
+#[derive(Debug)]
+pub struct LoraLinear {
+    weight: Tensor,
+    bias: Option<Tensor>,
+    adapter: Option<Adapter>,
+}
+
+#[derive(Debug)]
+struct Adapter {
+    a: Tensor,
+    b: Tensor,
+    scale: f64,
+    dropout: f64,
+}
+
+impl LoraLinear {
+    /// The linear layer `weight` (out × in) and `bias` kept under `path` as untrainable
+    /// `weight` and `bias`, with an adapter (`lora_A.weight`, `lora_B.weight`) when
+    /// `lora` is given.
+    pub fn new(
+        path: &nn::Path,
+        weight: Tensor,
+        bias: Option<Tensor>,
+        lora: Option<&LoraConfig>,
+    ) -> Result<Self> {
+        let size = weight.size();
+        let [out, inputs] = size[..] else {
+            return Err(Error::Config(format!("a linear layer's weight is out × in, not {size:?}")));
+        };
+        let weight = path.add("weight", weight.set_requires_grad(false), false);
+        let bias = bias.map(|b| path.add("bias", b.set_requires_grad(false), false));
+        let adapter = match lora {
+            None => None,
+            Some(cfg) => {
+                cfg.check()?;
+                let bound = 1.0 / (inputs as f64).sqrt();
+                let a =
+                    Tensor::zeros([cfg.r, inputs], (weight.kind(), path.device())).uniform_(-bound, bound);
+                let a = (path / "lora_A").add("weight", a, true);
+                let b = (path / "lora_B").add(
+                    "weight",
+                    Tensor::zeros([out, cfg.r], (weight.kind(), path.device())),
+                    true,
+                );
+                Some(Adapter { a, b, scale: cfg.scale(), dropout: cfg.dropout })
+            }
+        };
+        Ok(LoraLinear { weight, bias, adapter })
+    }
+
+    /// The weight with the adapter folded in, `W + (α/r) · B A` (what a merged model
+    /// holds); the base weight when there is no adapter.
+    pub fn merged_weight(&self) -> Tensor {
+        tch::no_grad(|| match &self.adapter {
+            None => self.weight.copy(),
+            Some(ad) => &self.weight + ad.b.matmul(&ad.a) * ad.scale,
+        })
+    }
+
+    /// The bias, if the layer has one.
+    pub fn bias(&self) -> Option<&Tensor> {
+        self.bias.as_ref()
+    }
+}
+
+impl nn::ModuleT for LoraLinear {
+    fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
+        let base = x.linear(&self.weight, self.bias.as_ref());
+        match &self.adapter {
+            None => base,
+            Some(ad) => {
+                let x =
+                    if train && ad.dropout > 0.0 { x.dropout(ad.dropout, true) } else { x.shallow_clone() };
+                base + x.linear::<Tensor>(&ad.a, None).linear::<Tensor>(&ad.b, None) * ad.scale
+            }
+        }
+    }
+}
