@@ -191,5 +191,5 @@ print(json.dumps({
                                "by_hand_all": hand, "volt_job_all": job},
     "death_to_next_first_step_s": {"median": statistics.median(recover), "all": recover},
     "studio_rss_mb": {"idle": round(idle_rss, 1), "with_100_finished_jobs": round(full_rss, 1)},
-    "slurm_to_next_first_step_s": slurm or "not run (needs root and Slurm: scripts/slurm-rig)",
+    "slurm_to_next_first_step_s": slurm or "not run (not in smoke runs; it needs root and Slurm: scripts/slurm-rig)",
 }, indent=2))
