@@ -149,6 +149,17 @@ fn child_fits_until_signalled() {
 
 #[test]
 fn sigterm_during_fit_writes_last_and_exits_cleanly() {
+    sigterm_stops_fit_cleanly(1);
+}
+
+/// Slurm signals every process of a step and srun forwards the signal too, so a task
+/// gets SIGTERM twice at once: both ask to stop (as Lightning's handler does), neither kills.
+#[test]
+fn sigterm_twice_at_once_still_writes_last_and_exits_cleanly() {
+    sigterm_stops_fit_cleanly(2);
+}
+
+fn sigterm_stops_fit_cleanly(signals: usize) {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut proc = child("child_fits_until_signalled", dir.path()).spawn().expect("spawn");
     let last = dir.path().join("lightning_logs/version_0/checkpoints/last.safetensors");
@@ -159,8 +170,10 @@ fn sigterm_during_fit_writes_last_and_exits_cleanly() {
         std::thread::sleep(Duration::from_millis(10));
     }
     assert!(!last.exists(), "last is written only when fit ends");
-    let status = Command::new("kill").args(["-TERM", &proc.id().to_string()]).status().expect("kill");
-    assert!(status.success());
+    for _ in 0..signals {
+        let status = Command::new("kill").args(["-TERM", &proc.id().to_string()]).status().expect("kill");
+        assert!(status.success());
+    }
     let code = loop {
         if let Some(s) = proc.try_wait().expect("wait") {
             break s;
