@@ -1,6 +1,7 @@
 //! Ctrl-C, SIGTERM and SIGUSR1 (what Slurm's `--signal` sends ahead of a preemption)
 //! during `fit`: the first asks the loop to stop after the current
-//! step (and write `last`), a second one terminates as usual. Outside `fit` the signals
+//! step (and write `last`); a second Ctrl-C terminates as usual, a repeated SIGTERM or
+//! SIGUSR1 only asks again (SIGKILL is the hard stop). Outside `fit` the signals
 //! keep their default behaviour.
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -21,10 +22,15 @@ fn flags() -> Option<&'static Flags> {
             use signal_hook::consts::{SIGINT, SIGTERM, SIGUSR1};
             use signal_hook::flag;
             for sig in [SIGINT, SIGTERM, SIGUSR1] {
-                // Order matters: the default action runs when outside fit, or when a stop
-                // was already requested; otherwise the signal only requests a stop.
+                // Order matters: the default action runs when outside fit, or (Ctrl-C
+                // only) when a stop was already requested; otherwise the signal only
+                // requests a stop. SIGTERM and SIGUSR1 come from schedulers, which may send
+                // them more than once (Slurm signals every process of a step, and srun
+                // forwards it again): a repeat asks again, as Lightning's handler does.
                 flag::register_conditional_default(sig, Arc::clone(&flags.outside_fit)).ok()?;
-                flag::register_conditional_default(sig, Arc::clone(&flags.stop)).ok()?;
+                if sig == SIGINT {
+                    flag::register_conditional_default(sig, Arc::clone(&flags.stop)).ok()?;
+                }
                 flag::register(sig, Arc::clone(&flags.stop)).ok()?;
             }
             Some(flags)
