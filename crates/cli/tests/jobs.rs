@@ -8,8 +8,8 @@ use serde_json::Value;
 use std::process::Command;
 use std::time::{Duration, Instant};
 use support::studio::{
-    assert_one_trained_run, assert_recovers_bitwise, detail, events, launch, ls_row, node_handle, text, volt,
-    wait_final, wait_until, Studio,
+    assert_one_trained_run, assert_readopted, assert_recovers_bitwise, detail, events, launch, ls_row,
+    node_handle, text, volt, wait_final, wait_until, Studio,
 };
 
 const VOLT: &str = env!("CARGO_BIN_EXE_volt");
@@ -109,29 +109,7 @@ fn losing_rank_zeros_machine_restarts_the_job_from_its_last_checkpoint() {
 fn a_control_plane_killed_mid_job_re_adopts_it_and_nothing_runs_twice() {
     let tmp = tempfile::tempdir().expect("tmp");
     let home = tmp.path().join("home");
-    let mut studio = Studio::up(&home);
-    let spec = "num_nodes = 2\nrun = \"echo started $RANK >> starts.txt; sleep 3; echo done $RANK\"\n";
-    let id = launch(&home, tmp.path(), spec);
-    let starts = tmp.path().join("starts.txt");
-    wait_until("both nodes start", Duration::from_secs(20), || {
-        std::fs::read_to_string(&starts).is_ok_and(|s| s.lines().count() == 2)
-    });
-    studio.kill();
-    // The nodes run on without it.
-    std::thread::sleep(Duration::from_millis(500));
-    let studio = Studio::up(&home);
-    let d = detail(&studio, id);
-    assert_eq!(
-        (d["job"]["status"].as_str(), d["job"]["attempt"].as_i64()),
-        (Some("running"), Some(1)),
-        "{d}"
-    );
-    let d = wait_final(&studio, id, Duration::from_secs(30));
-    assert_eq!(d["job"]["status"], "succeeded", "{}", events(&d));
-    assert_eq!(d["job"]["attempt"], 1);
-    assert!(events(&d).contains("re-adopted attempt 1"), "{}", events(&d));
-    let started = std::fs::read_to_string(&starts).expect("starts");
-    assert_eq!(started.lines().count(), 2, "each node started once: {started}");
+    let (_studio, id) = assert_readopted(&home, tmp.path(), "", || Studio::up(&home));
     let log = text(&volt(&home, &["job", "logs", &id.to_string(), "--node", "1"]));
     assert_eq!(log.trim(), "done 1");
 }

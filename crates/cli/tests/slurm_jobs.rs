@@ -14,8 +14,8 @@ use std::process::Command;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use support::studio::{
-    assert_one_trained_run, assert_recovers_bitwise, detail, events, launch, ls_row, node_handle, text, volt,
-    wait_final, wait_until, Studio,
+    assert_one_trained_run, assert_readopted, assert_recovers_bitwise, detail, events, launch, ls_row,
+    node_handle, text, volt, wait_final, wait_until, Studio,
 };
 
 static ONE_RIG: Mutex<()> = Mutex::new(());
@@ -214,34 +214,15 @@ fn a_restarted_control_plane_re_adopts_its_slurm_job_and_cancel_stops_it() {
     let rig = Rig::up(2);
     let tmp = tempfile::tempdir().expect("tmp");
     let home = tmp.path().join("home");
-    let mut studio = rig.studio(&home);
-    let spec = "num_nodes = 2\nrun = \"echo started $RANK >> starts.txt; sleep 3; echo done $RANK\"\n\
-                [backend]\nkind = \"slurm\"\n";
-    let id = launch(&home, tmp.path(), spec);
-    let starts = tmp.path().join("starts.txt");
-    wait_until("both nodes start", Duration::from_secs(30), || {
-        std::fs::read_to_string(&starts).is_ok_and(|s| s.lines().count() == 2)
-    });
-    studio.kill();
-    std::thread::sleep(Duration::from_millis(500));
-    let studio = rig.studio(&home);
-    let d = detail(&studio, id);
-    assert_eq!(
-        (d["job"]["status"].as_str(), d["job"]["attempt"].as_i64()),
-        (Some("running"), Some(1)),
-        "{d}"
-    );
-    let d = wait_final(&studio, id, Duration::from_secs(30));
-    assert_eq!((d["job"]["status"].as_str(), d["job"]["attempt"].as_i64()), (Some("succeeded"), Some(1)));
-    assert!(events(&d).contains("re-adopted attempt 1"), "{}", events(&d));
-    let started = std::fs::read_to_string(&starts).expect("starts");
-    assert_eq!(started.lines().count(), 2, "each node started once: {started}");
+    let backend = "[backend]\nkind = \"slurm\"\n";
+    let (studio, _id) = assert_readopted(&home, tmp.path(), backend, || rig.studio(&home));
     // Slurm ran one job for it.
     let jobs = rig.slurm("scontrol", &["show", "job", "-o"]);
     assert_eq!(jobs.lines().filter(|l| l.contains("JobName=volt-")).count(), 1, "{jobs}");
 
     // Cancel: every task stops within 10 s and Slurm's job is cancelled.
-    let long = spec.replace("sleep 3", "sleep 297");
+    let starts = tmp.path().join("starts.txt");
+    let long = format!("num_nodes = 2\nrun = \"echo started $RANK >> starts.txt; sleep 297\"\n{backend}");
     let id = launch(&home, tmp.path(), &long);
     wait_until("both nodes start", Duration::from_secs(30), || {
         std::fs::read_to_string(&starts).is_ok_and(|s| s.lines().count() == 4)

@@ -13,6 +13,15 @@ fn layer(vs: &nn::VarStore, name: &str, cfg: Option<&LoraConfig>) -> LoraLinear 
     LoraLinear::new(&(vs.root() / name), w, Some(b), cfg).expect("layer")
 }
 
+/// Overwrites variable `name` of `vs` with `value`.
+fn set(vs: &nn::VarStore, name: &str, value: f64) {
+    let mut vars = vs.variables();
+    let var = vars.get_mut(name).unwrap_or_else(|| panic!("no {name}"));
+    tch::no_grad(|| {
+        let _ = var.fill_(value);
+    });
+}
+
 fn no_dropout() -> LoraConfig {
     LoraConfig { r: 2, alpha: 4.0, dropout: 0.0, targets: vec!["q_proj".into()] }
 }
@@ -70,15 +79,9 @@ fn the_update_is_scaled_by_alpha_over_r() {
     let vs = nn::VarStore::new(Device::Cpu);
     let cfg = LoraConfig { r: 2, alpha: 6.0, dropout: 0.0, targets: vec!["q_proj".into()] };
     let l = layer(&vs, "q_proj", Some(&cfg));
-    let mut vars = vs.variables();
-    tch::no_grad(|| {
-        vars.get_mut("q_proj.lora_A.weight")
-            .expect("A")
-            .copy_(&Tensor::ones([2, 4], (Kind::Float, Device::Cpu)));
-        vars.get_mut("q_proj.lora_B.weight")
-            .expect("B")
-            .copy_(&Tensor::ones([6, 2], (Kind::Float, Device::Cpu)));
-    });
+    set(&vs, "q_proj.lora_A.weight", 1.0);
+    set(&vs, "q_proj.lora_B.weight", 1.0);
+    let vars = vs.variables();
     let x = Tensor::ones([1, 4], (Kind::Float, Device::Cpu));
     let base = x.linear(&vars["q_proj.weight"], Some(&vars["q_proj.bias"]));
     // x Aᵀ = [4, 4]; · Bᵀ = 8 per output; · alpha / r = 3 → 24.
@@ -87,12 +90,8 @@ fn the_update_is_scaled_by_alpha_over_r() {
     // Dropout acts on the adapter's input only while training.
     let cfg = LoraConfig { dropout: 0.5, ..cfg };
     let l = layer(&vs, "k_proj", Some(&cfg));
-    let mut vars = vs.variables();
-    tch::no_grad(|| {
-        vars.get_mut("k_proj.lora_B.weight")
-            .expect("B")
-            .copy_(&Tensor::ones([6, 2], (Kind::Float, Device::Cpu)));
-    });
+    set(&vs, "k_proj.lora_B.weight", 1.0);
+    let vars = vs.variables();
     let x = Tensor::randn([4, 4], (Kind::Float, Device::Cpu));
     assert!(l.forward_t(&x, false).equal(&l.forward_t(&x, false)), "no dropout when evaluating");
     assert!(!l.forward_t(&x, true).equal(&l.forward_t(&x, true)), "dropout while training");

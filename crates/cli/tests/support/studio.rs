@@ -194,3 +194,38 @@ pub fn assert_recovers_bitwise(
     assert_eq!(super::model_tensors(&last), want, "resumed weights equal the untouched run's, bit for bit");
     (id, d)
 }
+
+/// Launches a 2-node job (`backend`: the spec's `[backend]` lines, or none) whose nodes
+/// note their start in `workdir/starts.txt`, kills the control plane `up` started on
+/// `home` once both started, and starts it again: the job must still be running on
+/// attempt 1, then succeed on it, re-adopted, each node started once. The new control
+/// plane and the job's id.
+pub fn assert_readopted(
+    home: &Path,
+    workdir: &Path,
+    backend: &str,
+    up: impl Fn() -> Studio,
+) -> (Studio, i64) {
+    let mut studio = up();
+    let spec = format!(
+        "num_nodes = 2\nrun = \"echo started $RANK >> starts.txt; sleep 3; echo done $RANK\"\n{backend}"
+    );
+    let id = launch(home, workdir, &spec);
+    let starts = workdir.join("starts.txt");
+    wait_until("both nodes start", Duration::from_secs(30), || {
+        std::fs::read_to_string(&starts).is_ok_and(|s| s.lines().count() == 2)
+    });
+    studio.kill();
+    // The nodes run on without it.
+    std::thread::sleep(Duration::from_millis(500));
+    let studio = up();
+    let d = detail(&studio, id);
+    let state = |d: &Value| (d["job"]["status"].as_str().map(str::to_owned), d["job"]["attempt"].as_i64());
+    assert_eq!(state(&d), (Some("running".into()), Some(1)), "{d}");
+    let d = wait_final(&studio, id, Duration::from_secs(30));
+    assert_eq!(state(&d), (Some("succeeded".into()), Some(1)), "{}", events(&d));
+    assert!(events(&d).contains("re-adopted attempt 1"), "{}", events(&d));
+    let started = std::fs::read_to_string(&starts).expect("starts");
+    assert_eq!(started.lines().count(), 2, "each node started once: {started}");
+    (studio, id)
+}

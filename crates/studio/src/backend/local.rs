@@ -1,7 +1,7 @@
 //! Nodes as processes on this machine: each in a session of its own (so that neither the
 //! control plane's death nor its terminal's takes them down), output to its log file,
 //! found again by pid and start time (so that a reused pid is never mistaken for it).
-use super::{node_script, own_path, Backend, Launch, Observed, Stop};
+use super::{exit_code, node_script, own_path, Backend, Launch, Observed, Stop};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::os::unix::process::CommandExt;
@@ -25,12 +25,16 @@ struct Handle {
     exit_file: PathBuf,
 }
 
+/// The fields of `/proc/PID/stat` after the command name, from the state on (the name
+/// may hold spaces and parentheses: they follow the last ')').
+fn stat_fields(stat: &str) -> Option<Vec<&str>> {
+    Some(stat[stat.rfind(')')? + 1..].split_whitespace().collect())
+}
+
 /// The start time and state of process `pid`, if it exists.
 fn proc_stat(pid: i32) -> Option<(u64, char)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name may hold spaces and parentheses: fields follow the last ')'.
-    let rest = &stat[stat.rfind(')')? + 1..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let fields = stat_fields(&stat)?;
     let state = fields.first()?.chars().next()?;
     Some((fields.get(19)?.parse().ok()?, state))
 }
@@ -40,16 +44,11 @@ fn group_runs(pgid: i32) -> bool {
     let Ok(procs) = std::fs::read_dir("/proc") else { return true };
     procs.filter_map(|e| e.ok()).any(|e| {
         let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else { return false };
-        // After the command name: state, ppid, pgrp.
-        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else { return false };
-        let mut fields = rest.split_whitespace();
-        let state = fields.next().unwrap_or("Z");
-        state != "Z" && fields.nth(1).and_then(|g| g.parse::<i32>().ok()) == Some(pgid)
+        // State, ppid, pgrp.
+        stat_fields(&stat).is_some_and(|f| {
+            f.first().is_some_and(|s| *s != "Z") && f.get(2).and_then(|g| g.parse::<i32>().ok()) == Some(pgid)
+        })
     })
-}
-
-fn exit_code(file: &std::path::Path) -> Option<i64> {
-    std::fs::read_to_string(file).ok()?.trim().parse().ok()
 }
 
 impl Local {

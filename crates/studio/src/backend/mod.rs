@@ -106,6 +106,11 @@ pub trait Backend: Send + Sync {
     fn end(&self, _job_uid: &str) {}
 }
 
+/// The exit code a node's script wrote to `file` (see `node_script`), once it has.
+pub fn exit_code(file: &Path) -> Option<i64> {
+    std::fs::read_to_string(file).ok()?.trim().parse().ok()
+}
+
 /// `PATH` with the folder of this binary first: `run = "volt fit ..."` means this volt.
 pub fn own_path() -> Option<std::ffi::OsString> {
     let dir = std::env::current_exe().ok()?.parent()?.to_path_buf();

@@ -7,7 +7,6 @@ use std::time::{Duration, Instant};
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(super) struct JobInfo {
     pub(super) id: u64,
-    pub(super) name: String,
     pub(super) state: String,
     pub(super) reason: String,
     pub(super) restarts: u32,
@@ -56,7 +55,6 @@ pub(super) fn parse_job(line: &str) -> Option<JobInfo> {
     };
     Some(JobInfo {
         id: field("JobId")?.parse().ok()?,
-        name: field("JobName").unwrap_or_default(),
         state: field("JobState")?,
         reason: field("Reason").unwrap_or_default(),
         restarts: field("Restarts").and_then(|r| r.parse().ok()).unwrap_or(0),
@@ -140,7 +138,6 @@ mod tests {
             job,
             JobInfo {
                 id: 12,
-                name: "volt-3-17".into(),
                 state: "PENDING".into(),
                 reason: "BeginTime".into(),
                 restarts: 2,

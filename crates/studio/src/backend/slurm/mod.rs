@@ -10,9 +10,9 @@
 mod commands;
 mod script;
 
-use super::{Backend, Launch, Observed, Stop};
+use super::{exit_code, Backend, Launch, Observed, Stop};
 use commands::{is_final, job_name, parse_job, release, slurm, JobInfo};
-use script::{batch_script, slurm_memory};
+use script::{batch_script, cpus_per_task, slurm_memory};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -160,8 +160,8 @@ impl Slurm {
         if let Some(p) = &launch.partition {
             args.push(format!("--partition={p}"));
         }
-        if let Some(cpus) = launch.resources.cpus {
-            args.push(format!("--cpus-per-task={}", cpus.ceil().max(1.0) as u64));
+        if let Some(cpus) = cpus_per_task(launch) {
+            args.push(format!("--cpus-per-task={cpus}"));
         }
         let silent =
             self.silent_hosts.lock().unwrap_or_else(|e| e.into_inner()).get(&launch.job_uid).cloned();
@@ -209,10 +209,6 @@ impl Slurm {
         }
         why
     }
-}
-
-fn exit_code(file: &Path) -> Option<i64> {
-    std::fs::read_to_string(file).ok()?.trim().parse().ok()
 }
 
 impl Backend for Slurm {
@@ -273,14 +269,17 @@ impl Backend for Slurm {
                 }
             }
             // It may have written its code between the two looks.
-            _ if exit_code(&h.exit_file).is_some() => Observed::Exited(exit_code(&h.exit_file).unwrap_or(0)),
-            Some(job) => Observed::Lost(format!(
-                "Slurm job {} ended {} ({}) without this node's exit code (killed, or its node failed)",
-                job.id, job.state, job.reason
-            )),
-            None => {
-                Observed::Lost(format!("Slurm no longer knows job {} and the node left no exit code", h.job))
-            }
+            info => match (exit_code(&h.exit_file), info) {
+                (Some(code), _) => Observed::Exited(code),
+                (None, Some(job)) => Observed::Lost(format!(
+                    "Slurm job {} ended {} ({}) without this node's exit code (killed, or its node failed)",
+                    job.id, job.state, job.reason
+                )),
+                (None, None) => Observed::Lost(format!(
+                    "Slurm no longer knows job {} and the node left no exit code",
+                    h.job
+                )),
+            },
         }
     }
 
@@ -314,7 +313,7 @@ impl Backend for Slurm {
 
     fn stopped(&self, handle: &str) -> bool {
         let Ok(h) = serde_json::from_str::<Handle>(handle) else { return true };
-        self.forget(h.job);
+        // The look of the last half second will do: this is asked every 50 ms per node.
         match self.info(h.job) {
             Ok(Some(job)) => job.restarts != h.run || !job.active(),
             Ok(None) => true,

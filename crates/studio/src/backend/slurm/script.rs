@@ -7,6 +7,11 @@ pub(super) fn slurm_memory(mem: &str) -> String {
     mem.trim().trim_end_matches(['b', 'B']).to_uppercase()
 }
 
+/// The CPUs each task asks for, a whole number (`resources.cpus` rounded up).
+pub(super) fn cpus_per_task(launch: &Launch) -> Option<u64> {
+    launch.resources.cpus.map(|c| c.ceil().max(1.0) as u64)
+}
+
 /// The batch script of an attempt. A requeued run is attempt `K + SLURM_RESTART_COUNT`:
 /// it logs into that attempt's folder, and its nodes get that `VOLT_JOB_ATTEMPT` and a
 /// fresh `MASTER_PORT`. Nodes get torchrun-style variables (one process each, as on the
@@ -76,7 +81,7 @@ pub(super) fn batch_script(launch: &Launch, job_dir: &Path) -> String {
          exec srun --kill-on-bad-exit=1{cpus} --open-mode=append --output=\"$VOLT_ATTEMPT_DIR/node-%t.log\" \\\n  \
            sh -c {node}\n",
         // srun takes no --cpus-per-task from sbatch's (Slurm 22.05 to 23.02).
-        cpus = launch.resources.cpus.map_or_else(String::new, |c| format!(" --cpus-per-task={}", c.ceil().max(1.0) as u64)),
+        cpus = cpus_per_task(launch).map_or_else(String::new, |c| format!(" --cpus-per-task={c}")),
         uid = launch.job_uid,
         attempt = launch.attempt,
         exports = exports.join("\n"),
