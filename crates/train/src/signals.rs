@@ -1,8 +1,8 @@
 //! Ctrl-C, SIGTERM and SIGUSR1 (what Slurm's `--signal` sends ahead of a preemption)
 //! during `fit`: the first asks the loop to stop after the current
 //! step (and write `last`); a second Ctrl-C terminates as usual, a repeated SIGTERM or
-//! SIGUSR1 only asks again (SIGKILL is the hard stop). Outside `fit` the signals
-//! keep their default behaviour.
+//! SIGUSR1 only asks again (SIGKILL is the hard stop), also after a fit they stopped has
+//! returned. Otherwise, outside `fit` the signals keep their default behaviour.
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
@@ -60,10 +60,15 @@ impl StopOnSignal {
 }
 
 impl Drop for StopOnSignal {
+    /// Restores the default actions, unless a signal stopped this fit: the process is
+    /// then on its way out, and a scheduler's repeat of the same SIGTERM that comes after
+    /// fit returned (Slurm sends one, srun another) must not kill it before it exits
+    /// cleanly. A Ctrl-C still terminates, and the next `fit` starts afresh.
     fn drop(&mut self) {
         if let Some(f) = self.flags {
-            f.outside_fit.store(true, Ordering::SeqCst);
-            f.stop.store(false, Ordering::SeqCst);
+            if !f.stop.load(Ordering::SeqCst) {
+                f.outside_fit.store(true, Ordering::SeqCst);
+            }
         }
     }
 }

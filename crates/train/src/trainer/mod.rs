@@ -359,9 +359,10 @@ impl Trainer {
             first_step_at: None,
         };
 
+        // Held until fit returns: a signal that comes while `last` is being written (a
+        // scheduler's repeat, after the first stopped the loop) must not kill the write.
         let signals = StopOnSignal::install();
         let result = self.fit_loop(module, &train_loader, val_loader.as_ref(), &mut run, &signals);
-        drop(signals);
         match result {
             Ok((steps, train_time)) => self.finish(module, run, steps, train_time),
             Err(e) => {
