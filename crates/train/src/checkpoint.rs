@@ -135,10 +135,34 @@ fn read_error(path: &Path, e: std::io::Error) -> Error {
     Error::checkpoint(path, what)
 }
 
+/// Which of a model's variables a checkpoint holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Saved {
+    /// Every variable (Lightning's `state_dict`).
+    All,
+    /// Only the trainable ones: a frozen base (LoRA's) is referenced, not copied.
+    Trainable,
+}
+
+impl Saved {
+    fn keeps(self, t: &Tensor) -> bool {
+        self == Saved::All || t.requires_grad()
+    }
+}
+
 /// Model tensors of `vs`, named for a checkpoint.
 pub fn model_tensors(vs: &nn::VarStore) -> Vec<(String, Tensor)> {
-    let mut v: Vec<(String, Tensor)> =
-        vs.variables().into_iter().map(|(n, t)| (format!("{MODEL_PREFIX}{n}"), t)).collect();
+    model_tensors_of(vs, Saved::All)
+}
+
+/// The model tensors of `vs` that `saved` keeps, named for a checkpoint.
+pub fn model_tensors_of(vs: &nn::VarStore, saved: Saved) -> Vec<(String, Tensor)> {
+    let mut v: Vec<(String, Tensor)> = vs
+        .variables()
+        .into_iter()
+        .filter(|(_, t)| saved.keeps(t))
+        .map(|(n, t)| (format!("{MODEL_PREFIX}{n}"), t))
+        .collect();
     v.sort_by(|a, b| a.0.cmp(&b.0));
     v
 }
@@ -146,13 +170,18 @@ pub fn model_tensors(vs: &nn::VarStore) -> Vec<(String, Tensor)> {
 /// Copies a checkpoint's model tensors into `vs`; on any mismatch nothing is copied and
 /// the error lists every missing, unexpected and mis-shaped tensor.
 pub fn restore_model(vs: &nn::VarStore, ckpt: &Checkpoint, path: &Path) -> Result<()> {
-    let saved = ckpt.section(MODEL_PREFIX);
-    let vars = vs.variables();
+    restore_model_of(vs, ckpt, path, Saved::All)
+}
+
+/// [`restore_model`] for a checkpoint that holds the variables `saved` keeps.
+pub fn restore_model_of(vs: &nn::VarStore, ckpt: &Checkpoint, path: &Path, saved: Saved) -> Result<()> {
+    let saved_tensors = ckpt.section(MODEL_PREFIX);
+    let vars: HashMap<String, Tensor> = vs.variables().into_iter().filter(|(_, t)| saved.keeps(t)).collect();
     let mut problems = Vec::new();
     let mut names: Vec<&String> = vars.keys().collect();
     names.sort();
     for name in &names {
-        match saved.get(*name) {
+        match saved_tensors.get(*name) {
             None => problems.push(format!("  missing in checkpoint: {name} {:?}", vars[*name].size())),
             Some(t) if t.size() != vars[*name].size() => problems.push(format!(
                 "  shape mismatch: {name}: checkpoint {:?}, model {:?}",
@@ -162,7 +191,8 @@ pub fn restore_model(vs: &nn::VarStore, ckpt: &Checkpoint, path: &Path) -> Resul
             Some(_) => {}
         }
     }
-    let mut extra: Vec<(&String, &Tensor)> = saved.iter().filter(|(n, _)| !vars.contains_key(*n)).collect();
+    let mut extra: Vec<(&String, &Tensor)> =
+        saved_tensors.iter().filter(|(n, _)| !vars.contains_key(*n)).collect();
     extra.sort_by(|a, b| a.0.cmp(b.0));
     for (name, t) in extra {
         problems.push(format!("  not in model: {name} {:?}", t.size()));
@@ -172,10 +202,24 @@ pub fn restore_model(vs: &nn::VarStore, ckpt: &Checkpoint, path: &Path) -> Resul
     }
     tch::no_grad(|| -> Result<()> {
         for (name, mut var) in vars {
-            var.f_copy_(&saved[&name])?;
+            var.f_copy_(&saved_tensors[&name])?;
         }
         Ok(())
     })
+}
+
+/// Writes `tensors` as a plain safetensors file (no trainer state; `metadata` in the
+/// header), atomically: what other programs load, such as PEFT's adapter files.
+pub fn write_tensors(
+    path: &Path,
+    tensors: &[(String, Tensor)],
+    metadata: HashMap<String, String>,
+) -> Result<()> {
+    let bytes = tensors.iter().map(|(n, t)| Ok((n.clone(), to_bytes(n, t)?))).collect::<Result<Vec<_>>>()?;
+    let views: Vec<(&str, &Bytes)> = bytes.iter().map(|(n, b)| (n.as_str(), b)).collect();
+    let data = safetensors::tensor::serialize(views, Some(metadata))
+        .map_err(|e| Error::checkpoint(path, e.to_string()))?;
+    write_atomic(path, &data)
 }
 
 /// Writes `bytes` to `path` atomically ([`volt_formats::atomic::write_atomic`]).

@@ -6,7 +6,16 @@
 //! (`<layer>.lora_A.weight`, `<layer>.lora_B.weight`), so a saved adapter maps onto
 //! PEFT's by name. Any model whose linear layers are built through [`LoraLinear`] gets it.
 use crate::error::{Error, Result};
+use std::collections::{BTreeSet, HashMap};
+use std::path::Path;
 use tch::{nn, Tensor};
+
+/// PEFT's file of adapter tensors, in an adapter folder.
+pub const ADAPTER_WEIGHTS: &str = "adapter_model.safetensors";
+/// PEFT's file of the adapter's configuration, in an adapter folder.
+pub const ADAPTER_CONFIG: &str = "adapter_config.json";
+/// What PEFT's `PeftModel` puts before a base model's own tensor names.
+pub const PEFT_PREFIX: &str = "base_model.model.";
 
 /// What targets `all-linear` means: every linear layer the model offers (PEFT's
 /// `"all-linear"`, which leaves out the output head; the model decides what it offers).
@@ -158,4 +167,60 @@ impl nn::ModuleT for LoraLinear {
             }
         }
     }
+}
+
+/// Writes the adapters of `vs` (its `lora_A`/`lora_B` tensors) into `dir` as PEFT's
+/// files, so that `PeftModel.from_pretrained(base, dir)` loads them onto the model named
+/// `base_model` — which must name its layers as `vs` does (Hugging Face's names). The
+/// config's `target_modules` lists the short names of the layers that have one, which
+/// is how PEFT matches them. Each file is written atomically, the configuration last.
+pub fn save_peft_adapter(vs: &nn::VarStore, dir: &Path, config: &LoraConfig, base_model: &str) -> Result<()> {
+    let mut tensors: Vec<(String, Tensor)> = vs
+        .variables()
+        .into_iter()
+        .filter(|(name, _)| name.contains(".lora_A.") || name.contains(".lora_B."))
+        .map(|(name, t)| (format!("{PEFT_PREFIX}{name}"), t.detach()))
+        .collect();
+    if tensors.is_empty() {
+        return Err(Error::User("the model has no LoRA adapter to save".into()));
+    }
+    tensors.sort_by(|a, b| a.0.cmp(&b.0));
+    let targets: BTreeSet<String> = tensors
+        .iter()
+        .filter_map(|(name, _)| {
+            let layer = name.split(".lora_").next()?;
+            layer.rsplit('.').next().map(str::to_owned)
+        })
+        .collect();
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let metadata = HashMap::from([("format".to_owned(), "pt".to_owned())]);
+    crate::checkpoint::write_tensors(&dir.join(ADAPTER_WEIGHTS), &tensors, metadata)?;
+    let alpha = if config.alpha.fract() == 0.0 {
+        serde_json::json!(config.alpha as i64)
+    } else {
+        serde_json::json!(config.alpha)
+    };
+    let json = serde_json::json!({
+        "peft_type": "LORA",
+        "task_type": "CAUSAL_LM",
+        "base_model_name_or_path": base_model,
+        "r": config.r,
+        "lora_alpha": alpha,
+        "lora_dropout": config.dropout,
+        "target_modules": targets,
+        "bias": "none",
+        "fan_in_fan_out": false,
+        "inference_mode": true,
+        "init_lora_weights": true,
+        "modules_to_save": null,
+        "use_rslora": false,
+        "use_dora": false,
+        "layers_to_transform": null,
+        "layers_pattern": null,
+        "rank_pattern": {},
+        "alpha_pattern": {},
+        "revision": null,
+    });
+    let text = serde_json::to_string_pretty(&json).map_err(|e| Error::User(e.to_string()))?;
+    crate::checkpoint::write_atomic(&dir.join(ADAPTER_CONFIG), text.as_bytes())
 }

@@ -98,6 +98,13 @@ pub trait VoltModule {
     /// The optimizer and, optionally, a learning-rate scheduler.
     fn configure_optimizers(&self) -> OptimizerConfig;
 
+    /// Which variables checkpoints hold: all (default), or only the trainable ones for
+    /// a model whose frozen base is loaded from elsewhere (LoRA); the module then
+    /// records which base in `on_save_checkpoint` and checks it on load.
+    fn saved_variables(&self) -> crate::checkpoint::Saved {
+        crate::checkpoint::Saved::All
+    }
+
     /// Hyperparameters saved in checkpoints and `hparams.yaml`.
     fn hparams(&self) -> Value {
         Value::Null

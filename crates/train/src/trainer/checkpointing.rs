@@ -58,7 +58,10 @@ impl Trainer {
         ckpt: &Checkpoint,
         path: &Path,
     ) -> Result<Progress> {
-        checkpoint::restore_model(module.var_store(), ckpt, path)?;
+        // Before the weights, as Lightning: the module may refuse a checkpoint (one made
+        // on another base model) with a better reason than a tensor mismatch.
+        module.on_load_checkpoint(&ckpt.state.module)?;
+        checkpoint::restore_model_of(module.var_store(), ckpt, path, module.saved_variables())?;
         if let Some(scalars) = &ckpt.state.optimizer {
             let tensors = ckpt.section(checkpoint::OPTIMIZER_PREFIX);
             optimizer.load_state(scalars, &tensors).map_err(|problems| Error::CheckpointMismatch {
@@ -69,7 +72,6 @@ impl Trainer {
         if let (Some(s), Some(state)) = (scheduler.as_mut(), &ckpt.state.scheduler) {
             s.load_state(state.clone());
         }
-        module.on_load_checkpoint(&ckpt.state.module)?;
         Ok(ckpt.state.progress.clone())
     }
 
@@ -80,7 +82,7 @@ impl Trainer {
             progress.epoch += 1;
             progress.batch_in_epoch = 0;
         }
-        let mut tensors = checkpoint::model_tensors(module.var_store());
+        let mut tensors = checkpoint::model_tensors_of(module.var_store(), module.saved_variables());
         tensors.extend(
             run.optimizer
                 .state_tensors()

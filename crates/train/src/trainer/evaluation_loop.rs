@@ -85,8 +85,8 @@ impl Trainer {
         };
         if let Some(p) = &path {
             let ckpt = Checkpoint::load(p)?;
-            checkpoint::restore_model(module.var_store(), &ckpt, p)?;
             module.on_load_checkpoint(&ckpt.state.module)?;
+            checkpoint::restore_model_of(module.var_store(), &ckpt, p, module.saved_variables())?;
         }
         self.fabric.setup_module(module.var_store())?;
         Ok(path)
