@@ -7,7 +7,7 @@ mod run;
 mod zoo;
 
 pub use run::{
-    apply_optimizer, parse_args, resolve_config, run, run_subcommand, CliData, CliError, CliModel,
-    Invocation, Subcommand, USAGE,
+    apply_optimizer, parse_args, resolve_config, resolve_config_with, run, run_subcommand,
+    run_subcommand_with, CliData, CliError, CliModel, Invocation, Subcommand, USAGE,
 };
 pub use zoo::{run_zoo_model, unknown_model};

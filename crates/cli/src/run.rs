@@ -20,6 +20,12 @@ pub trait CliModel: VoltModule<Prediction: PredictionRows> + Sized {
     /// Changes to Lightning's defaults that suit this model (its usual schedule, the
     /// checkpoints worth keeping); files and overrides still win.
     fn configure_defaults(_trainer: &mut volt_train::TrainerConfig, _callbacks: &mut CallbacksConfig) {}
+
+    /// Writes what a finished fit leaves besides checkpoints (a LoRA adapter) into
+    /// `log_dir`, on rank 0; returns lines to print.
+    fn after_fit(&self, _log_dir: &std::path::Path) -> volt_train::Result<Vec<String>> {
+        Ok(Vec::new())
+    }
 }
 
 /// Data the command line can build from its `[data]` section.
@@ -28,6 +34,11 @@ pub trait CliData: DataModule + Sized {
     type Config: Serialize + DeserializeOwned + Default + Clone;
     /// The data module.
     fn build(config: &Self::Config) -> volt_train::Result<Self>;
+
+    /// Fills what the `[data]` section leaves to the model from the resolved `[model]`
+    /// section (`model`, as JSON): the tokenizer of the model's file, as LitGPT's
+    /// `data.connect(tokenizer)`.
+    fn inherit(_config: &mut Self::Config, _model: &serde_json::Value) {}
 }
 
 /// Which loop to run.
@@ -169,7 +180,16 @@ pub fn parse_args(args: &[String]) -> Result<Invocation, ConfigError> {
 pub fn resolve_config<M: CliModel, D: CliData>(
     inv: &Invocation,
 ) -> Result<RunConfig<M::Config, D::Config>, ConfigError> {
-    let mut defaults = RunConfig::<M::Config, D::Config>::default();
+    resolve_config_with::<M, D>(inv, M::Config::default())
+}
+
+/// [`resolve_config`] from `model` as the `[model]` section's defaults (one model type
+/// under two names with different defaults: `smollm2` and `smollm2-lora`).
+pub fn resolve_config_with<M: CliModel, D: CliData>(
+    inv: &Invocation,
+    model: M::Config,
+) -> Result<RunConfig<M::Config, D::Config>, ConfigError> {
+    let mut defaults = RunConfig::<M::Config, D::Config> { model, ..RunConfig::default() };
     M::configure_defaults(&mut defaults.trainer, &mut defaults.callbacks);
     let files = inv.configs.iter().map(|p| config::read_file(p)).collect::<Result<Vec<_>, _>>()?;
     let user_checkpoint = files.iter().any(|f| f.pointer("/callbacks/model_checkpoint").is_some())
@@ -180,6 +200,8 @@ pub fn resolve_config<M: CliModel, D: CliData>(
     if !config.trainer.enable_checkpointing && !user_checkpoint {
         config.callbacks.model_checkpoint = None;
     }
+    let model = serde_json::to_value(&config.model).map_err(|e| ConfigError::Invalid(e.to_string()))?;
+    D::inherit(&mut config.data, &model);
     Ok(config)
 }
 
@@ -242,13 +264,26 @@ where
     M: CliModel,
     D: CliData<Batch = M::Batch>,
 {
+    run_subcommand_with::<M, D>(command, args, M::Config::default())
+}
+
+/// [`run_subcommand`] with `model` as the `[model]` section's defaults.
+pub fn run_subcommand_with<M, D>(
+    command: Subcommand,
+    args: &[String],
+    model: M::Config,
+) -> Result<(), CliError>
+where
+    M: CliModel,
+    D: CliData<Batch = M::Batch>,
+{
     let inv = parse_args(args)?;
     if inv.help {
         println!("{USAGE}");
         return Ok(());
     }
     let started = Instant::now();
-    let mut config = resolve_config::<M, D>(&inv)?;
+    let mut config = resolve_config_with::<M, D>(&inv, model)?;
     config.validate()?;
     let toml = config::to_toml(&config)?;
     if inv.print_config {
@@ -316,6 +351,9 @@ where
                 println!("  first optimizer step {launch_to_first:.2} s after launch");
             }
             if let Some(dir) = &out.log_dir {
+                for line in model.after_fit(dir).map_err(run_error)? {
+                    println!("  {line}");
+                }
                 println!("  logs: {}", dir.display());
             }
             let comm = trainer.fabric().comm_stats();

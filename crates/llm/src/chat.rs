@@ -51,14 +51,7 @@ impl LlmChat {
             std::fs::read(path).map_err(|e| crate::LlmError::Model(format!("{}: {e}", path.display())))?;
         let g = Gguf::parse(&bytes).map_err(|e| in_file(e.into()))?;
         let tokenizer = GgufTokenizer::from_gguf(&g).map_err(in_file)?;
-        let text = |id: Option<u32>| {
-            id.and_then(|i| {
-                g.get("tokenizer.ggml.tokens").ok()?.as_array()?.get(i as usize)?.as_str().map(str::to_owned)
-            })
-            .unwrap_or_default()
-        };
-        let eos_id = g.metadata.get("tokenizer.ggml.eos_token_id").and_then(|v| v.as_u64()).map(|v| v as u32);
-        let template = ChatTemplate::from_gguf(&g, &text(tokenizer.bos), &text(eos_id)).map_err(in_file)?;
+        let template = ChatTemplate::from_gguf_tokens(&g).map_err(in_file)?;
         let context = LlamaConfig::from_gguf(&g).map_err(in_file)?.context_len;
         let config = EngineConfig { max_model_len: config.max_model_len.min(context), ..config };
         let name = g.metadata.get("general.name").and_then(|v| v.as_str()).unwrap_or("gguf").to_owned();

@@ -47,6 +47,18 @@ impl ChatTemplate {
         Self::new(source, bos_token, eos_token)
     }
 
+    /// The template of a GGUF file, its bos and eos texts read from the file's
+    /// vocabulary (`tokenizer.ggml.bos_token_id`, `eos_token_id`).
+    pub fn from_gguf_tokens(g: &Gguf) -> Result<Self> {
+        let text = |key: &str| -> String {
+            let id = g.metadata.get(key).and_then(|v| v.as_u64());
+            id.and_then(|i| g.get("tokenizer.ggml.tokens").ok()?.as_array()?.get(i as usize)?.as_str())
+                .unwrap_or_default()
+                .to_owned()
+        };
+        Self::from_gguf(g, &text("tokenizer.ggml.bos_token_id"), &text("tokenizer.ggml.eos_token_id"))
+    }
+
     /// The prompt for `messages`, ending with the assistant's turn when
     /// `add_generation_prompt` (what a chat completion needs).
     pub fn render(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String> {

