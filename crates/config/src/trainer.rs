@@ -40,6 +40,28 @@ pub enum Precision {
     #[default]
     #[serde(rename = "32-true", alias = "32")]
     F32,
+    /// bfloat16 autocast over float32 weights and optimizer state (Lightning's
+    /// `bf16-mixed`).
+    #[serde(rename = "bf16-mixed")]
+    Bf16Mixed,
+    /// bfloat16 weights, optimizer state and math (Lightning's `bf16-true`).
+    #[serde(rename = "bf16-true", alias = "bf16")]
+    Bf16True,
+    /// float16 autocast with a gradient scaler; CUDA only (Lightning's `16-mixed`).
+    #[serde(rename = "16-mixed", alias = "16")]
+    F16Mixed,
+}
+
+impl Precision {
+    /// Lightning's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::F32 => "32-true",
+            Precision::Bf16Mixed => "bf16-mixed",
+            Precision::Bf16True => "bf16-true",
+            Precision::F16Mixed => "16-mixed",
+        }
+    }
 }
 
 /// The loggers the Trainer can create from configuration.

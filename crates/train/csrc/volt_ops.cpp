@@ -3,6 +3,7 @@
 // Tensors arrive as `at::Tensor*`, which is what tch's `Tensor::as_ptr` points at.
 // Every function returns nullptr on success or a heap-allocated error message that the
 // caller frees with volt_free_error.
+#include <ATen/autocast_mode.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/_fused_adam.h>
 #include <ATen/ops/_fused_adamw.h>
@@ -82,6 +83,35 @@ char *volt_clip_grad_norm(at::Tensor **grads, int64_t n, double max_norm, double
     auto coef = t.add(1e-6).reciprocal().mul(max_norm).clamp_max(1.0);
     at::_foreach_mul_(g, coef);
     *total = t.item<double>();
+    return nullptr;
+  } catch (const std::exception &e) {
+    return error(e.what());
+  }
+}
+
+// Turns autocast on for this thread on `device` (0 CPU, 1 CUDA) in `dtype` (0 bfloat16,
+// 1 float16); what it was before goes to `was_enabled` and `was_dtype` for the exit.
+char *volt_autocast_enter(int device, int dtype, int *was_enabled, int *was_dtype) {
+  try {
+    auto d = device == 1 ? at::kCUDA : at::kCPU;
+    *was_enabled = at::autocast::is_autocast_enabled(d) ? 1 : 0;
+    *was_dtype = at::autocast::get_autocast_dtype(d) == at::kHalf ? 1 : 0;
+    at::autocast::set_autocast_dtype(d, dtype == 1 ? at::kHalf : at::kBFloat16);
+    at::autocast::set_autocast_enabled(d, true);
+    at::autocast::increment_nesting();
+    return nullptr;
+  } catch (const std::exception &e) {
+    return error(e.what());
+  }
+}
+
+// Undoes volt_autocast_enter; the outermost exit drops the cache of cast weights.
+char *volt_autocast_exit(int device, int was_enabled, int was_dtype) {
+  try {
+    auto d = device == 1 ? at::kCUDA : at::kCPU;
+    if (at::autocast::decrement_nesting() == 0) at::autocast::clear_cache();
+    at::autocast::set_autocast_enabled(d, was_enabled != 0);
+    at::autocast::set_autocast_dtype(d, was_dtype == 1 ? at::kHalf : at::kBFloat16);
     return nullptr;
   } catch (const std::exception &e) {
     return error(e.what());

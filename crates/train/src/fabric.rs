@@ -75,6 +75,7 @@ pub struct Fabric {
     strategy: Box<dyn Strategy>,
     params: Vec<Tensor>,
     backward_sync: bool,
+    precision: Precision,
 }
 
 impl Fabric {
@@ -103,12 +104,21 @@ impl Fabric {
         } else {
             Box::new(SingleDevice::new(select_device(config.accelerator)?))
         };
-        Ok(Self::with_strategy(strategy))
+        let fabric = Fabric { precision: config.precision, ..Self::with_strategy(strategy) };
+        if fabric.precision == Precision::F16Mixed {
+            let why = if fabric.device().is_cuda() {
+                "its gradient scaler is not built yet"
+            } else {
+                "float16 training needs a gradient scaler on a CUDA device, and this run is on the CPU"
+            };
+            return Err(Error::Config(format!("precision = \"16-mixed\": {why}; use \"bf16-mixed\"")));
+        }
+        Ok(fabric)
     }
 
     /// Fabric over a strategy of the caller's.
     pub fn with_strategy(strategy: Box<dyn Strategy>) -> Self {
-        Fabric { strategy, params: Vec::new(), backward_sync: true }
+        Fabric { strategy, params: Vec::new(), backward_sync: true, precision: Precision::F32 }
     }
 
     /// Seeds libtorch's generators (CPU and every GPU) and the shuffle of data loaders
@@ -156,9 +166,40 @@ impl Fabric {
 
     /// Moves the model to the device and registers its parameters for gradient sync.
     pub fn setup_module(&mut self, vs: &nn::VarStore) -> Result<()> {
+        if self.precision == Precision::Bf16True {
+            tch::no_grad(|| -> Result<()> {
+                for (_, mut t) in vs.variables() {
+                    if t.is_floating_point() && t.kind() != tch::Kind::BFloat16 {
+                        t.f_set_data(&t.f_to_kind(tch::Kind::BFloat16)?)?;
+                    }
+                }
+                Ok(())
+            })?;
+        }
         self.strategy.setup_module(vs)?;
         self.params = vs.trainable_variables();
         Ok(())
+    }
+
+    /// The numeric precision.
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+
+    /// Runs `f` (a forward pass and its loss) under the run's precision: libtorch's
+    /// autocast to bfloat16 for `bf16-mixed`, as `torch.autocast` in Lightning's plugin,
+    /// over float32 weights; `bf16-true` too, over bfloat16 weights, so that float32
+    /// inputs meet them in bfloat16 (Lightning converts the inputs instead). As is for
+    /// `32-true`. Autocast is per thread: backward needs none.
+    pub fn autocast<R>(&self, f: impl FnOnce() -> Result<R>) -> Result<R> {
+        let _autocast = match self.precision {
+            Precision::F32 => None,
+            Precision::Bf16Mixed | Precision::Bf16True => {
+                Some(crate::ffi::Autocast::enter(self.device().is_cuda(), false)?)
+            }
+            Precision::F16Mixed => Some(crate::ffi::Autocast::enter(true, true)?),
+        };
+        f()
     }
 
     /// `setup_module`, then an optimizer over the model's trainable variables.

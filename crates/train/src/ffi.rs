@@ -6,6 +6,13 @@ use torch_sys::C_tensor;
 
 extern "C" {
     fn volt_free_error(message: *mut c_char);
+    fn volt_autocast_enter(
+        device: c_int,
+        dtype: c_int,
+        was_enabled: *mut c_int,
+        was_dtype: *mut c_int,
+    ) -> *mut c_char;
+    fn volt_autocast_exit(device: c_int, was_enabled: c_int, was_dtype: c_int) -> *mut c_char;
     fn volt_fused_adam(
         params: *const *const C_tensor,
         grads: *const *const C_tensor,
@@ -139,4 +146,31 @@ pub(crate) fn clip_grad_norm(grads: &[&Tensor], max_norm: f64) -> Result<f64> {
     // SAFETY: an array of live tensor pointers; `total` outlives the call.
     check(unsafe { volt_clip_grad_norm(g.as_ptr(), g.len() as i64, max_norm, &mut total) })?;
     Ok(total)
+}
+
+/// libtorch's autocast on for this thread while alive (`torch.autocast` as a guard).
+pub(crate) struct Autocast {
+    device: c_int,
+    was_enabled: c_int,
+    was_dtype: c_int,
+}
+
+impl Autocast {
+    /// Autocast on `cuda` (else the CPU) to float16 (`half`) or bfloat16.
+    pub(crate) fn enter(cuda: bool, half: bool) -> Result<Self> {
+        let (device, dtype) = (c_int::from(cuda), c_int::from(half));
+        let (mut was_enabled, mut was_dtype) = (0, 0);
+        // SAFETY: the shim writes the two out-parameters, which outlive the call.
+        check(unsafe { volt_autocast_enter(device, dtype, &mut was_enabled, &mut was_dtype) })?;
+        Ok(Autocast { device, was_enabled, was_dtype })
+    }
+}
+
+impl Drop for Autocast {
+    fn drop(&mut self) {
+        // SAFETY: plain values; restoring libtorch's thread-local flags cannot fail in
+        // practice, and a failure here has nobody to report to.
+        let message = unsafe { volt_autocast_exit(self.device, self.was_enabled, self.was_dtype) };
+        let _ = check(message);
+    }
 }

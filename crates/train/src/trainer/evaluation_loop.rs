@@ -57,8 +57,8 @@ impl Trainer {
                 ctx.batch_idx = i;
                 ctx.batch_size = batch.batch_size();
                 match stage {
-                    Stage::Test => module.test_step(&batch, &mut ctx)?,
-                    _ => module.validation_step(&batch, &mut ctx)?,
+                    Stage::Test => self.fabric.autocast(|| module.test_step(&batch, &mut ctx))?,
+                    _ => self.fabric.autocast(|| module.validation_step(&batch, &mut ctx))?,
                 }
                 for r in ctx.records.drain(..) {
                     if r.on_epoch {

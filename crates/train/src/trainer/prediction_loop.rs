@@ -57,7 +57,7 @@ impl Trainer {
                 let batch = batch?.to_device(device);
                 ctx.batch_idx = i;
                 ctx.batch_size = batch.batch_size();
-                sink(batch_indices, module.predict_step(&batch, &mut ctx)?)?;
+                sink(batch_indices, self.fabric.autocast(|| module.predict_step(&batch, &mut ctx))?)?;
             }
             Ok(limit.min(indices.len()))
         })

@@ -67,7 +67,7 @@ impl Trainer {
             ctx.global_step = run.state.progress.global_step;
             ctx.batch_idx = batch_idx;
             ctx.batch_size = batch.batch_size();
-            let loss = module.training_step(&batch, &mut ctx)?;
+            let loss = self.fabric.autocast(|| module.training_step(&batch, &mut ctx))?;
             let loss_value = loss.f_double_value(&[])?;
             if !loss_value.is_finite() {
                 return Err(Error::NonFiniteLoss {
