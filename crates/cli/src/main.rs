@@ -2,6 +2,7 @@
 //!
 //! Exit codes: 0 success, 2 usage or configuration error, 1 failure during the run.
 mod job;
+mod lora;
 mod serve;
 mod studio;
 
@@ -43,6 +44,11 @@ enum Command {
         #[command(subcommand)]
         command: job::JobCommand,
     },
+    /// LoRA adapters: `merge` folds one into its base as a Hugging Face model folder.
+    Lora {
+        #[command(subcommand)]
+        command: lora::LoraCommand,
+    },
     /// The control plane that runs jobs.
     Studio {
         #[command(subcommand)]
@@ -76,6 +82,7 @@ fn main() -> ExitCode {
         Command::Predict(a) => run_loop(Subcommand::Predict, &a.args),
         Command::Serve(args) => serve::run(*args),
         Command::Job { command } => job::run(command),
+        Command::Lora { command } => lora::run(command),
         Command::Studio { command } => studio::run(command),
         Command::Models => {
             for m in volt_zoo::MODELS {

@@ -84,6 +84,36 @@ fn lora_fit_writes_peft_files_resumes_exactly_and_refuses_another_base() {
     assert_eq!(want.len(), 120, "adapters only");
     assert_eq!(support::model_tensors(&line_after(&resumed, "last checkpoint:")), want, "bit for bit");
 
+    // `volt lora merge`: base + adapter into a Hugging Face folder.
+    let merged = dir.path().join("merged");
+    let merge = |extra: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_volt"))
+            .current_dir(repo())
+            .args(["lora", "merge"])
+            .args(extra)
+            .output()
+            .expect("run volt")
+    };
+    let adapter_arg = adapter.display().to_string();
+    let out = merge(&["--adapter", &adapter_arg, "--out", &merged.display().to_string()]);
+    ok(&out);
+    for file in [
+        "model.safetensors",
+        "config.json",
+        "generation_config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    ] {
+        assert!(merged.join(file).is_file(), "{file} missing");
+    }
+    let hf: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(merged.join("config.json")).expect("config"))
+            .expect("json");
+    assert_eq!((hf["num_hidden_layers"].as_u64(), hf["num_key_value_heads"].as_u64()), (Some(30), Some(3)));
+    let again = merge(&["--adapter", &adapter_arg, "--out", &merged.display().to_string()]);
+    assert_eq!(again.status.code(), Some(2));
+    assert!(support::stderr(&again).contains("exists"), "{}", support::stderr(&again));
+
     // Another base: the same file with one byte of its name changed.
     let mut bytes = std::fs::read(repo().join(".smollm2")).expect("gguf");
     let at = bytes.windows(7).position(|w| w == b"Smollm2").expect("general.name in the header");
@@ -109,6 +139,16 @@ fn lora_fit_writes_peft_files_resumes_exactly_and_refuses_another_base() {
             && err.contains("this run's base is other.gguf"),
         "{err}"
     );
+    let other_arg = other.display().to_string();
+    let m2 = dir.path().join("m2").display().to_string();
+    let refused = merge(&["--adapter", &adapter_arg, "--gguf", &other_arg, "--out", &m2]);
+    assert_eq!(refused.status.code(), Some(2), "{}", support::stderr(&refused));
+    let err = support::stderr(&refused);
+    assert!(
+        err.contains("trained on base SmolLM2-135M-Instruct.Q4_1.gguf") && err.contains("not on other.gguf"),
+        "{err}"
+    );
+    assert!(!dir.path().join("m2").exists());
 }
 
 #[test]

@@ -191,6 +191,13 @@ impl GgufTokenizer {
         self.bytes.len()
     }
 
+    /// The tokenizer as Hugging Face's `tokenizer.json` (what `tokenizers` and
+    /// transformers' fast tokenizers load), with the same splits volt uses: SmolLM2's
+    /// digit split included, which transformers' own GGUF conversion leaves out.
+    pub fn to_json(&self) -> Result<String> {
+        self.inner.to_string(true).map_err(|e| LlmError::model(format!("tokenizer: {e}")))
+    }
+
     /// The id of a token's text, if it is one.
     pub fn token_to_id(&self, text: &str) -> Option<u32> {
         self.inner.token_to_id(text)

@@ -98,17 +98,7 @@ impl Checkpoint {
     pub fn load(path: &Path) -> Result<Self> {
         let buffer = std::fs::read(path).map_err(|e| read_error(path, e))?;
         let (state, st) = format::parse(&buffer).map_err(|e| Error::checkpoint(path, e.to_string()))?;
-        let mut tensors = Vec::new();
-        for (name, view) in st.tensors() {
-            let kind = kind_of(view.dtype()).ok_or_else(|| {
-                Error::checkpoint(path, format!("tensor {name}: dtype {:?} is not supported", view.dtype()))
-            })?;
-            let size: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
-            let t = Tensor::f_from_data_size(view.data(), &size, kind)?;
-            tensors.push((name, t));
-        }
-        tensors.sort_by(|a, b| a.0.cmp(&b.0));
-        Ok(Checkpoint { tensors, state })
+        Ok(Checkpoint { tensors: tensors_of(&st, path)?, state })
     }
 
     /// Reads only a checkpoint's trainer state: the file's header, not its tensors.
@@ -206,6 +196,35 @@ pub fn restore_model_of(vs: &nn::VarStore, ckpt: &Checkpoint, path: &Path, saved
         }
         Ok(())
     })
+}
+
+/// Every tensor of a safetensors file, sorted by name; `path` names the file in errors.
+fn tensors_of(st: &safetensors::SafeTensors<'_>, path: &Path) -> Result<Vec<(String, Tensor)>> {
+    let mut tensors = Vec::new();
+    for (name, view) in st.tensors() {
+        let kind = kind_of(view.dtype()).ok_or_else(|| {
+            Error::checkpoint(path, format!("tensor {name}: dtype {:?} is not supported", view.dtype()))
+        })?;
+        let size: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
+        tensors.push((name, Tensor::f_from_data_size(view.data(), &size, kind)?));
+    }
+    tensors.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(tensors)
+}
+
+/// Named tensors and a file header's metadata.
+pub type TensorsAndMetadata = (Vec<(String, Tensor)>, HashMap<String, String>);
+
+/// A plain safetensors file (one other programs wrote): its tensors, sorted by name, and
+/// its header's metadata.
+pub fn read_tensors(path: &Path) -> Result<TensorsAndMetadata> {
+    let buffer = std::fs::read(path).map_err(|e| read_error(path, e))?;
+    let bad =
+        |e: safetensors::SafeTensorError| Error::checkpoint(path, format!("not a safetensors file: {e}"));
+    let (_, header) = safetensors::SafeTensors::read_metadata(&buffer).map_err(bad)?;
+    let metadata = header.metadata().clone().unwrap_or_default();
+    let st = safetensors::SafeTensors::deserialize(&buffer).map_err(bad)?;
+    Ok((tensors_of(&st, path)?, metadata))
 }
 
 /// Writes `tensors` as a plain safetensors file (no trainer state; `metadata` in the

@@ -173,8 +173,15 @@ impl nn::ModuleT for LoraLinear {
 /// files, so that `PeftModel.from_pretrained(base, dir)` loads them onto the model named
 /// `base_model` — which must name its layers as `vs` does (Hugging Face's names). The
 /// config's `target_modules` lists the short names of the layers that have one, which
-/// is how PEFT matches them. Each file is written atomically, the configuration last.
-pub fn save_peft_adapter(vs: &nn::VarStore, dir: &Path, config: &LoraConfig, base_model: &str) -> Result<()> {
+/// is how PEFT matches them; `metadata` goes into the tensors' file header (PEFT reads
+/// none of it). Each file is written atomically, the configuration last.
+pub fn save_peft_adapter(
+    vs: &nn::VarStore,
+    dir: &Path,
+    config: &LoraConfig,
+    base_model: &str,
+    mut metadata: HashMap<String, String>,
+) -> Result<()> {
     let mut tensors: Vec<(String, Tensor)> = vs
         .variables()
         .into_iter()
@@ -193,7 +200,7 @@ pub fn save_peft_adapter(vs: &nn::VarStore, dir: &Path, config: &LoraConfig, bas
         })
         .collect();
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    let metadata = HashMap::from([("format".to_owned(), "pt".to_owned())]);
+    metadata.insert("format".to_owned(), "pt".to_owned());
     crate::checkpoint::write_tensors(&dir.join(ADAPTER_WEIGHTS), &tensors, metadata)?;
     let alpha = if config.alpha.fract() == 0.0 {
         serde_json::json!(config.alpha as i64)
@@ -223,4 +230,95 @@ pub fn save_peft_adapter(vs: &nn::VarStore, dir: &Path, config: &LoraConfig, bas
     });
     let text = serde_json::to_string_pretty(&json).map_err(|e| Error::User(e.to_string()))?;
     crate::checkpoint::write_atomic(&dir.join(ADAPTER_CONFIG), text.as_bytes())
+}
+
+/// A PEFT adapter folder read back: its configuration, its tensors under the model's own
+/// names (`<layer>.lora_A.weight`), and its tensor file's metadata.
+pub struct PeftAdapter {
+    /// `r`, `lora_alpha`, `lora_dropout`, `target_modules`.
+    pub config: LoraConfig,
+    /// The adapter tensors, by the model's variable names.
+    pub tensors: HashMap<String, Tensor>,
+    /// The header metadata of `adapter_model.safetensors`.
+    pub metadata: HashMap<String, String>,
+}
+
+/// Reads PEFT's adapter files from `dir`. What volt's LoRA does not do (DoRA, rsLoRA,
+/// bias training, per-layer ranks, modules_to_save) is refused by its field name, never
+/// silently dropped.
+pub fn read_peft_adapter(dir: &Path) -> Result<PeftAdapter> {
+    let config_path = dir.join(ADAPTER_CONFIG);
+    let bad = |why: String| Error::checkpoint(&config_path, why);
+    let text = std::fs::read_to_string(&config_path).map_err(|e| Error::io(&config_path, e))?;
+    let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
+    let field = |name: &str| json.get(name).filter(|v| !v.is_null());
+    if let Some(kind) = field("peft_type").and_then(|v| v.as_str()).filter(|k| *k != "LORA") {
+        return Err(bad(format!("peft_type = {kind:?}: volt reads LoRA adapters only")));
+    }
+    for (name, fine) in [
+        ("use_dora", serde_json::json!(false)),
+        ("use_rslora", serde_json::json!(false)),
+        ("fan_in_fan_out", serde_json::json!(false)),
+        ("bias", serde_json::json!("none")),
+    ] {
+        if let Some(v) = field(name).filter(|v| **v != fine) {
+            return Err(bad(format!("{name} = {v}: volt's LoRA supports only {fine}")));
+        }
+    }
+    for name in ["modules_to_save", "layers_to_transform", "rank_pattern", "alpha_pattern"] {
+        let empty = |v: &serde_json::Value| v.as_object().is_some_and(|o| o.is_empty());
+        if let Some(v) = field(name).filter(|v| !empty(v)) {
+            return Err(bad(format!("{name} = {v}: not supported by volt's LoRA")));
+        }
+    }
+    let number =
+        |name: &str| field(name).and_then(|v| v.as_f64()).ok_or_else(|| bad(format!("no number `{name}`")));
+    let targets = match field("target_modules") {
+        Some(serde_json::Value::String(s)) => vec![s.clone()],
+        Some(serde_json::Value::Array(list)) => {
+            list.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect()
+        }
+        _ => return Err(bad("no `target_modules`".into())),
+    };
+    let config = LoraConfig {
+        r: number("r")? as i64,
+        alpha: number("lora_alpha")?,
+        dropout: field("lora_dropout").and_then(|v| v.as_f64()).unwrap_or(0.0),
+        targets,
+    };
+    config.check().map_err(|e| bad(e.to_string()))?;
+    let (list, metadata) = crate::checkpoint::read_tensors(&dir.join(ADAPTER_WEIGHTS))?;
+    let tensors = list
+        .into_iter()
+        .map(|(name, t)| {
+            let name = name.strip_prefix(PEFT_PREFIX).unwrap_or(&name).replace(".default.", ".");
+            (name, t)
+        })
+        .collect();
+    Ok(PeftAdapter { config, tensors, metadata })
+}
+
+/// Every variable of `vs` but the adapters, with each adapted layer's update folded into
+/// its weight (`W + scale · B A`, what a merged model holds), sorted by name.
+pub fn merged_tensors(vs: &nn::VarStore, scale: f64) -> Vec<(String, Tensor)> {
+    let vars = vs.variables();
+    let mut out: Vec<(String, Tensor)> = tch::no_grad(|| {
+        vars.iter()
+            .filter(|(name, _)| !name.contains(".lora_A.") && !name.contains(".lora_B."))
+            .map(|(name, w)| {
+                let layer = name.strip_suffix(".weight").unwrap_or(name);
+                let (a, b) = (
+                    vars.get(&format!("{layer}.lora_A.weight")),
+                    vars.get(&format!("{layer}.lora_B.weight")),
+                );
+                let merged = match (a, b) {
+                    (Some(a), Some(b)) => w + b.matmul(a) * scale,
+                    _ => w.copy(),
+                };
+                (name.clone(), merged)
+            })
+            .collect()
+    });
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
 }

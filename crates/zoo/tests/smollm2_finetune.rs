@@ -225,6 +225,25 @@ fn peft_and_transformers_load_volts_adapter_and_agree_on_the_logits() {
     // The adapter matters: without it transformers' logits are far from volt's.
     let base = python_diff(&logits, &ids, &[]);
     assert!(base["max_abs_diff"].as_f64().expect("number") > 1e-2, "{base}");
+
+    // Read back onto the base, it is the same model.
+    let back = SmolLm2::from_adapter(&adapter, Some(&gguf()), Device::Cpu).expect("from adapter");
+    let again = tch::no_grad(|| back.model().forward(&Tensor::from_slice(&ids).view([1, -1]), false));
+    assert!(again.equal(&logits), "an adapter read back gives other logits");
+    // Merged into a Hugging Face folder, transformers alone gives the same logits, and its
+    // tokenizer (volt's tokenizer.json) the same ids as volt's, digits split.
+    let merged = dir.path().join("SmolLM2-135M-Instruct");
+    volt_zoo::smollm2::hf::write_model_folder(&back, &merged).expect("merge");
+    let text = "In 2024, 12345 people ran 3.5 km.";
+    let got = python_diff(&logits, &ids, &["--model-dir", &merged.display().to_string(), "--text", text]);
+    let diff = got["max_abs_diff"].as_f64().expect("number");
+    assert!(diff < 1e-4, "volt and the merged model in transformers differ by {diff}");
+    let encoder = Encoder::from_gguf(&gguf()).expect("encoder");
+    let want: Vec<u32> = encoder.tokenizer().encode(text).expect("encode");
+    assert_eq!(got["ids"], serde_json::json!(want), "{got}");
+    assert!(got["chat"].as_str().is_some_and(|c| c.starts_with("<|im_start|>system")), "{got}");
+    let err = volt_zoo::smollm2::hf::write_model_folder(&back, &merged).expect_err("exists");
+    assert!(err.contains("exists"), "{err}");
 }
 
 #[test]

@@ -4,6 +4,7 @@
 //! labelled (answer) tokens. A LoRA run's checkpoints hold the adapters and their
 //! optimizer state only, and name the base by its file's SHA-256, so a resume on another
 //! base is refused by name.
+pub mod hf;
 pub mod model;
 
 use model::LlamaModel;
@@ -121,7 +122,13 @@ pub struct SmolLm2 {
     model: LlamaModel,
     config: SmolLm2Config,
     base: BaseId,
+    base_path: PathBuf,
 }
+
+/// The header key of an adapter file that names its base's SHA-256 (PEFT ignores it).
+pub const BASE_SHA256_KEY: &str = "volt.base_sha256";
+/// The header key of an adapter file that names its base's file.
+pub const BASE_FILE_KEY: &str = "volt.base_file";
 
 impl SmolLm2 {
     /// The model of `config`'s GGUF file on `device`. Errors name the file or the field.
@@ -134,7 +141,73 @@ impl SmolLm2 {
         let model = LlamaModel::from_gguf(&vs.root(), &bytes, &g, lora.as_ref())
             .map_err(|e| format!("{}: {e}", path.display()))?;
         let base = BaseId::of(&path, &bytes);
-        Ok(SmolLm2 { vs, model, config, base })
+        Ok(SmolLm2 { vs, model, config, base, base_path: path })
+    }
+
+    /// The base of `gguf` (default the bundled SmolLM2) with the PEFT adapter in `dir`
+    /// loaded onto it. An adapter made on another base (its recorded hash, or tensors
+    /// that do not fit) is refused, naming both.
+    pub fn from_adapter(dir: &Path, gguf: Option<&Path>, device: Device) -> Result<Self, String> {
+        let adapter = volt_train::lora::read_peft_adapter(dir).map_err(|e| e.to_string())?;
+        let c = &adapter.config;
+        let lora = LoraSection { r: c.r, alpha: c.alpha, dropout: c.dropout, targets: c.targets.clone() };
+        let config =
+            SmolLm2Config { gguf: gguf.map(Path::to_owned), lora: Some(lora), ..SmolLm2Config::lora() };
+        let model = SmolLm2::new(config, device)?;
+        if let Some(sha) = adapter.metadata.get(BASE_SHA256_KEY).filter(|s| **s != model.base.sha256) {
+            let file = adapter.metadata.get(BASE_FILE_KEY).map_or("another file", String::as_str);
+            return Err(format!(
+                "{}: the adapter was trained on base {file} (sha256 {sha}), not on {} (sha256 {}): give that base with --gguf",
+                dir.display(),
+                model.base.file,
+                model.base.sha256
+            ));
+        }
+        let vars = model.vs.variables();
+        let mut problems: Vec<String> = Vec::new();
+        for (name, var) in vars.iter().filter(|(_, t)| t.requires_grad()) {
+            match adapter.tensors.get(name) {
+                None => problems.push(format!("missing in the adapter: {name}")),
+                Some(t) if t.size() != var.size() => {
+                    problems.push(format!("{name}: adapter {:?}, model {:?}", t.size(), var.size()))
+                }
+                Some(_) => {}
+            }
+        }
+        problems.extend(
+            adapter
+                .tensors
+                .keys()
+                .filter(|n| !vars.contains_key(*n))
+                .map(|n| format!("not in the model: {n}")),
+        );
+        if !problems.is_empty() {
+            problems.sort();
+            return Err(format!(
+                "{}: the adapter does not fit base {}:\n  {}",
+                dir.display(),
+                model.base.file,
+                problems.join("\n  ")
+            ));
+        }
+        tch::no_grad(|| {
+            for (name, mut var) in vars.into_iter().filter(|(_, t)| t.requires_grad()) {
+                var.copy_(&adapter.tensors[&name].to_kind(var.kind()));
+            }
+        });
+        Ok(model)
+    }
+
+    /// The base model's file.
+    pub fn base_path(&self) -> &Path {
+        &self.base_path
+    }
+
+    /// Every weight under Hugging Face's names, adapters folded in (what a merged model
+    /// holds).
+    pub fn merged_tensors(&self) -> Vec<(String, Tensor)> {
+        let scale = self.lora().map_or(0.0, |l| l.scale());
+        volt_train::lora::merged_tensors(&self.vs, scale)
     }
 
     /// The network.
@@ -161,7 +234,11 @@ impl SmolLm2 {
     pub fn save_adapter(&self, dir: &Path) -> volt_train::Result<()> {
         let lora =
             self.lora().ok_or_else(|| volt_train::Error::User("this model has no LoRA adapters".into()))?;
-        volt_train::lora::save_peft_adapter(&self.vs, dir, &lora, BASE_MODEL_NAME)
+        let metadata = std::collections::HashMap::from([
+            (BASE_SHA256_KEY.to_owned(), self.base.sha256.clone()),
+            (BASE_FILE_KEY.to_owned(), self.base.file.clone()),
+        ]);
+        volt_train::lora::save_peft_adapter(&self.vs, dir, &lora, BASE_MODEL_NAME, metadata)
     }
 }
 
