@@ -7,7 +7,7 @@ use volt_train::{
     Callback, CallbackContext, Checkpoint, CkptPath, LoggerKind, Sampler, Trainer, TrainerConfig, VoltModule,
 };
 use volt_zoo::digits::{self, collate};
-use volt_zoo::{DigitsData, DigitsDataConfig, DigitsMlp, DigitsMlpConfig};
+use volt_zoo::{DigitsData, DigitsDataConfig, DigitsMlp, DigitsMlpConfig, SmolLm2, SmolLm2Config};
 
 /// libtorch's random generator is process-global: tests that seed it and then build or
 /// train a model must not interleave, or initial weights would differ from run to run.
@@ -197,6 +197,7 @@ fn every_trainable_variable_of_every_zoo_model_gets_a_gradient() {
         let mut digits = None;
         let mut bert = None;
         let mut gpt = None;
+        let mut llm = None;
         let vs = match info.name {
             "digits-mlp" => {
                 let loader = volt_train::DataModule::train_dataloader(&data()).expect("loader");
@@ -232,12 +233,32 @@ fn every_trainable_variable_of_every_zoo_model_gets_a_gradient() {
                 logits.view([-1, logits.size()[2]]).cross_entropy_for_logits(&y.view([-1])).backward();
                 m.var_store()
             }
-            // Quantized weights served for inference: nothing of it is a trainable
-            // variable (fine-tuning it is LoRA on the float path, a later capability).
-            "smollm2" => continue,
+            "smollm2" | "smollm2-lora" => {
+                let gguf = Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.smollm2"));
+                let config =
+                    if info.name == "smollm2" { SmolLm2Config::full() } else { SmolLm2Config::lora() };
+                let m =
+                    llm.insert(SmolLm2::new(SmolLm2Config { gguf, ..config }, Device::Cpu).expect("model"));
+                // A fresh adapter's B is zero, which leaves A without gradient: give B values.
+                tch::no_grad(|| {
+                    for (name, mut t) in m.var_store().variables() {
+                        if name.contains(".lora_B.") {
+                            t.copy_(&(Tensor::randn(t.size(), (Kind::Float, Device::Cpu)) * 0.02));
+                        }
+                    }
+                });
+                let ids = Tensor::from_slice(&[1i64, 9690, 198, 2683, 314, 253, 5356, 30]).view([1, -1]);
+                m.model().loss(&ids, &ids, true).expect("loss").backward();
+                m.var_store()
+            }
             other => panic!("zoo model {other} has no gradient test"),
         };
+        // Frozen variables (a LoRA base) are not trainable: they must have no gradient.
         for (name, var) in vs.variables() {
+            if !var.requires_grad() {
+                assert!(!var.grad().defined(), "{}: frozen {name} has a gradient", info.name);
+                continue;
+            }
             let g = var.grad();
             assert!(g.defined(), "{}: {name} has no gradient", info.name);
             let norm = g.abs().sum(Kind::Float).double_value(&[]);
