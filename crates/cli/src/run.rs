@@ -21,9 +21,10 @@ pub trait CliModel: VoltModule<Prediction: PredictionRows> + Sized {
     /// checkpoints worth keeping); files and overrides still win.
     fn configure_defaults(_trainer: &mut volt_train::TrainerConfig, _callbacks: &mut CallbacksConfig) {}
 
-    /// Writes what a finished fit leaves besides checkpoints (a LoRA adapter) into
-    /// `log_dir`, on rank 0; returns lines to print.
-    fn after_fit(&self, _log_dir: &std::path::Path) -> volt_train::Result<Vec<String>> {
+    /// Writes what a finished fit leaves besides checkpoints (a LoRA adapter) into the
+    /// run's `log_dir` (none when logging and checkpointing are off), on rank 0;
+    /// returns lines to print.
+    fn after_fit(&self, _log_dir: Option<&std::path::Path>) -> volt_train::Result<Vec<String>> {
         Ok(Vec::new())
     }
 }
@@ -350,10 +351,10 @@ where
                 let launch_to_first = age.saturating_sub(at.elapsed()).as_secs_f64();
                 println!("  first optimizer step {launch_to_first:.2} s after launch");
             }
+            for line in model.after_fit(out.log_dir.as_deref()).map_err(run_error)? {
+                println!("  {line}");
+            }
             if let Some(dir) = &out.log_dir {
-                for line in model.after_fit(dir).map_err(run_error)? {
-                    println!("  {line}");
-                }
                 println!("  logs: {}", dir.display());
             }
             let comm = trainer.fabric().comm_stats();

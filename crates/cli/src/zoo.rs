@@ -86,10 +86,16 @@ impl CliModel for SmolLm2 {
     }
 
     /// A LoRA run's adapter, as PEFT's files in `<version>/adapter`.
-    fn after_fit(&self, log_dir: &std::path::Path) -> volt_train::Result<Vec<String>> {
+    fn after_fit(&self, log_dir: Option<&std::path::Path>) -> volt_train::Result<Vec<String>> {
         if self.lora().is_none() {
             return Ok(Vec::new());
         }
+        let Some(log_dir) = log_dir else {
+            return Ok(vec![
+                "adapter not written: the run has no version folder (loggers and checkpointing are off)"
+                    .into(),
+            ]);
+        };
         let dir = log_dir.join("adapter");
         self.save_adapter(&dir)?;
         Ok(vec![format!("adapter (PEFT): {}", dir.display())])

@@ -84,6 +84,16 @@ fn lora_fit_writes_peft_files_resumes_exactly_and_refuses_another_base() {
     assert_eq!(want.len(), 120, "adapters only");
     assert_eq!(support::model_tensors(&line_after(&resumed, "last checkpoint:")), want, "bit for bit");
 
+    // The adapters' meaning changes with alpha: a resume with another is refused.
+    let changed = fit(
+        "smollm2-lora",
+        &dir.path().join("resumed"),
+        &["--trainer.max_steps", "6", "--model.lora.alpha", "32", "--ckpt_path", &last.display().to_string()],
+    );
+    assert_eq!(changed.status.code(), Some(2), "{}", support::stderr(&changed));
+    assert!(support::stderr(&changed)
+        .contains("model.lora.alpha = 32, but the checkpoint's adapters were trained with 16"));
+
     // `volt lora merge`: base + adapter into a Hugging Face folder.
     let merged = dir.path().join("merged");
     let merge = |extra: &[&str]| {

@@ -42,10 +42,10 @@ pub enum Precision {
     F32,
     /// bfloat16 autocast over float32 weights and optimizer state (Lightning's
     /// `bf16-mixed`).
-    #[serde(rename = "bf16-mixed")]
+    #[serde(rename = "bf16-mixed", alias = "bf16")]
     Bf16Mixed,
     /// bfloat16 weights, optimizer state and math (Lightning's `bf16-true`).
-    #[serde(rename = "bf16-true", alias = "bf16")]
+    #[serde(rename = "bf16-true")]
     Bf16True,
     /// float16 autocast with a gradient scaler; CUDA only (Lightning's `16-mixed`).
     #[serde(rename = "16-mixed", alias = "16")]

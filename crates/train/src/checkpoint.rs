@@ -181,11 +181,21 @@ pub fn restore_model_of(vs: &nn::VarStore, ckpt: &Checkpoint, path: &Path, saved
             Some(_) => {}
         }
     }
+    let frozen: Vec<String> = match saved {
+        Saved::All => Vec::new(),
+        Saved::Trainable => {
+            vs.variables().into_iter().filter(|(_, t)| !t.requires_grad()).map(|(n, _)| n).collect()
+        }
+    };
     let mut extra: Vec<(&String, &Tensor)> =
         saved_tensors.iter().filter(|(n, _)| !vars.contains_key(*n)).collect();
     extra.sort_by(|a, b| a.0.cmp(b.0));
     for (name, t) in extra {
-        problems.push(format!("  not in model: {name} {:?}", t.size()));
+        if frozen.contains(name) {
+            problems.push(format!("  frozen in this model, not restored from checkpoints: {name} (a full fine-tuning checkpoint?)"));
+        } else {
+            problems.push(format!("  not in model: {name} {:?}", t.size()));
+        }
     }
     if !problems.is_empty() {
         return Err(Error::CheckpointMismatch { path: path.to_owned(), details: problems.join("\n") });

@@ -81,6 +81,15 @@ pub struct Fabric {
 impl Fabric {
     /// Fabric for `config`: picks the device and strategy, sets the thread count.
     pub fn new(config: &FabricConfig) -> Result<Self> {
+        // Before any rendezvous: a refused precision must not hold up the other ranks.
+        if config.precision == Precision::F16Mixed {
+            let why = if tch::Cuda::is_available() && config.accelerator != Accelerator::Cpu {
+                "its gradient scaler is not built yet"
+            } else {
+                "float16 training needs a gradient scaler on a CUDA device, and this run is on the CPU"
+            };
+            return Err(Error::Config(format!("precision = \"16-mixed\": {why}; use \"bf16-mixed\"")));
+        }
         if let Some(n) = config.threads() {
             if n == 0 {
                 return Err(Error::Config("num_threads must be at least 1".into()));
@@ -104,16 +113,7 @@ impl Fabric {
         } else {
             Box::new(SingleDevice::new(select_device(config.accelerator)?))
         };
-        let fabric = Fabric { precision: config.precision, ..Self::with_strategy(strategy) };
-        if fabric.precision == Precision::F16Mixed {
-            let why = if fabric.device().is_cuda() {
-                "its gradient scaler is not built yet"
-            } else {
-                "float16 training needs a gradient scaler on a CUDA device, and this run is on the CPU"
-            };
-            return Err(Error::Config(format!("precision = \"16-mixed\": {why}; use \"bf16-mixed\"")));
-        }
-        Ok(fabric)
+        Ok(Fabric { precision: config.precision, ..Self::with_strategy(strategy) })
     }
 
     /// Fabric over a strategy of the caller's.

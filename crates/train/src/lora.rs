@@ -172,8 +172,8 @@ impl nn::ModuleT for LoraLinear {
 /// Writes the adapters of `vs` (its `lora_A`/`lora_B` tensors) into `dir` as PEFT's
 /// files, so that `PeftModel.from_pretrained(base, dir)` loads them onto the model named
 /// `base_model` — which must name its layers as `vs` does (Hugging Face's names). The
-/// config's `target_modules` lists the short names of the layers that have one, which
-/// is how PEFT matches them; `metadata` goes into the tensors' file header (PEFT reads
+/// config's `target_modules` names the adapted layers as PEFT matches them (by suffix:
+/// `q_proj` when every such layer has one, else each layer's full name); `metadata` goes into the tensors' file header (PEFT reads
 /// none of it). Each file is written atomically, the configuration last.
 pub fn save_peft_adapter(
     vs: &nn::VarStore,
@@ -192,11 +192,28 @@ pub fn save_peft_adapter(
         return Err(Error::User("the model has no LoRA adapter to save".into()));
     }
     tensors.sort_by(|a, b| a.0.cmp(&b.0));
-    let targets: BTreeSet<String> = tensors
+    // PEFT matches a target by name suffix: a short name (`q_proj`) where every layer of
+    // that name has an adapter, else the adapted layers' full names.
+    let adapted: BTreeSet<String> = tensors
         .iter()
-        .filter_map(|(name, _)| {
-            let layer = name.split(".lora_").next()?;
-            layer.rsplit('.').next().map(str::to_owned)
+        .filter_map(|(name, _)| name.strip_prefix(PEFT_PREFIX)?.split(".lora_").next().map(str::to_owned))
+        .collect();
+    let all = vs.variables();
+    let short = |layer: &str| layer.rsplit('.').next().unwrap_or(layer).to_owned();
+    let targets: BTreeSet<String> = adapted
+        .iter()
+        .map(|layer| {
+            let name = short(layer);
+            let everywhere = all
+                .keys()
+                .filter_map(|k| k.strip_suffix(".weight"))
+                .filter(|l| !l.contains(".lora_") && short(l) == name)
+                .all(|l| adapted.contains(l));
+            if everywhere {
+                name
+            } else {
+                layer.clone()
+            }
         })
         .collect();
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;

@@ -185,6 +185,9 @@ impl Encoder {
         max_len: Option<usize>,
     ) -> Result<Option<Sample>, String> {
         let n = record.messages.len();
+        if n == 0 {
+            return Err("the record has no messages".into());
+        }
         let prompt = self.template.render(&record.messages[..n - 1], true).map_err(|e| e.to_string())?;
         let full = self.template.render(&record.messages, false).map_err(|e| e.to_string())?;
         let answer = full.strip_prefix(&prompt).ok_or(
@@ -192,7 +195,11 @@ impl Encoder {
         )?;
         let prompt_ids = self.tokenizer.encode(&prompt).map_err(|e| e.to_string())?;
         let mut answer_ids = self.tokenizer.encode(answer).map_err(|e| e.to_string())?;
-        if self.tokenizer.add_bos && !answer_ids.is_empty() {
+        // The answer continues the prompt: no second bos.
+        if self.tokenizer.add_bos
+            && self.tokenizer.bos.is_some()
+            && answer_ids.first() == self.tokenizer.bos.as_ref()
+        {
             answer_ids.remove(0);
         }
         let total = prompt_ids.len() + answer_ids.len();

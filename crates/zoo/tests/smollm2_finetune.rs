@@ -141,7 +141,7 @@ fn the_loss_is_the_mean_over_answer_tokens_only() {
         assert_eq!(ids[prompt..].iter().rev().nth(1).copied(), im_end, "answer, <|im_end|>, newline");
     }
     let (ids, labels) = volt_zoo::instruct::collate(samples.clone(), encoder.pad_id());
-    let loss = tch::no_grad(|| model.model().loss(&ids, &labels, false)).double_value(&[]);
+    let loss = tch::no_grad(|| model.model().loss(&ids, &labels, false)).expect("loss").double_value(&[]);
     // By hand: log-softmax of each sample's own (unpadded) logits at answer positions.
     let (mut total, mut count) = (0.0, 0usize);
     for (ids, labels) in &samples {
@@ -353,4 +353,63 @@ fn humaneval_ships_164_problems_and_every_fifth_is_held_back() {
     assert_eq!(problems[0].entry_point, "has_close_elements");
     assert!(problems[0].prompt.starts_with("from typing import List"));
     assert!(problems[0].canonical_solution.starts_with("    for idx, elem in enumerate(numbers):"));
+}
+
+#[test]
+fn bad_batches_are_errors_and_bf16_mixed_steps_train() {
+    let model = SmolLm2::new(lora(&["q_proj"]), Device::Cpu).expect("model");
+    let m = model.model();
+    let one = Tensor::from_slice(&[5i64]).view([1, 1]);
+    assert!(m.loss(&one, &one, false).expect_err("one position").contains("a batch of 1 positions"));
+    let ids = Tensor::from_slice(&[5i64, 49152]).view([1, 2]);
+    assert!(m.loss(&ids, &ids, false).expect_err("past the vocabulary").contains("0..49152"));
+    let ids = Tensor::from_slice(&[5i64, 6]).view([1, 2]);
+    let nothing = Tensor::from_slice(&[IGNORE_INDEX, IGNORE_INDEX]).view([1, 2]);
+    assert!(m.loss(&ids, &nothing, false).expect_err("all masked").contains("no position"));
+
+    // Two LoRA steps in bf16-mixed on the real model: finite, and the adapters moved.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut model = SmolLm2::new(lora(&["q_proj", "v_proj"]), Device::Cpu).expect("model");
+    let data = InstructData::new(data_config(&tiny_data(dir.path()))).expect("data");
+    let config = TrainerConfig {
+        max_steps: Some(2),
+        num_sanity_val_steps: 0,
+        precision: volt_train::Precision::Bf16Mixed,
+        seed: Some(0),
+        default_root_dir: dir.path().to_owned(),
+        ..TrainerConfig::default()
+    }
+    .quiet();
+    let out = Trainer::new(config).expect("trainer").fit(&mut model, &data, None).expect("fit");
+    let loss = out.metrics.get("train_loss").copied().unwrap_or(f64::NAN);
+    assert!(loss.is_finite() && loss > 0.0, "{:?}", out.metrics);
+    let moved = snapshot(&model, true)
+        .iter()
+        .filter(|(n, t)| n.contains(".lora_B.") && t.abs().sum(Kind::Float).double_value(&[]) > 0.0)
+        .count();
+    assert_eq!(moved, 60);
+}
+
+#[test]
+fn an_adapter_on_some_layers_only_names_them_in_full_and_reads_back() {
+    let model =
+        SmolLm2::new(lora(&["model.layers.0.self_attn.q_proj", "v_proj"]), Device::Cpu).expect("model");
+    tch::no_grad(|| {
+        for (name, mut t) in model.var_store().variables() {
+            if name.contains(".lora_B.") {
+                t.copy_(&(Tensor::randn(t.size(), (Kind::Float, Device::Cpu)) * 0.02));
+            }
+        }
+    });
+    let dir = tempfile::tempdir().expect("tempdir");
+    let adapter = dir.path().join("adapter");
+    model.save_adapter(&adapter).expect("save");
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(adapter.join("adapter_config.json")).expect("config"))
+            .expect("json");
+    assert_eq!(config["target_modules"], serde_json::json!(["model.layers.0.self_attn.q_proj", "v_proj"]));
+    let back = SmolLm2::from_adapter(&adapter, Some(&gguf()), Device::Cpu).expect("reads back");
+    let ids = Tensor::from_slice(&[1i64, 2, 3, 4]).view([1, -1]);
+    let (a, b) = tch::no_grad(|| (model.model().forward(&ids, false), back.model().forward(&ids, false)));
+    assert!(a.equal(&b));
 }

@@ -174,12 +174,13 @@ impl SmolLm2 {
                 Some(_) => {}
             }
         }
+        let adapted = |n: &String| vars.get(n).is_some_and(|t| t.requires_grad());
         problems.extend(
             adapter
                 .tensors
                 .keys()
-                .filter(|n| !vars.contains_key(*n))
-                .map(|n| format!("not in the model: {n}")),
+                .filter(|n| !adapted(n))
+                .map(|n| format!("not an adapter of this model: {n}")),
         );
         if !problems.is_empty() {
             problems.sort();
@@ -238,7 +239,9 @@ impl SmolLm2 {
             (BASE_SHA256_KEY.to_owned(), self.base.sha256.clone()),
             (BASE_FILE_KEY.to_owned(), self.base.file.clone()),
         ]);
-        volt_train::lora::save_peft_adapter(&self.vs, dir, &lora, BASE_MODEL_NAME, metadata)
+        // The Hugging Face name is the bundled file's origin; another base is named by its file.
+        let base_name = if self.config.gguf.is_none() { BASE_MODEL_NAME } else { self.base.file.as_str() };
+        volt_train::lora::save_peft_adapter(&self.vs, dir, &lora, base_name, metadata)
     }
 }
 
@@ -255,13 +258,13 @@ impl VoltModule for SmolLm2 {
     }
 
     fn training_step(&mut self, batch: &Self::Batch, ctx: &mut StepContext) -> volt_train::Result<Tensor> {
-        let loss = self.model.loss(&batch.0, &batch.1, true);
+        let loss = self.model.loss(&batch.0, &batch.1, true).map_err(volt_train::Error::Data)?;
         ctx.log_with("train_loss", &loss, LogOptions::prog_bar());
         Ok(loss)
     }
 
     fn validation_step(&mut self, batch: &Self::Batch, ctx: &mut StepContext) -> volt_train::Result<()> {
-        let loss = self.model.loss(&batch.0, &batch.1, false);
+        let loss = self.model.loss(&batch.0, &batch.1, false).map_err(volt_train::Error::Data)?;
         ctx.log_with("val_loss", &loss, LogOptions { sync_dist: true, ..LogOptions::prog_bar() });
         Ok(())
     }
@@ -292,7 +295,7 @@ impl VoltModule for SmolLm2 {
     }
 
     fn on_save_checkpoint(&self) -> serde_json::Value {
-        serde_json::json!({"base": self.base})
+        serde_json::json!({"base": self.base, "lora": self.config.lora})
     }
 
     /// Refuses a LoRA checkpoint made on another base: its adapters mean nothing here.
@@ -301,6 +304,21 @@ impl VoltModule for SmolLm2 {
         else {
             return Ok(());
         };
+        let then = state.get("lora").and_then(|l| serde_json::from_value::<LoraSection>(l.clone()).ok());
+        if let (Some(now), Some(then)) = (&self.config.lora, then) {
+            // Dropout may change; the rank, scale and layers are what the adapters mean.
+            for (field, was, is) in [
+                ("r", then.r.to_string(), now.r.to_string()),
+                ("alpha", then.alpha.to_string(), now.alpha.to_string()),
+                ("targets", format!("{:?}", then.targets), format!("{:?}", now.targets)),
+            ] {
+                if was != is {
+                    return Err(volt_train::Error::Config(format!(
+                        "model.lora.{field} = {is}, but the checkpoint's adapters were trained with {was}"
+                    )));
+                }
+            }
+        }
         if self.config.lora.is_some() && saved.sha256 != self.base.sha256 {
             return Err(volt_train::Error::Config(format!(
                 "the checkpoint's adapters were trained on base {} (sha256 {}), but this run's base is {} \

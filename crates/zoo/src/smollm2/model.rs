@@ -178,7 +178,8 @@ impl LlamaModel {
     /// transformers' `apply_rotary_pos_emb` on `x` (`[B, heads, T, head_dim]`).
     fn rope(&self, x: &Tensor, t: i64) -> Tensor {
         let hd = self.config.head_dim as i64;
-        let (cos, sin) = (self.cos.narrow(0, 0, t), self.sin.narrow(0, 0, t));
+        let kind = x.kind();
+        let (cos, sin) = (self.cos.narrow(0, 0, t).to_kind(kind), self.sin.narrow(0, 0, t).to_kind(kind));
         let (x1, x2) = (x.narrow(-1, 0, hd / 2), x.narrow(-1, hd / 2, hd / 2));
         let rotated = Tensor::cat(&[-x2, x1], -1);
         x * cos + rotated * sin
@@ -229,20 +230,38 @@ impl LlamaModel {
 
     /// The mean cross-entropy of predicting `labels[:, 1:]` from `ids[:, :-1]`, over the
     /// labels that are not [`IGNORE_INDEX`] (prompt and padding). The head runs on those
-    /// positions only: it is the largest matrix, and masked positions add nothing.
-    pub fn loss(&self, ids: &Tensor, labels: &Tensor, train: bool) -> Tensor {
-        let t = ids.size2().map_or(0, |s| s.1);
-        let hidden = self.hidden(ids, train).narrow(1, 0, t - 1).reshape([-1, self.config.dim as i64]);
+    /// positions only: it is the largest matrix, and masked positions add nothing. A
+    /// batch shorter than 2, past the context, with ids outside the vocabulary or with
+    /// nothing to learn is an error, not a crash or a NaN.
+    pub fn loss(&self, ids: &Tensor, labels: &Tensor, train: bool) -> Result<Tensor, String> {
+        let (t, c) = (ids.size2().map_or(0, |s| s.1), &self.config);
+        if t < 2 || t as usize > c.context_len {
+            return Err(format!(
+                "a batch of {t} positions: from 2 to the model's context of {} learn",
+                c.context_len
+            ));
+        }
+        if labels.size() != ids.size() {
+            return Err(format!("labels {:?} do not match ids {:?}", labels.size(), ids.size()));
+        }
+        let (low, high) = (ids.min().int64_value(&[]), ids.max().int64_value(&[]));
+        if low < 0 || high as usize >= c.vocab {
+            return Err(format!("token ids from {low} to {high}: the model's vocabulary is 0..{}", c.vocab));
+        }
+        let hidden = self.hidden(ids, train).narrow(1, 0, t - 1).reshape([-1, c.dim as i64]);
         let targets = labels.narrow(1, 1, t - 1).reshape([-1]);
         let keep = targets.ne(IGNORE_INDEX).nonzero().squeeze_dim(1);
+        if keep.size()[0] == 0 {
+            return Err("no position of the batch has a label to learn (all IGNORE_INDEX)".into());
+        }
         let logits = self.head(&hidden.index_select(0, &keep));
-        logits.cross_entropy_loss::<Tensor>(
+        Ok(logits.cross_entropy_loss::<Tensor>(
             &targets.index_select(0, &keep),
             None,
             tch::Reduction::Mean,
             -100,
             0.0,
-        )
+        ))
     }
 }
 
