@@ -61,6 +61,21 @@ fn data_config(json: &Path) -> InstructDataConfig {
     }
 }
 
+/// Gives every adapter tensor fixed, nonzero values of the size of LoRA's initial A.
+fn set_adapters(model: &SmolLm2) {
+    tch::no_grad(|| {
+        for (name, mut t) in model.var_store().variables() {
+            if name.contains(".lora_") {
+                let phase = if name.contains(".lora_A.") { 0.5 } else { 1.5 };
+                let values = (Tensor::arange(t.numel() as i64, (Kind::Float, Device::Cpu)) * 0.37 + phase)
+                    .sin()
+                    * 0.02;
+                t.copy_(&values.view(t.size().as_slice()));
+            }
+        }
+    });
+}
+
 fn snapshot(model: &SmolLm2, trainable: bool) -> Vec<(String, Tensor)> {
     let mut v: Vec<(String, Tensor)> = model
         .var_store()
@@ -194,14 +209,9 @@ fn peft_and_transformers_load_volts_adapter_and_agree_on_the_logits() {
     volt_train::seed_everything(3);
     let model = SmolLm2::new(lora(&["q_proj", "k_proj", "v_proj", "o_proj", "down_proj"]), Device::Cpu)
         .expect("model");
-    // A fresh adapter changes nothing (B is zero): give every B values so it matters.
-    tch::no_grad(|| {
-        for (name, mut t) in model.var_store().variables() {
-            if name.contains(".lora_B.") {
-                t.copy_(&(Tensor::randn(t.size(), (Kind::Float, Device::Cpu)) * 0.02));
-            }
-        }
-    });
+    // A fresh adapter changes nothing (B is zero): give every adapter fixed values (not
+    // the global generator's, which the file's other tests draw from in parallel).
+    set_adapters(&model);
     let ids: Vec<i64> = vec![1, 9690, 198, 2683, 314, 253, 5356, 30, 2, 198, 504, 3458];
     let logits = tch::no_grad(|| model.model().forward(&Tensor::from_slice(&ids).view([1, -1]), false));
     let dir = tempfile::tempdir().expect("tempdir");
@@ -237,7 +247,9 @@ fn peft_and_transformers_load_volts_adapter_and_agree_on_the_logits() {
     let text = "In 2024, 12345 people ran 3.5 km.";
     let got = python_diff(&logits, &ids, &["--model-dir", &merged.display().to_string(), "--text", text]);
     let diff = got["max_abs_diff"].as_f64().expect("number");
-    assert!(diff < 1e-4, "volt and the merged model in transformers differ by {diff}");
+    // Merging rounds a different sum, (W + s·BA)x instead of Wx + s·B(Ax): float32 on logits
+    // of magnitude ~20 differs in the 5th decimal (1.1e-4 seen with random adapters).
+    assert!(diff < 2e-4, "volt and the merged model in transformers differ by {diff}");
     let encoder = Encoder::from_gguf(&gguf()).expect("encoder");
     let want: Vec<u32> = encoder.tokenizer().encode(text).expect("encode");
     assert_eq!(got["ids"], serde_json::json!(want), "{got}");
@@ -394,13 +406,7 @@ fn bad_batches_are_errors_and_bf16_mixed_steps_train() {
 fn an_adapter_on_some_layers_only_names_them_in_full_and_reads_back() {
     let model =
         SmolLm2::new(lora(&["model.layers.0.self_attn.q_proj", "v_proj"]), Device::Cpu).expect("model");
-    tch::no_grad(|| {
-        for (name, mut t) in model.var_store().variables() {
-            if name.contains(".lora_B.") {
-                t.copy_(&(Tensor::randn(t.size(), (Kind::Float, Device::Cpu)) * 0.02));
-            }
-        }
-    });
+    set_adapters(&model);
     let dir = tempfile::tempdir().expect("tempdir");
     let adapter = dir.path().join("adapter");
     model.save_adapter(&adapter).expect("save");
