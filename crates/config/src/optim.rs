@@ -74,6 +74,10 @@ impl OptimizerSpec {
             weight_decay: default_adamw_decay(),
         }
     }
+    /// AdamW with PyTorch's epsilon and the given rate, betas and decoupled weight decay.
+    pub fn adamw_with(lr: f64, betas: (f64, f64), weight_decay: f64) -> Self {
+        OptimizerSpec::AdamW { lr, betas, eps: default_eps(), weight_decay }
+    }
     /// Adam with PyTorch's defaults and learning rate `lr`.
     pub fn adam(lr: f64) -> Self {
         OptimizerSpec::Adam { lr, betas: default_betas(), eps: default_eps(), weight_decay: 0.0 }

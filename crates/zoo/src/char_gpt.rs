@@ -304,12 +304,7 @@ impl VoltModule for CharGpt {
     fn configure_optimizers(&self) -> OptimizerConfig {
         let c = &self.config;
         OptimizerConfig {
-            optimizer: OptimizerSpec::AdamW {
-                lr: c.lr,
-                betas: c.betas,
-                eps: 1e-8,
-                weight_decay: c.weight_decay,
-            },
+            optimizer: OptimizerSpec::adamw_with(c.lr, c.betas, c.weight_decay),
             lr_scheduler: Some(SchedulerConfig::every_step(SchedulerSpec::WarmupCosine {
                 warmup_steps: c.warmup_steps,
                 max_steps: c.lr_decay_steps,

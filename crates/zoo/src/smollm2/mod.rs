@@ -272,12 +272,7 @@ impl VoltModule for SmolLm2 {
     fn configure_optimizers(&self) -> OptimizerConfig {
         let c = &self.config;
         OptimizerConfig {
-            optimizer: OptimizerSpec::AdamW {
-                lr: c.lr,
-                betas: c.betas,
-                eps: 1e-8,
-                weight_decay: c.weight_decay,
-            },
+            optimizer: OptimizerSpec::adamw_with(c.lr, c.betas, c.weight_decay),
             lr_scheduler: None,
         }
     }
