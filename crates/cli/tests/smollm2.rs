@@ -3,10 +3,12 @@
 //! client: greedy answers, streams equal to whole answers, UTF-8 across tokens, 400s that
 //! name the field, batch invariance, disconnects, queueing and 503s.
 use serde_json::{json, Value};
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
+
+mod support;
+use support::llm::{block_on, post, Served};
 
 const GGUF: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../.smollm2");
 const FRANCE: &str = "What is the capital of France?";
@@ -24,53 +26,9 @@ fn gguf() -> &'static str {
     GGUF
 }
 
-struct Served {
-    child: Child,
-    url: String,
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Served {
-    fn chat_url(&self) -> String {
-        format!("{}/v1/chat/completions", self.url)
-    }
-}
-
 /// Starts `volt serve --gguf .smollm2 ARGS` on a free port and waits for /health.
 fn serve(args: &[&str]) -> Served {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_volt"))
-        .args(["serve", "--gguf", gguf(), "--port", "0", "--num-threads", "2"])
-        .args(args)
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("run volt serve");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("read");
-    let url = line
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap_or_else(|| panic!("no address: {line:?}"))
-        .to_owned();
-    let served = Served { child, url };
-    let health = format!("{}/health", served.url);
-    let deadline = Instant::now() + Duration::from_secs(120);
-    block_on(async {
-        let client = reqwest::Client::new();
-        while Instant::now() < deadline {
-            if client.get(&health).send().await.is_ok_and(|r| r.status() == 200) {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("the SmolLM2 server never became healthy");
-    });
-    served
+    support::llm::serve(&[&["--gguf", gguf()], args].concat())
 }
 
 /// `volt ARGS` run to its end.
@@ -78,27 +36,9 @@ fn volt(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_volt")).args(args).output().expect("run volt")
 }
 
-fn block_on<F: std::future::Future>(f: F) -> F::Output {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime")
-        .block_on(f)
-}
-
 /// A chat request body: one user message, greedy.
 fn ask(content: &str, max_tokens: usize) -> Value {
     json!({"messages": [{"role": "user", "content": content}], "temperature": 0, "max_tokens": max_tokens})
-}
-
-/// POSTs `body`; returns its status and JSON body.
-async fn post(client: &reqwest::Client, url: &str, body: &Value) -> (u16, Value) {
-    let r = client.post(url).json(body).send().await.expect("send");
-    let status = r.status().as_u16();
-    let text = r.text().await.expect("body");
-    let v = serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text:.500}"));
-    (status, v)
 }
 
 /// A whole answer's content, finish reason and usage.

@@ -4,10 +4,12 @@
 use crate::chat_template::{ChatTemplate, Message};
 use crate::engine::{Engine, EngineConfig, Event, Finish, Refused, Request};
 use crate::llama::{Llama, LlamaConfig};
+use crate::lora::Adapter;
 use crate::quantized::QuantLlama;
 use crate::sampling::Sampling;
 use crate::tokenizer::{GgufTokenizer, Tokenizer};
 use crate::utf8_stream::Utf8Stream;
+use crate::weights::{GgufWeights, HfWeights, Weights};
 use std::sync::Arc;
 use volt_formats::gguf::Gguf;
 use volt_serve::metrics::GenerationMetrics;
@@ -37,10 +39,11 @@ impl LlmChat {
 
     /// Reads a GGUF file (its tokenizer, chat template and weights) and starts an engine
     /// over it: on the CPU the weights stay quantized and `threads` threads run volt's
-    /// kernels; on a CUDA device they are dequantized (the float path). Errors name the
-    /// file and what is wrong.
+    /// kernels; on a CUDA device they are dequantized (the float path). `adapter`'s
+    /// LoRA pairs ride beside the weights, unmerged. Errors name the file and what is wrong.
     pub fn from_gguf(
         path: &std::path::Path,
+        adapter: Option<&Adapter>,
         config: EngineConfig,
         device: tch::Device,
         threads: usize,
@@ -52,20 +55,34 @@ impl LlmChat {
         let g = Gguf::parse(&bytes).map_err(|e| in_file(e.into()))?;
         let tokenizer = GgufTokenizer::from_gguf(&g).map_err(in_file)?;
         let template = ChatTemplate::from_gguf_tokens(&g).map_err(in_file)?;
-        let context = LlamaConfig::from_gguf(&g).map_err(in_file)?.context_len;
-        let config = EngineConfig { max_model_len: config.max_model_len.min(context), ..config };
+        let llama = LlamaConfig::from_gguf(&g).map_err(in_file)?;
         let name = g.metadata.get("general.name").and_then(|v| v.as_str()).unwrap_or("gguf").to_owned();
-        let eog = tokenizer.end_of_generation.clone();
-        let started = match device {
-            tch::Device::Cpu => {
-                Engine::start(QuantLlama::from_gguf(&bytes, &g, threads).map_err(in_file)?, eog, config)
-            }
-            _ => Engine::start(Llama::from_gguf(&bytes, &g, device).map_err(in_file)?, eog, config),
-        };
-        let engine = started.map_err(|e| crate::LlmError::Model(format!("cannot start the engine: {e}")))?;
-        Ok(LlmChat::new(engine, Arc::new(tokenizer), template, name))
+        let weights = GgufWeights { bytes: &bytes, header: &g };
+        let loaded = Loaded { weights: &weights, llama, tokenizer, template, name };
+        loaded.start(adapter, config, device, threads).map_err(in_file)
     }
 
+    /// Reads a Hugging Face model folder (`config.json`, safetensors, `tokenizer.json`,
+    /// the chat template) and starts an engine over it, as [`LlmChat::from_gguf`] does;
+    /// on the CPU the float weights run on volt's kernels.
+    pub fn from_hf_folder(
+        dir: &std::path::Path,
+        adapter: Option<&Adapter>,
+        config: EngineConfig,
+        device: tch::Device,
+        threads: usize,
+    ) -> crate::Result<Self> {
+        config.check().map_err(crate::LlmError::Input)?;
+        let weights = HfWeights::open(dir)?;
+        let tokenizer = GgufTokenizer::from_hf_folder(dir)?;
+        let template = ChatTemplate::from_hf_folder(dir)?;
+        let name = dir.file_name().map_or_else(|| "model".into(), |n| n.to_string_lossy().into_owned());
+        let llama = weights.config().clone();
+        let in_dir = |e: crate::LlmError| crate::LlmError::Model(format!("{}: {e}", dir.display()));
+        Loaded { weights: &weights, llama, tokenizer, template, name }
+            .start(adapter, config, device, threads)
+            .map_err(in_dir)
+    }
     /// The prompt's tokens for `request` (its messages through the chat template, or its
     /// raw prompt), or a 400 naming what is wrong with it.
     fn prompt(&self, request: &ChatRequest) -> Result<Vec<u32>, ApiError> {
@@ -263,5 +280,46 @@ impl ChatApi for LlmChat {
     }
     fn attach_metrics(&self, metrics: GenerationMetrics) {
         let _ = self.engine.stats().metrics.set(metrics);
+    }
+}
+
+/// What a model file or folder holds, read and not yet running.
+struct Loaded<'a> {
+    weights: &'a dyn Weights,
+    llama: LlamaConfig,
+    tokenizer: GgufTokenizer,
+    template: ChatTemplate,
+    name: String,
+}
+
+impl Loaded<'_> {
+    /// The engine over the model (quantized kernels on the CPU, the float path elsewhere).
+    fn start(
+        self,
+        adapter: Option<&Adapter>,
+        config: EngineConfig,
+        device: tch::Device,
+        threads: usize,
+    ) -> crate::Result<LlmChat> {
+        if self.tokenizer.vocab_size() > self.llama.vocab {
+            return Err(crate::LlmError::Model(format!(
+                "the tokenizer has {} tokens, the model's vocabulary {}",
+                self.tokenizer.vocab_size(),
+                self.llama.vocab
+            )));
+        }
+        let context = self.llama.context_len;
+        let config = EngineConfig { max_model_len: config.max_model_len.min(context), ..config };
+        let eog = self.tokenizer.end_of_generation.clone();
+        let started = match device {
+            tch::Device::Cpu => Engine::start(
+                QuantLlama::from_weights(self.weights, self.llama, adapter, threads)?,
+                eog,
+                config,
+            ),
+            _ => Engine::start(Llama::from_weights(self.weights, self.llama, adapter, device)?, eog, config),
+        };
+        let engine = started.map_err(|e| crate::LlmError::Model(format!("cannot start the engine: {e}")))?;
+        Ok(LlmChat::new(engine, Arc::new(self.tokenizer), self.template, self.name))
     }
 }

@@ -59,6 +59,38 @@ impl ChatTemplate {
         Self::from_gguf(g, &text("tokenizer.ggml.bos_token_id"), &text("tokenizer.ggml.eos_token_id"))
     }
 
+    /// The template of a Hugging Face folder: `chat_template.jinja`, or
+    /// `tokenizer_config.json`'s `chat_template` (a string, or a list of named ones whose
+    /// `default` is taken), with the bos and eos texts that file names.
+    pub fn from_hf_folder(dir: &std::path::Path) -> Result<Self> {
+        let config = crate::weights::read_json(dir, "tokenizer_config.json")?;
+        let text = |key: &str| -> String {
+            let v = &config[key];
+            v.as_str().or_else(|| v["content"].as_str()).unwrap_or_default().to_owned()
+        };
+        let file = dir.join("chat_template.jinja");
+        let source = if file.is_file() {
+            std::fs::read_to_string(&file).map_err(|e| LlmError::model(format!("{}: {e}", file.display())))?
+        } else {
+            match &config["chat_template"] {
+                serde_json::Value::String(s) => s.clone(),
+                serde_json::Value::Array(list) => list
+                    .iter()
+                    .find(|t| t["name"] == "default")
+                    .and_then(|t| t["template"].as_str())
+                    .map(str::to_owned)
+                    .ok_or_else(|| {
+                        LlmError::model("tokenizer_config.json: no chat template named `default`")
+                    })?,
+                _ => return Err(LlmError::model(format!(
+                    "{}: no chat template (chat_template.jinja, or chat_template in tokenizer_config.json)",
+                    dir.display()
+                ))),
+            }
+        };
+        Self::new(&source, &text("bos_token"), &text("eos_token"))
+    }
+
     /// The prompt for `messages`, ending with the assistant's turn when
     /// `add_generation_prompt` (what a chat completion needs).
     pub fn render(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String> {

@@ -98,17 +98,21 @@ impl QMatrix {
                 per_row,
             )),
             TensorType::F32 | TensorType::F16 | TensorType::BF16 => {
-                let values = volt_formats::gguf::dequantize(kind, bytes);
-                if values.len() != rows * cols {
-                    return None;
-                }
-                let floats =
-                    values.chunks_exact(BLOCK).map(|c| <[f32; BLOCK]>::try_from(c).expect("a block"));
-                Data::F32(grouped(floats, rows, per_row))
+                return Self::from_f32(&volt_formats::gguf::dequantize(kind, bytes), rows, cols)
             }
             _ => return None,
         };
         Some(QMatrix { rows, cols, data })
+    }
+
+    /// The `[rows, cols]` matrix of row-major `values`, or `None` unless `cols` is whole
+    /// blocks and `values` holds exactly the matrix.
+    pub fn from_f32(values: &[f32], rows: usize, cols: usize) -> Option<Self> {
+        if !cols.is_multiple_of(BLOCK) || rows == 0 || values.len() != rows * cols {
+            return None;
+        }
+        let floats = values.chunks_exact(BLOCK).map(|c| <[f32; BLOCK]>::try_from(c).expect("a block"));
+        Some(QMatrix { rows, cols, data: Data::F32(grouped(floats, rows, cols / BLOCK)) })
     }
 
     /// The matrices one above the other (`[Σ rows, cols]`), so that one product serves

@@ -6,11 +6,14 @@
 //! a rotation pairs are adjacent rows (GGUF row 2j+t is Hugging Face's row t·d/2 + j); so
 //! RoPE here rotates adjacent pairs (llama.cpp's "normal" RoPE) on the weights as stored,
 //! which gives the same attention as transformers' `rotate_half` on the unpermuted ones.
-//! This is the float path: every tensor dequantized to f32 at load.
+//! This is the float path: every tensor dequantized to f32 at load. The tensors come from
+//! a GGUF file or a Hugging Face folder ([`crate::weights`]), both in GGUF's layout.
 use crate::error::{LlmError, Result};
+use crate::lora::Adapter;
 use crate::model::{check_step, chunk_masks, row_spans, split_logits, wanted_rows, Model, Step};
+use crate::weights::{checked, GgufWeights, Weights};
 use tch::{Device, Kind, Tensor};
-use volt_formats::gguf::Gguf;
+use volt_formats::gguf::{dequantize, Gguf};
 
 /// The numbers a Llama model is made of, from the file's `llama.*` metadata.
 #[derive(Clone, Debug, PartialEq)]
@@ -80,16 +83,40 @@ impl LlamaConfig {
     }
 }
 
+/// A LoRA pair: A `[r, in]`, B `[out, r]`.
+struct Lora {
+    a: Tensor,
+    b: Tensor,
+    scale: f64,
+}
+
+/// A projection's weight `[out, in]`, and its adapter when it has one.
+struct Proj {
+    w: Tensor,
+    lora: Option<Lora>,
+}
+
+impl Proj {
+    /// `x Wᵀ`, plus `scale · (x Aᵀ) Bᵀ` with an adapter.
+    fn apply(&self, x: &Tensor) -> Tensor {
+        let y = x.matmul(&self.w.tr());
+        match &self.lora {
+            Some(l) => y + x.matmul(&l.a.tr()).matmul(&l.b.tr()) * l.scale,
+            None => y,
+        }
+    }
+}
+
 struct Layer {
     attn_norm: Tensor,
-    wq: Tensor,
-    wk: Tensor,
-    wv: Tensor,
-    wo: Tensor,
+    wq: Proj,
+    wk: Proj,
+    wv: Proj,
+    wo: Proj,
     ffn_norm: Tensor,
-    w_gate: Tensor,
-    w_up: Tensor,
-    w_down: Tensor,
+    w_gate: Proj,
+    w_up: Proj,
+    w_down: Proj,
 }
 
 /// The keys and values of one sequence so far, per layer (`[kv_heads, len, head_dim]`).
@@ -125,41 +152,59 @@ pub struct Llama {
 impl Llama {
     /// The model in a GGUF file's `bytes` (header `g`), dequantized onto `device`.
     pub fn from_gguf(bytes: &[u8], g: &Gguf, device: Device) -> Result<Self> {
-        let config = LlamaConfig::from_gguf(g)?;
+        Self::from_weights(&GgufWeights { bytes, header: g }, LlamaConfig::from_gguf(g)?, None, device)
+    }
+
+    /// The model of `config` whose tensors `w` holds, dequantized onto `device`, with
+    /// `adapter`'s LoRA pairs beside the projections they adapt.
+    pub fn from_weights(
+        w: &dyn Weights,
+        config: LlamaConfig,
+        adapter: Option<&Adapter>,
+        device: Device,
+    ) -> Result<Self> {
         let tensor = |name: &str, shape: &[i64]| -> Result<Tensor> {
-            let info = g.tensor(name)?;
-            if info.shape() != shape {
-                return Err(LlmError::model(format!(
-                    "tensor {name} has shape {:?}, the metadata makes it {shape:?}",
-                    info.shape()
-                )));
-            }
-            let values = g.dequantize(bytes, info)?;
-            Ok(Tensor::from_slice(&values).view(shape).to_device(device))
+            let raw = checked(w, name, shape)?;
+            Ok(Tensor::from_slice(&dequantize(raw.kind, &raw.data)).view(shape).to_device(device))
         };
         let (d, kv, ff) =
             (config.dim as i64, (config.n_kv_heads * config.head_dim) as i64, config.ffn_dim as i64);
         let embed = tensor("token_embd.weight", &[config.vocab as i64, d])?;
-        let head = match g.tensor("output.weight") {
-            Ok(_) => tensor("output.weight", &[config.vocab as i64, d])?,
-            Err(_) => embed.shallow_clone(),
+        let head = match w.tensor("output.weight")? {
+            Some(_) => tensor("output.weight", &[config.vocab as i64, d])?,
+            None => embed.shallow_clone(),
+        };
+        let mut pairs = adapter.map(|a| a.pairs(&config)).transpose()?.unwrap_or_default();
+        let mut lora = |name: String, rows: i64, cols: i64| {
+            pairs.remove(&name).map(|p| Lora {
+                a: Tensor::from_slice(&p.a).view([p.rank as i64, cols]).to_device(device),
+                b: Tensor::from_slice(&p.b).view([rows, p.rank as i64]).to_device(device),
+                scale: f64::from(p.scale),
+            })
         };
         let layers = (0..config.n_layers)
             .map(|i| {
                 let t = |part: &str, shape: &[i64]| tensor(&format!("blk.{i}.{part}.weight"), shape);
+                let mut p = |part: &str, rows: i64, cols: i64| -> Result<Proj> {
+                    let w = tensor(&format!("blk.{i}.{part}.weight"), &[rows, cols])?;
+                    Ok(Proj { w, lora: lora(format!("blk.{i}.{part}"), rows, cols) })
+                };
                 Ok(Layer {
                     attn_norm: t("attn_norm", &[d])?,
-                    wq: t("attn_q", &[d, d])?,
-                    wk: t("attn_k", &[kv, d])?,
-                    wv: t("attn_v", &[kv, d])?,
-                    wo: t("attn_output", &[d, d])?,
+                    wq: p("attn_q", d, d)?,
+                    wk: p("attn_k", kv, d)?,
+                    wv: p("attn_v", kv, d)?,
+                    wo: p("attn_output", d, d)?,
                     ffn_norm: t("ffn_norm", &[d])?,
-                    w_gate: t("ffn_gate", &[ff, d])?,
-                    w_up: t("ffn_up", &[ff, d])?,
-                    w_down: t("ffn_down", &[d, ff])?,
+                    w_gate: p("ffn_gate", ff, d)?,
+                    w_up: p("ffn_up", ff, d)?,
+                    w_down: p("ffn_down", d, ff)?,
                 })
             })
             .collect::<Result<Vec<_>>>()?;
+        if let Some(left) = pairs.keys().next() {
+            return Err(LlmError::model(format!("adapter layer {left} is not a layer of this model")));
+        }
         let norm = tensor("output_norm.weight", &[d])?;
         let half = (config.head_dim / 2) as i64;
         let options = (Kind::Float, device);
@@ -230,9 +275,9 @@ impl Llama {
         let groups = heads / kv_heads;
         for (l, layer) in self.layers.iter().enumerate() {
             let h = self.rms_norm(&x, &layer.attn_norm);
-            let q = self.rope(&h.matmul(&layer.wq.tr()).view([rows, heads, hd]), &positions);
-            let k = self.rope(&h.matmul(&layer.wk.tr()).view([rows, kv_heads, hd]), &positions);
-            let v = h.matmul(&layer.wv.tr()).view([rows, kv_heads, hd]);
+            let q = self.rope(&layer.wq.apply(&h).view([rows, heads, hd]), &positions);
+            let k = self.rope(&layer.wk.apply(&h).view([rows, kv_heads, hd]), &positions);
+            let v = layer.wv.apply(&h).view([rows, kv_heads, hd]);
             let mut outputs = Vec::with_capacity(seqs.len());
             for ((s, &(at, n)), mask) in seqs.iter_mut().zip(&spans).zip(&masks) {
                 let k_new = k.narrow(0, at, n).transpose(0, 1);
@@ -259,10 +304,10 @@ impl Llama {
                 s.cache.v[l] = Some(v_all);
                 outputs.push(attn.transpose(0, 1).reshape([n, heads * hd]));
             }
-            x += Tensor::cat(&outputs, 0).matmul(&layer.wo.tr());
+            x += layer.wo.apply(&Tensor::cat(&outputs, 0));
             let h = self.rms_norm(&x, &layer.ffn_norm);
-            let gate = h.matmul(&layer.w_gate.tr()).silu();
-            x += (gate * h.matmul(&layer.w_up.tr())).matmul(&layer.w_down.tr());
+            let gate = layer.w_gate.apply(&h).silu();
+            x += layer.w_down.apply(&(gate * layer.w_up.apply(&h)));
         }
         let wanted = wanted_rows(seqs, &spans);
         for s in seqs.iter_mut() {

@@ -9,20 +9,75 @@
 use crate::error::{LlmError, Result};
 use crate::kernels::QMatrix;
 use crate::llama::LlamaConfig;
+use crate::lora::{Adapter, LoraPair};
 use crate::model::{check_step, Model, Step};
+use crate::weights::{checked, GgufWeights, Weights};
 use rayon::prelude::*;
 use std::sync::Arc;
-use volt_formats::gguf::Gguf;
+use volt_formats::gguf::{dequantize, Gguf};
 
 /// One block's weights; Q, K and V stacked into one matrix, and gate and up into
 /// another, so that each input is read by one product (when their layouts agree).
 struct Layer {
+    /// LoRA pairs of the projections, in [`PARTS`]'s order.
+    lora: Vec<Option<Lora>>,
     attn_norm: Vec<f32>,
     qkv: Products,
     wo: QMatrix,
     ffn_norm: Vec<f32>,
     gate_up: Products,
     w_down: QMatrix,
+}
+
+/// A block's adaptable projections, in the order [`Layer::lora`] holds their pairs.
+const PARTS: [&str; 7] = ["attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"];
+
+/// A LoRA pair on the kernels: B's rank padded with zero columns to whole blocks.
+struct Lora {
+    a: QMatrix,
+    b: QMatrix,
+    rank: usize,
+    padded: usize,
+    scale: f32,
+}
+
+impl Lora {
+    fn new(p: LoraPair, layer: &str) -> Result<Self> {
+        let cols = p.a.len() / p.rank;
+        let rows = p.b.len() / p.rank;
+        let padded = p.rank.div_ceil(32) * 32;
+        let b: Vec<f32> =
+            p.b.chunks_exact(p.rank)
+                .flat_map(|r| r.iter().copied().chain(std::iter::repeat_n(0.0, padded - p.rank)))
+                .collect();
+        let bad =
+            || LlmError::model(format!("adapter layer {layer}: a width of {cols} is not whole blocks of 32"));
+        Ok(Lora {
+            a: QMatrix::from_f32(&p.a, p.rank, cols).ok_or_else(bad)?,
+            b: QMatrix::from_f32(&b, rows, padded).ok_or_else(bad)?,
+            rank: p.rank,
+            padded,
+            scale: p.scale,
+        })
+    }
+
+    /// Adds `scale · B(Ax)` of `x` (`[n, in]`) to `y` (`[n, out]`).
+    fn add(&self, x: &[f32], n: usize, pool: &rayon::ThreadPool, y: &mut [f32]) {
+        let ax = self.a.matmul(x, n, pool);
+        let mut wide = vec![0f32; n * self.padded];
+        for (w, r) in wide.chunks_exact_mut(self.padded).zip(ax.chunks_exact(self.rank)) {
+            w[..self.rank].copy_from_slice(r);
+        }
+        let bax = self.b.matmul(&wide, n, pool);
+        y.iter_mut().zip(&bax).for_each(|(o, d)| *o += self.scale * d);
+    }
+}
+
+/// `y += ` the pair's update, when the projection has one.
+fn adapt(lora: &Option<Lora>, x: &[f32], n: usize, pool: &rayon::ThreadPool, y: &mut [f32]) {
+    if let Some(l) = lora {
+        l.add(x, n, pool, y);
+    }
 }
 
 /// Matrices that multiply the same input: stacked when they can be, else apart.
@@ -94,43 +149,49 @@ pub struct QuantLlama {
 impl QuantLlama {
     /// The model in a GGUF file's `bytes` (header `g`), its matrices as stored.
     pub fn from_gguf(bytes: &[u8], g: &Gguf, threads: usize) -> Result<Self> {
-        let config = LlamaConfig::from_gguf(g)?;
+        Self::from_weights(&GgufWeights { bytes, header: g }, LlamaConfig::from_gguf(g)?, None, threads)
+    }
+
+    /// The model of `config` whose tensors `w` holds, its matrices as stored, with
+    /// `adapter`'s LoRA pairs beside the projections they adapt.
+    pub fn from_weights(
+        w: &dyn Weights,
+        config: LlamaConfig,
+        adapter: Option<&Adapter>,
+        threads: usize,
+    ) -> Result<Self> {
         let matrix = |name: &str, rows: usize, cols: usize| -> Result<QMatrix> {
-            let info = g.tensor(name)?;
-            if info.shape() != [rows as i64, cols as i64] {
-                return Err(LlmError::model(format!(
-                    "tensor {name} has shape {:?}, the metadata makes it [{rows}, {cols}]",
-                    info.shape()
-                )));
-            }
-            QMatrix::from_gguf(info.kind, g.data(bytes, info)?, rows, cols).ok_or_else(|| {
+            let raw = checked(w, name, &[rows as i64, cols as i64])?;
+            QMatrix::from_gguf(raw.kind, &raw.data, rows, cols).ok_or_else(|| {
                 LlmError::model(format!(
                     "tensor {name} is {}, which volt's CPU kernels do not read",
-                    info.kind.name()
+                    raw.kind.name()
                 ))
             })
         };
         let vector = |name: &str, len: usize| -> Result<Vec<f32>> {
-            let info = g.tensor(name)?;
-            if info.shape() != [len as i64] {
-                return Err(LlmError::model(format!(
-                    "tensor {name} has shape {:?}, the metadata makes it [{len}]",
-                    info.shape()
-                )));
-            }
-            Ok(g.dequantize(bytes, info)?)
+            let raw = checked(w, name, &[len as i64])?;
+            Ok(dequantize(raw.kind, &raw.data))
         };
+        let mut pairs = adapter.map(|a| a.pairs(&config)).transpose()?.unwrap_or_default();
         let (d, kv, ff) = (config.dim, config.n_kv_heads * config.head_dim, config.ffn_dim);
         let embed = Arc::new(matrix("token_embd.weight", config.vocab, d)?);
-        let head = match g.tensor("output.weight") {
-            Ok(_) => Arc::new(matrix("output.weight", config.vocab, d)?),
-            Err(_) => Arc::clone(&embed),
+        let head = match w.tensor("output.weight")? {
+            Some(_) => Arc::new(matrix("output.weight", config.vocab, d)?),
+            None => Arc::clone(&embed),
         };
         let layers = (0..config.n_layers)
             .map(|i| {
                 let m = |part: &str, r, c| matrix(&format!("blk.{i}.{part}.weight"), r, c);
                 let v = |part: &str| vector(&format!("blk.{i}.{part}.weight"), d);
+                let lora = PARTS.map(|part| pairs.remove(&format!("blk.{i}.{part}")));
+                let lora = lora
+                    .into_iter()
+                    .zip(PARTS)
+                    .map(|(p, part)| p.map(|p| Lora::new(p, &format!("blk.{i}.{part}"))).transpose())
+                    .collect::<Result<Vec<_>>>()?;
                 Ok(Layer {
+                    lora,
                     attn_norm: v("attn_norm")?,
                     qkv: Products::new(vec![m("attn_q", d, d)?, m("attn_k", kv, d)?, m("attn_v", kv, d)?]),
                     wo: m("attn_output", d, d)?,
@@ -140,6 +201,9 @@ impl QuantLlama {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
+        if let Some(left) = pairs.keys().next() {
+            return Err(LlmError::model(format!("adapter layer {left} is not a layer of this model")));
+        }
         let norm = vector("output_norm.weight", d)?;
         // The float path's angles: computed in f64, rounded to f32.
         let half = config.head_dim / 2;
@@ -304,8 +368,11 @@ impl QuantLlama {
             seqs.iter().flat_map(|s| s.tokens.iter()).flat_map(|&t| self.embed.row(t as usize)).collect();
         for (l, layer) in self.layers.iter().enumerate() {
             let h = self.rms_norm(&x, &layer.attn_norm);
-            let [mut q, mut k, v]: [Vec<f32>; 3] =
+            let [mut q, mut k, mut v]: [Vec<f32>; 3] =
                 layer.qkv.apply(&h, n, &self.pool).try_into().map_err(|_| LlmError::model("Q, K and V"))?;
+            for (y, lora) in [&mut q, &mut k, &mut v].into_iter().zip(&layer.lora[..3]) {
+                adapt(lora, &h, n, &self.pool, y);
+            }
             self.rope(&mut q, dim, &positions);
             self.rope(&mut k, kv_width, &positions);
             let mut at = 0;
@@ -325,16 +392,20 @@ impl QuantLlama {
                     },
                 );
             });
-            let o = layer.wo.matmul(&attn, n, &self.pool);
+            let mut o = layer.wo.matmul(&attn, n, &self.pool);
+            adapt(&layer.lora[3], &attn, n, &self.pool, &mut o);
             x.iter_mut().zip(&o).for_each(|(a, b)| *a += b);
             let h = self.rms_norm(&x, &layer.ffn_norm);
-            let [gate, up]: [Vec<f32>; 2] = layer
+            let [mut gate, mut up]: [Vec<f32>; 2] = layer
                 .gate_up
                 .apply(&h, n, &self.pool)
                 .try_into()
                 .map_err(|_| LlmError::model("gate and up"))?;
+            adapt(&layer.lora[4], &h, n, &self.pool, &mut gate);
+            adapt(&layer.lora[5], &h, n, &self.pool, &mut up);
             let act: Vec<f32> = gate.iter().zip(&up).map(|(g, u)| g / (1.0 + (-g).exp()) * u).collect();
-            let down = layer.w_down.matmul(&act, n, &self.pool);
+            let mut down = layer.w_down.matmul(&act, n, &self.pool);
+            adapt(&layer.lora[6], &act, n, &self.pool, &mut down);
             x.iter_mut().zip(&down).for_each(|(a, b)| *a += b);
         }
         // The head only for the rows whose logits are wanted (it is the largest matrix).

@@ -159,6 +159,77 @@ impl GgufTokenizer {
         Ok(GgufTokenizer { inner, bytes, special, bos, add_bos, end_of_generation })
     }
 
+    /// The tokenizer of a Hugging Face folder: its `tokenizer.json` (byte-level BPE),
+    /// with the bos and eos of `tokenizer_config.json` and `config.json`, or an error
+    /// naming the file.
+    pub fn from_hf_folder(dir: &std::path::Path) -> Result<Self> {
+        let path = dir.join("tokenizer.json");
+        let in_file = |e: String| LlmError::model(format!("{}: {e}", path.display()));
+        let inner = HfTokenizer::from_file(&path).map_err(|e| in_file(e.to_string()))?;
+        let byte_level = matches!(inner.get_model(), tokenizers::ModelWrapper::BPE(_))
+            && matches!(inner.get_decoder(), Some(tokenizers::DecoderWrapper::ByteLevel(_)));
+        if !byte_level {
+            return Err(in_file(
+                "volt reads byte-level BPE tokenizers (a BPE model, a ByteLevel decoder) only".into(),
+            ));
+        }
+        let read = |name: &str| crate::weights::read_json(dir, name).unwrap_or(serde_json::Value::Null);
+        let (tok_config, config, generation) =
+            (read("tokenizer_config.json"), read("config.json"), read("generation_config.json"));
+        let n = inner.get_vocab_size(true);
+        let mut texts = vec![String::new(); n];
+        for (text, id) in inner.get_vocab(true) {
+            if let Some(slot) = texts.get_mut(id as usize) {
+                *slot = text;
+            }
+        }
+        let added = inner.get_added_tokens_decoder();
+        let special: Vec<bool> = (0..n as u32).map(|id| added.get(&id).is_some_and(|t| t.special)).collect();
+        let unmap = byte_decoder();
+        let bytes = texts
+            .iter()
+            .enumerate()
+            .map(|(id, t)| match added.get(&(id as u32)) {
+                // Added tokens are matched as written, not byte-level symbols.
+                Some(_) => t.as_bytes().to_vec(),
+                None => t.chars().flat_map(|c| unmap.get(&c).copied()).collect(),
+            })
+            .collect();
+        // A token given as text (`"<|im_end|>"` or `{"content": ...}`), or as an id.
+        let by_text = |v: &serde_json::Value| {
+            let text = v.as_str().or_else(|| v.get("content").and_then(|c| c.as_str()))?;
+            inner.token_to_id(text)
+        };
+        let ids = |v: &serde_json::Value| -> Vec<u32> {
+            match v {
+                serde_json::Value::Array(a) => {
+                    a.iter().filter_map(|x| x.as_u64()).map(|x| x as u32).collect()
+                }
+                other => other.as_u64().map(|x| x as u32).into_iter().collect(),
+            }
+        };
+        let bos = by_text(&tok_config["bos_token"]).or_else(|| ids(&config["bos_token_id"]).first().copied());
+        // Either the config says, or the tokenizer's own post-processor adds it.
+        let add_bos = tok_config["add_bos_token"].as_bool().unwrap_or_else(|| {
+            let first = |add| inner.encode_fast("a", add).ok().and_then(|e| e.get_ids().first().copied());
+            bos.is_some() && first(true) == bos && first(false) != bos
+        });
+        let mut end_of_generation: Vec<u32> = by_text(&tok_config["eos_token"])
+            .into_iter()
+            .chain(ids(&config["eos_token_id"]))
+            .chain(ids(&generation["eos_token_id"]))
+            .chain(
+                ["<|endoftext|>", "<|im_end|>", "<|eot_id|>", "<|end|>"]
+                    .iter()
+                    .filter_map(|t| inner.token_to_id(t)),
+            )
+            .filter(|&id| (id as usize) < n)
+            .collect();
+        end_of_generation.sort_unstable();
+        end_of_generation.dedup();
+        Ok(GgufTokenizer { inner, bytes, special, bos, add_bos, end_of_generation })
+    }
+
     /// Token ids of `text`; control tokens written in it (`<|im_start|>`) are matched as
     /// tokens, as a chat template's output needs.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {

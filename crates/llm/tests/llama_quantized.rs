@@ -5,7 +5,8 @@
 use std::path::PathBuf;
 use volt_formats::gguf::Gguf;
 use volt_llm::sampling::argmax;
-use volt_llm::{Model, QuantLlama, Step};
+use volt_llm::weights::GgufWeights;
+use volt_llm::{Adapter, Model, QuantLlama, Step};
 
 fn file() -> (Vec<u8>, Gguf) {
     let path =
@@ -86,7 +87,101 @@ fn quantized_logits_match_transformers_and_greedy_text_is_reported() {
 
 #[test]
 fn a_row_gets_the_same_bits_in_any_batch_and_any_cut_of_its_prompt() {
-    let m = model();
+    batch_invariant(&model());
+    let (bytes, g) = file();
+    let config = volt_llm::LlamaConfig::from_gguf(&g).expect("config");
+    let weights = GgufWeights { bytes: &bytes, header: &g };
+    batch_invariant(&QuantLlama::from_weights(&weights, config, Some(&adapter(16)), 2).expect("adapted"));
+}
+
+/// A LoRA adapter of rank `r` on every linear layer of SmolLM2's 30 blocks, random.
+fn adapter(r: i64) -> Adapter {
+    tch::manual_seed(3);
+    let (d, kv, ff) = (576, 192, 1536);
+    let mut tensors = std::collections::HashMap::new();
+    for i in 0..30 {
+        for (part, out, inp) in [
+            ("self_attn.q_proj", d, d),
+            ("self_attn.k_proj", kv, d),
+            ("self_attn.v_proj", kv, d),
+            ("self_attn.o_proj", d, d),
+            ("mlp.gate_proj", ff, d),
+            ("mlp.up_proj", ff, d),
+            ("mlp.down_proj", d, ff),
+        ] {
+            let name = format!("model.layers.{i}.{part}");
+            tensors.insert(
+                format!("{name}.lora_A.weight"),
+                tch::Tensor::randn([r, inp], tch::kind::FLOAT_CPU) * 0.03,
+            );
+            tensors.insert(
+                format!("{name}.lora_B.weight"),
+                tch::Tensor::randn([out, r], tch::kind::FLOAT_CPU) * 0.03,
+            );
+        }
+    }
+    Adapter::from_tensors(2.0, &tensors).expect("adapter")
+}
+
+#[test]
+fn an_adapter_gives_the_same_logits_on_the_quantized_and_the_float_path() {
+    let (bytes, g) = file();
+    let config = volt_llm::LlamaConfig::from_gguf(&g).expect("config");
+    let weights = GgufWeights { bytes: &bytes, header: &g };
+    // Rank 40: B's rank is padded to whole blocks of 32 on the quantized path.
+    let a = adapter(40);
+    let tokens: Vec<u32> = vec![1, 9690, 198, 2683, 359, 253, 5356, 5646, 11173, 504, 713, 216, 34];
+    let q = QuantLlama::from_weights(&weights, config.clone(), Some(&a), 2).expect("quantized");
+    let adapted = forward(&q, &tokens, &mut q.new_cache());
+    let plain = forward(&model(), &tokens, &mut model().new_cache());
+    tch::set_num_threads(2);
+    let f = volt_llm::Llama::from_weights(&weights, config, Some(&a), tch::Device::Cpu).expect("float");
+    let float: Vec<Vec<f32>> =
+        Vec::<Vec<f32>>::try_from(f.forward(&tokens, &mut f.new_cache()).expect("forward")).expect("rows");
+    let diff = |x: &[Vec<f32>], y: &[Vec<f32>]| {
+        x.iter().flatten().zip(y.iter().flatten()).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max)
+    };
+    let (changed, apart) = (diff(&adapted, &plain), diff(&adapted, &float));
+    eprintln!("the adapter moves logits by up to {changed}; quantized and float paths differ by {apart}");
+    assert!(changed > 0.5, "the adapter changes the logits: {changed}");
+    assert!(apart < 2e-3, "quantized vs float path with the adapter: {apart}");
+}
+
+#[test]
+fn an_adapter_that_does_not_fit_the_model_is_refused_by_name() {
+    let (bytes, g) = file();
+    let config = volt_llm::LlamaConfig::from_gguf(&g).expect("config");
+    let weights = GgufWeights { bytes: &bytes, header: &g };
+    let refused = |tensors: &[(&str, &[i64])], says: &str| {
+        let tensors: std::collections::HashMap<String, tch::Tensor> = tensors
+            .iter()
+            .map(|(n, shape)| (n.to_string(), tch::Tensor::zeros(*shape, tch::kind::FLOAT_CPU)))
+            .collect();
+        let err = Adapter::from_tensors(2.0, &tensors)
+            .and_then(|a| QuantLlama::from_weights(&weights, config.clone(), Some(&a), 1).map(|_| ()))
+            .expect_err("refused");
+        assert!(err.to_string().contains(says), "wanted {says:?} in: {err}");
+    };
+    refused(&[("model.layers.0.self_attn.q_proj.lora_A.weight", &[8, 576])], "has no lora_B beside it");
+    refused(&[("model.layers.0.self_attn.q_proj.lora_B.weight", &[576, 8])], "has no lora_A beside it");
+    refused(
+        &[
+            ("model.layers.30.mlp.up_proj.lora_A.weight", &[8, 576]),
+            ("model.layers.30.mlp.up_proj.lora_B.weight", &[1536, 8]),
+        ],
+        "adapter layer model.layers.30.mlp.up_proj is not a linear layer of this 30-block Llama",
+    );
+    refused(
+        &[
+            ("model.layers.2.mlp.down_proj.lora_A.weight", &[8, 576]),
+            ("model.layers.2.mlp.down_proj.lora_B.weight", &[576, 8]),
+        ],
+        "lora_A [8, 576] and lora_B [576, 8] do not fit its weight [576, 1536]",
+    );
+    refused(&[("model.layers.0.self_attn.q_proj.lora_C.weight", &[8, 576])], "neither lora_A nor lora_B");
+}
+
+fn batch_invariant(m: &QuantLlama) {
     let prompts: [&[u32]; 3] = [
         &[1, 9690, 198, 2683, 359, 253, 5356, 5646, 11173],
         &[504, 713, 216, 34, 32, 34, 36, 553],
@@ -97,10 +192,10 @@ fn a_row_gets_the_same_bits_in_any_batch_and_any_cut_of_its_prompt() {
         .iter()
         .map(|p| {
             let mut cache = m.new_cache();
-            let mut rows = forward(&m, p, &mut cache);
+            let mut rows = forward(m, p, &mut cache);
             for _ in 0..3 {
                 let next = argmax(rows.last().expect("a row"));
-                rows.extend(forward(&m, &[next], &mut cache));
+                rows.extend(forward(m, &[next], &mut cache));
             }
             rows
         })

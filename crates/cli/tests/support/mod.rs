@@ -1,5 +1,6 @@
 //! Running the `volt` binary from the CLI's tests, quietly, under a root folder.
 #![allow(dead_code)]
+pub mod llm;
 pub mod studio;
 
 use std::path::Path;

@@ -6,10 +6,12 @@
 //! base is refused by name.
 pub mod hf;
 pub mod model;
+pub mod serving;
 
 use model::LlamaModel;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use tch::{nn, Device, Tensor};
 use volt_formats::gguf::Gguf;
@@ -107,12 +109,30 @@ pub struct BaseId {
 }
 
 impl BaseId {
-    fn of(path: &Path, bytes: &[u8]) -> Self {
+    /// The base whose file at `path` holds `bytes`.
+    pub fn of(path: &Path, bytes: &[u8]) -> Self {
         // The file's own name, not a link's (scripts/setup links it as .smollm2).
         let real = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned());
         let file =
             real.file_name().map_or_else(|| path.display().to_string(), |f| f.to_string_lossy().into_owned());
         BaseId { file, sha256: format!("{:x}", Sha256::digest(bytes)) }
+    }
+}
+
+/// Refuses an adapter (in `dir`, its file's header `metadata`) that names another base
+/// than `base`, naming both; one that names none (PEFT's own) passes.
+pub fn check_base(dir: &Path, metadata: &HashMap<String, String>, base: &BaseId) -> Result<(), String> {
+    match metadata.get(BASE_SHA256_KEY).filter(|s| **s != base.sha256) {
+        None => Ok(()),
+        Some(sha) => {
+            let file = metadata.get(BASE_FILE_KEY).map_or("another file", String::as_str);
+            Err(format!(
+                "{}: the adapter was trained on base {file} (sha256 {sha}), not on {} (sha256 {}): give that base with --gguf",
+                dir.display(),
+                base.file,
+                base.sha256
+            ))
+        }
     }
 }
 
@@ -154,15 +174,7 @@ impl SmolLm2 {
         let config =
             SmolLm2Config { gguf: gguf.map(Path::to_owned), lora: Some(lora), ..SmolLm2Config::lora() };
         let model = SmolLm2::new(config, device)?;
-        if let Some(sha) = adapter.metadata.get(BASE_SHA256_KEY).filter(|s| **s != model.base.sha256) {
-            let file = adapter.metadata.get(BASE_FILE_KEY).map_or("another file", String::as_str);
-            return Err(format!(
-                "{}: the adapter was trained on base {file} (sha256 {sha}), not on {} (sha256 {}): give that base with --gguf",
-                dir.display(),
-                model.base.file,
-                model.base.sha256
-            ));
-        }
+        check_base(dir, &adapter.metadata, &model.base)?;
         let vars = model.vs.variables();
         let mut problems: Vec<String> = Vec::new();
         for (name, var) in vars.iter().filter(|(_, t)| t.requires_grad()) {
