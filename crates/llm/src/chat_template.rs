@@ -82,10 +82,12 @@ impl ChatTemplate {
                     .ok_or_else(|| {
                         LlmError::model("tokenizer_config.json: no chat template named `default`")
                     })?,
-                _ => return Err(LlmError::model(format!(
+                _ => {
+                    return Err(LlmError::model(format!(
                     "{}: no chat template (chat_template.jinja, or chat_template in tokenizer_config.json)",
                     dir.display()
-                ))),
+                )))
+                }
             }
         };
         Self::new(&source, &text("bos_token"), &text("eos_token"))
