@@ -145,7 +145,7 @@ impl LoraLinear {
     pub fn merged_weight(&self) -> Tensor {
         tch::no_grad(|| match &self.adapter {
             None => self.weight.copy(),
-            Some(ad) => &self.weight + ad.b.matmul(&ad.a) * ad.scale,
+            Some(ad) => merge(&self.weight, &ad.a, &ad.b, ad.scale),
         })
     }
 
@@ -315,6 +315,11 @@ pub fn read_peft_adapter(dir: &Path) -> Result<PeftAdapter> {
     Ok(PeftAdapter { config, tensors, metadata })
 }
 
+/// `W + scale · B A`: a weight with its adapter folded in.
+fn merge(w: &Tensor, a: &Tensor, b: &Tensor, scale: f64) -> Tensor {
+    w + b.matmul(a) * scale
+}
+
 /// Every variable of `vs` but the adapters, with each adapted layer's update folded into
 /// its weight (`W + scale · B A`, what a merged model holds), sorted by name.
 pub fn merged_tensors(vs: &nn::VarStore, scale: f64) -> Vec<(String, Tensor)> {
@@ -329,7 +334,7 @@ pub fn merged_tensors(vs: &nn::VarStore, scale: f64) -> Vec<(String, Tensor)> {
                     vars.get(&format!("{layer}.lora_B.weight")),
                 );
                 let merged = match (a, b) {
-                    (Some(a), Some(b)) => w + b.matmul(a) * scale,
+                    (Some(a), Some(b)) => merge(w, a, b, scale),
                     _ => w.copy(),
                 };
                 (name.clone(), merged)
