@@ -41,6 +41,18 @@ pub struct OptimizerScalars {
     pub lr: f64,
     /// PyTorch's class name, to refuse restoring into another optimizer.
     pub class: String,
+    /// `16-mixed`'s gradient scaler, when the run has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grad_scaler: Option<GradScalerState>,
+}
+
+/// A gradient scaler's state (PyTorch's `GradScaler.state_dict()`: `scale`, `_growth_tracker`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct GradScalerState {
+    /// What the loss is multiplied by.
+    pub scale: f64,
+    /// Clean steps in a row since the scale last moved.
+    pub growth_tracker: u64,
 }
 
 /// Everything but the tensors: where the run stands and what made it.

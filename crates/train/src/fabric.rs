@@ -4,6 +4,7 @@ use crate::checkpoint::{self, Checkpoint};
 use crate::data::{Batch, DataLoader};
 use crate::ddp::{Ddp, DdpOptions};
 use crate::error::{Error, Result};
+use crate::grad_scaler::{lock, GradScaler, SharedScaler};
 use crate::optim::{clip_gradients, ClipAlgorithm, Optimizer, OptimizerSpec};
 use crate::strategy::{
     select_device, Accelerator, CommStats, ReduceOp, SingleDevice, Strategy, StrategyKind,
@@ -76,20 +77,24 @@ pub struct Fabric {
     params: Vec<Tensor>,
     backward_sync: bool,
     precision: Precision,
+    /// `16-mixed`'s gradient scaler, shared with the optimizers it prepares.
+    scaler: Option<SharedScaler>,
 }
 
 impl Fabric {
     /// Fabric for `config`: picks the device and strategy, sets the thread count.
     pub fn new(config: &FabricConfig) -> Result<Self> {
         // Before any rendezvous: a refused precision must not hold up the other ranks.
-        if config.precision == Precision::F16Mixed {
-            let why = if tch::Cuda::is_available() && config.accelerator != Accelerator::Cpu {
-                "its gradient scaler is not built yet"
-            } else {
-                "float16 training needs a gradient scaler on a CUDA device, and this run is on the CPU"
-            };
-            return Err(Error::Config(format!("precision = \"16-mixed\": {why}; use \"bf16-mixed\"")));
+        // As Lightning: float16 autocast and its scaler are CUDA's.
+        let on_cuda = tch::Cuda::is_available() && config.accelerator != Accelerator::Cpu;
+        if config.precision == Precision::F16Mixed && !on_cuda {
+            return Err(Error::Config(
+                "precision = \"16-mixed\": float16 training needs a gradient scaler on a CUDA device, \
+                 and this run is on the CPU; use \"bf16-mixed\""
+                    .into(),
+            ));
         }
+        let scaler = (config.precision == Precision::F16Mixed).then(|| GradScaler::default().shared());
         if let Some(n) = config.threads() {
             if n == 0 {
                 return Err(Error::Config("num_threads must be at least 1".into()));
@@ -113,12 +118,12 @@ impl Fabric {
         } else {
             Box::new(SingleDevice::new(select_device(config.accelerator)?))
         };
-        Ok(Fabric { precision: config.precision, ..Self::with_strategy(strategy) })
+        Ok(Fabric { precision: config.precision, scaler, ..Self::with_strategy(strategy) })
     }
 
     /// Fabric over a strategy of the caller's.
     pub fn with_strategy(strategy: Box<dyn Strategy>) -> Self {
-        Fabric { strategy, params: Vec::new(), backward_sync: true, precision: Precision::F32 }
+        Fabric { strategy, params: Vec::new(), backward_sync: true, precision: Precision::F32, scaler: None }
     }
 
     /// Seeds libtorch's generators (CPU and every GPU) and the shuffle of data loaders
@@ -205,7 +210,17 @@ impl Fabric {
     /// `setup_module`, then an optimizer over the model's trainable variables.
     pub fn setup(&mut self, vs: &nn::VarStore, spec: OptimizerSpec) -> Result<Optimizer> {
         self.setup_module(vs)?;
-        Ok(Optimizer::new(spec, vs))
+        let mut opt = Optimizer::new(spec, vs);
+        self.prepare_optimizer(&mut opt);
+        Ok(opt)
+    }
+
+    /// Gives `opt` the run's gradient scaler (`16-mixed`), which unscales its gradients
+    /// and skips its steps that overflowed; nothing otherwise.
+    pub fn prepare_optimizer(&self, opt: &mut Optimizer) {
+        if let Some(s) = &self.scaler {
+            opt.set_grad_scaler(s.clone());
+        }
     }
 
     /// The loader giving this rank its shard of every epoch.
@@ -217,9 +232,13 @@ impl Fabric {
         }
     }
 
-    /// Backpropagates `loss`, then averages gradients across ranks unless sync is off.
+    /// Backpropagates `loss` (times the gradient scaler's scale under `16-mixed`), then
+    /// averages gradients across ranks unless sync is off.
     pub fn backward(&mut self, loss: &Tensor) -> Result<()> {
-        loss.f_backward()?;
+        match &self.scaler {
+            Some(s) => lock(s).scale_loss(loss).f_backward()?,
+            None => loss.f_backward()?,
+        }
         if self.backward_sync {
             let grads: Vec<Tensor> = self.params.iter().map(Tensor::grad).collect();
             self.strategy.reduce_gradients(&grads)?;
@@ -237,6 +256,8 @@ impl Fabric {
 
     /// Clips the optimizer's gradients; returns the norm before clipping (for `Norm`).
     pub fn clip_gradients(&self, opt: &Optimizer, max: f64, algorithm: ClipAlgorithm) -> Result<Option<f64>> {
+        // Clipping bounds the true gradients, not the scaled ones.
+        opt.unscale_grads();
         clip_gradients(&opt.grads(), max, algorithm)
     }
 

@@ -14,6 +14,7 @@ pub mod ddp;
 mod error;
 pub mod fabric;
 mod ffi;
+pub mod grad_scaler;
 pub mod job_run;
 pub mod loggers;
 pub mod lora;

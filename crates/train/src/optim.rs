@@ -5,6 +5,7 @@
 //! `_fused_sgd_`, PyTorch's `fused=True` path, on CPU and CUDA), reached through volt's
 //! C++ shim since tch does not expose them: one kernel call per step for all parameters.
 use crate::ffi;
+use crate::grad_scaler::{lock, SharedScaler};
 
 use std::collections::HashMap;
 use tch::{nn, Tensor};
@@ -44,6 +45,7 @@ pub struct Optimizer {
     step: u64,
     params: Vec<(String, Tensor)>,
     state: Vec<ParamState>,
+    scaler: Option<SharedScaler>,
 }
 
 impl Optimizer {
@@ -53,7 +55,7 @@ impl Optimizer {
             vs.variables().into_iter().filter(|(_, t)| t.requires_grad()).collect();
         params.sort_by(|a, b| a.0.cmp(&b.0));
         let state = params.iter().map(|_| ParamState::default()).collect();
-        Optimizer { lr: spec.lr(), spec, step: 0, params, state }
+        Optimizer { lr: spec.lr(), spec, step: 0, params, state, scaler: None }
     }
 
     /// The optimizer's configuration.
@@ -92,8 +94,34 @@ impl Optimizer {
         }
     }
 
+    /// Steps with `scaler`'s gradients (`16-mixed`): unscaled before the update, which
+    /// is skipped when they overflowed.
+    pub fn set_grad_scaler(&mut self, scaler: SharedScaler) {
+        self.scaler = Some(scaler);
+    }
+
+    /// The gradient scaler, if the run has one.
+    pub fn grad_scaler(&self) -> Option<&SharedScaler> {
+        self.scaler.as_ref()
+    }
+
+    /// Divides the gradients by the scaler's scale (once per step; clipping calls it
+    /// before the step); whether any overflowed. Without a scaler: nothing, `false`.
+    pub fn unscale_grads(&self) -> bool {
+        let grads = self.grads();
+        self.scaler.as_ref().is_some_and(|s| lock(s).unscale(&grads))
+    }
+
     /// Applies one update from the current gradients, in one fused libtorch kernel.
+    /// With a gradient scaler, an update from gradients that overflowed is skipped (as
+    /// `GradScaler.step` skips it): no parameter, state or step count moves.
     pub fn step(&mut self) -> crate::Result<()> {
+        if let Some(s) = &self.scaler {
+            let grads = self.grads();
+            if !lock(s).finish_step(&grads) {
+                return Ok(());
+            }
+        }
         self.step += 1;
         let with_grad: Vec<usize> =
             (0..self.params.len()).filter(|&i| self.params[i].1.grad().defined()).collect();
@@ -204,7 +232,12 @@ impl Optimizer {
 
     /// Step count, learning rate and class.
     pub fn scalars(&self) -> OptimizerScalars {
-        OptimizerScalars { step: self.step, lr: self.lr, class: self.spec.class_name().to_owned() }
+        OptimizerScalars {
+            step: self.step,
+            lr: self.lr,
+            class: self.spec.class_name().to_owned(),
+            grad_scaler: self.scaler.as_ref().map(|s| lock(s).state()),
+        }
     }
 
     /// Restores state saved by [`Optimizer::state_tensors`] and [`Optimizer::scalars`];
@@ -250,6 +283,9 @@ impl Optimizer {
         self.state = restored;
         self.step = scalars.step;
         self.lr = scalars.lr;
+        if let (Some(s), Some(state)) = (&self.scaler, &scalars.grad_scaler) {
+            lock(s).load_state(state);
+        }
         Ok(())
     }
 }

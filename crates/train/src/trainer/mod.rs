@@ -234,6 +234,7 @@ impl Trainer {
             s.validate()?;
         }
         let mut optimizer = Optimizer::new(opt_config.optimizer.clone(), module.var_store());
+        self.fabric.prepare_optimizer(&mut optimizer);
         let mut scheduler =
             opt_config.lr_scheduler.clone().map(|c| LrScheduler::new(c, opt_config.optimizer.lr()));
         if let Some(s) = &scheduler {
