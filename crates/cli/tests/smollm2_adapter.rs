@@ -28,29 +28,16 @@ fn volt(args: &[&str]) -> Output {
 fn write_adapter(dir: &Path, metadata: HashMap<String, String>) {
     std::fs::create_dir_all(dir).expect("mkdir");
     tch::manual_seed(7);
-    let (d, kv, ff, r) = (576, 192, 1536, 8);
+    let bytes = std::fs::read(repo().join(".smollm2")).expect("the GGUF file: run scripts/setup");
+    let g = volt_formats::gguf::Gguf::parse(&bytes).expect("gguf");
+    let r = 8;
     let mut tensors = Vec::new();
-    for i in 0..30 {
-        for (part, out, inp) in [
-            ("self_attn.q_proj", d, d),
-            ("self_attn.k_proj", kv, d),
-            ("self_attn.v_proj", kv, d),
-            ("self_attn.o_proj", d, d),
-            ("mlp.gate_proj", ff, d),
-            ("mlp.up_proj", ff, d),
-            ("mlp.down_proj", d, ff),
-        ] {
-            let name = format!("base_model.model.model.layers.{i}.{part}");
-            tensors.push((
-                format!("{name}.lora_A.weight"),
-                tch::Tensor::randn([r, inp], tch::kind::FLOAT_CPU) * 0.03,
-            ));
-            tensors.push((
-                format!("{name}.lora_B.weight"),
-                tch::Tensor::randn([out, r], tch::kind::FLOAT_CPU) * 0.03,
-            ));
-        }
+    for l in volt_llm::LlamaConfig::from_gguf(&g).expect("config").linear_layers() {
+        let random = |shape: [i64; 2]| tch::Tensor::randn(shape, tch::kind::FLOAT_CPU) * 0.03;
+        tensors.push((format!("base_model.model.{}.lora_A.weight", l.hf), random([r, l.cols])));
+        tensors.push((format!("base_model.model.{}.lora_B.weight", l.hf), random([l.rows, r])));
     }
+    assert_eq!(tensors.len(), 420);
     volt_train::checkpoint::write_tensors(&dir.join("adapter_model.safetensors"), &tensors, metadata)
         .expect("write adapter");
     let config = json!({

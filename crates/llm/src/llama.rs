@@ -62,11 +62,7 @@ impl LlamaConfig {
         let dim = n("embedding_length")?;
         let n_heads = n("attention.head_count")?;
         let n_kv_heads = n("attention.head_count_kv").unwrap_or(n_heads);
-        if n_heads == 0 || n_kv_heads == 0 || dim % n_heads != 0 || n_heads % n_kv_heads != 0 {
-            return Err(LlmError::model(format!(
-                "{n_heads} heads ({n_kv_heads} for keys and values) do not divide a width of {dim}"
-            )));
-        }
+        check_heads(dim, n_heads, n_kv_heads)?;
         let vocab = g.get("tokenizer.ggml.tokens")?.as_array().map_or(0, <[_]>::len);
         Ok(LlamaConfig {
             n_layers: n("block_count")?,
@@ -104,6 +100,56 @@ impl Proj {
             Some(l) => y + x.matmul(&l.a.tr()).matmul(&l.b.tr()) * l.scale,
             None => y,
         }
+    }
+}
+
+/// Refuses head counts that do not split `dim` (queries) and the query heads (keys and values).
+pub fn check_heads(dim: usize, n_heads: usize, n_kv_heads: usize) -> Result<()> {
+    if n_heads == 0 || n_kv_heads == 0 || !dim.is_multiple_of(n_heads) || !n_heads.is_multiple_of(n_kv_heads) {
+        return Err(LlmError::model(format!(
+            "{n_heads} heads ({n_kv_heads} for keys and values) do not divide a width of {dim}"
+        )));
+    }
+    Ok(())
+}
+
+/// One linear layer of a block: GGUF's name, transformers', and its weight's shape.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Linear {
+    /// `blk.N.attn_q`.
+    pub gguf: String,
+    /// `model.layers.N.self_attn.q_proj`.
+    pub hf: String,
+    /// Output features.
+    pub rows: i64,
+    /// Input features.
+    pub cols: i64,
+    /// Heads whose rows GGUF interleaves (queries and keys), else 0.
+    pub rotated_heads: usize,
+}
+
+impl LlamaConfig {
+    /// Every linear layer of every block (the head aside), in block order.
+    pub fn linear_layers(&self) -> Vec<Linear> {
+        let (d, kv, ff) = (self.dim as i64, (self.n_kv_heads * self.head_dim) as i64, self.ffn_dim as i64);
+        let parts = [
+            ("attn_q", d, d, self.n_heads),
+            ("attn_k", kv, d, self.n_kv_heads),
+            ("attn_v", kv, d, 0),
+            ("attn_output", d, d, 0),
+            ("ffn_gate", ff, d, 0),
+            ("ffn_up", ff, d, 0),
+            ("ffn_down", d, ff, 0),
+        ];
+        (0..self.n_layers)
+            .flat_map(|i| {
+                parts.iter().map(move |&(part, rows, cols, rotated_heads)| {
+                    let gguf = format!("blk.{i}.{part}");
+                    let hf = crate::weights::hf_layer_name(&gguf).unwrap_or_default();
+                    Linear { gguf, hf, rows, cols, rotated_heads }
+                })
+            })
+            .collect()
     }
 }
 

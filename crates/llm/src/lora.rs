@@ -2,8 +2,7 @@
 //! weights stay as stored (quantized, on the CPU path) and each adapted projection adds
 //! `scale · B(Ax)` to its output, PEFT's order of operations.
 use crate::error::{LlmError, Result};
-use crate::llama::LlamaConfig;
-use crate::weights::{hf_layer_name, BLOCK_PARTS};
+use crate::llama::{Linear, LlamaConfig};
 use std::collections::HashMap;
 use tch::{Kind, Tensor};
 
@@ -58,28 +57,15 @@ impl Adapter {
     /// `config`: a layer that is not one of its linear layers, or whose shapes do not fit
     /// it, is an error naming the layer and both shapes.
     pub fn pairs(&self, config: &LlamaConfig) -> Result<HashMap<String, LoraPair>> {
-        let (d, kv, ff) =
-            (config.dim as i64, (config.n_kv_heads * config.head_dim) as i64, config.ffn_dim as i64);
-        let shape_of = |part: &str| -> Option<(i64, i64, usize)> {
-            Some(match part {
-                "attn_q" => (d, d, config.n_heads),
-                "attn_k" => (kv, d, config.n_kv_heads),
-                "attn_v" => (kv, d, 0),
-                "attn_output" => (d, d, 0),
-                "ffn_gate" | "ffn_up" => (ff, d, 0),
-                "ffn_down" => (d, ff, 0),
-                _ => return None,
-            })
-        };
+        let linears: HashMap<String, Linear> =
+            config.linear_layers().into_iter().map(|l| (l.hf.clone(), l)).collect();
         let mut out = HashMap::new();
         let mut names: Vec<&String> = self.layers.keys().collect();
         names.sort();
         for hf in names {
-            let gguf = (0..config.n_layers)
-                .flat_map(|i| BLOCK_PARTS.iter().map(move |(g, _)| format!("blk.{i}.{g}")))
-                .find(|g| hf_layer_name(g).as_deref() == Some(hf.as_str()));
-            let part = gguf.as_deref().and_then(|g| g.rsplit('.').next()).unwrap_or_default();
-            let (Some(gguf), Some((rows, cols, heads))) = (gguf.clone(), shape_of(part)) else {
+            let Some(Linear { gguf, rows, cols, rotated_heads: heads, .. }) =
+                linears.get(hf.as_str()).cloned()
+            else {
                 return Err(LlmError::model(format!(
                     "adapter layer {hf} is not a linear layer of this {}-block Llama",
                     config.n_layers

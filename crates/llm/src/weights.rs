@@ -3,7 +3,7 @@
 //! transformers' names, whose query and key rows are in `rotate_half` order and are put
 //! in llama.cpp's interleaved order here, so both models rotate adjacent pairs).
 use crate::error::{LlmError, Result};
-use crate::llama::LlamaConfig;
+use crate::llama::{check_heads, LlamaConfig};
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -165,11 +165,7 @@ impl LlamaConfig {
         let dim = n("hidden_size")?;
         let n_heads = n("num_attention_heads")?;
         let n_kv_heads = n("num_key_value_heads").unwrap_or(n_heads);
-        if n_heads == 0 || n_kv_heads == 0 || dim % n_heads != 0 || n_heads % n_kv_heads != 0 {
-            return Err(LlmError::model(format!(
-                "config.json: {n_heads} heads ({n_kv_heads} for keys and values) do not divide hidden_size {dim}"
-            )));
-        }
+        check_heads(dim, n_heads, n_kv_heads).map_err(|e| LlmError::model(format!("config.json: {e}")))?;
         if let Some(hd) =
             field("head_dim").and_then(|v| v.as_u64()).filter(|&hd| hd as usize != dim / n_heads)
         {

@@ -97,29 +97,14 @@ fn a_row_gets_the_same_bits_in_any_batch_and_any_cut_of_its_prompt() {
 /// A LoRA adapter of rank `r` on every linear layer of SmolLM2's 30 blocks, random.
 fn adapter(r: i64) -> Adapter {
     tch::manual_seed(3);
-    let (d, kv, ff) = (576, 192, 1536);
+    let config = volt_llm::LlamaConfig::from_gguf(&file().1).expect("config");
     let mut tensors = std::collections::HashMap::new();
-    for i in 0..30 {
-        for (part, out, inp) in [
-            ("self_attn.q_proj", d, d),
-            ("self_attn.k_proj", kv, d),
-            ("self_attn.v_proj", kv, d),
-            ("self_attn.o_proj", d, d),
-            ("mlp.gate_proj", ff, d),
-            ("mlp.up_proj", ff, d),
-            ("mlp.down_proj", d, ff),
-        ] {
-            let name = format!("model.layers.{i}.{part}");
-            tensors.insert(
-                format!("{name}.lora_A.weight"),
-                tch::Tensor::randn([r, inp], tch::kind::FLOAT_CPU) * 0.03,
-            );
-            tensors.insert(
-                format!("{name}.lora_B.weight"),
-                tch::Tensor::randn([out, r], tch::kind::FLOAT_CPU) * 0.03,
-            );
-        }
+    for l in config.linear_layers() {
+        let random = |shape: [i64; 2]| tch::Tensor::randn(shape, tch::kind::FLOAT_CPU) * 0.03;
+        tensors.insert(format!("{}.lora_A.weight", l.hf), random([r, l.cols]));
+        tensors.insert(format!("{}.lora_B.weight", l.hf), random([l.rows, r]));
     }
+    assert_eq!(tensors.len(), 30 * 7 * 2);
     Adapter::from_tensors(2.0, &tensors).expect("adapter")
 }
 
