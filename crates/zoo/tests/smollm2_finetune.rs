@@ -244,7 +244,8 @@ fn peft_and_transformers_load_volts_adapter_and_agree_on_the_logits() {
     // tokenizer (volt's tokenizer.json) the same ids as volt's, digits split.
     let merged = dir.path().join("SmolLM2-135M-Instruct");
     volt_zoo::smollm2::hf::write_model_folder(&back, &merged).expect("merge");
-    let text = "In 2024, 12345 people ran 3.5 km.";
+    // Spaces before digits too: a tokenizer without the digit split cuts them otherwise.
+    let text = "In 2024, 12345 people ran 3.5 km.\nx\n    7.5 and  42";
     let got = python_diff(&logits, &ids, &["--model-dir", &merged.display().to_string(), "--text", text]);
     let diff = got["max_abs_diff"].as_f64().expect("number");
     // Merging rounds a different sum, (W + s·BA)x instead of Wx + s·B(Ax): float32 on logits

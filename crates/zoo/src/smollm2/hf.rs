@@ -64,7 +64,8 @@ pub fn write_model_folder(model: &SmolLm2, out: &Path) -> Result<(), String> {
     let generation = json!({"bos_token_id": tokenizer.bos, "eos_token_id": eos, "pad_token_id": pad});
     let chat_template = g.metadata.get("tokenizer.chat_template").and_then(|v| v.as_str());
     let tokenizer_config = json!({
-        "tokenizer_class": "GPT2Tokenizer",
+        // Not GPT2Tokenizer: transformers would rebuild GPT-2's pre-tokenizer and drop the digit split.
+        "tokenizer_class": "PreTrainedTokenizerFast",
         "bos_token": name(tokenizer.bos),
         "eos_token": name(eos),
         "pad_token": name(pad),
