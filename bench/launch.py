@@ -15,3 +15,16 @@ def launch(cmd):
     if status != 0:
         sys.exit(f"bench: {' '.join(cmd)} failed with status {status}\n{out}")
     return out, usage.ru_maxrss / 1024
+
+
+def launch_lines(cmd):
+    """As `launch`, but returns its stdout as (seconds since BENCH_T0 when the line was
+    read, line) pairs, for runs whose own report is too coarse to time them by."""
+    t0 = time.time()
+    env = dict(os.environ, BENCH_T0=repr(t0))
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, text=True, bufsize=1)
+    lines = [(time.time() - t0, line.rstrip("\n")) for line in proc.stdout]
+    _, status, usage = os.wait4(proc.pid, 0)
+    if status != 0:
+        sys.exit(f"bench: {' '.join(cmd)} failed with status {status}\n" + "\n".join(l for _, l in lines))
+    return lines, usage.ru_maxrss / 1024
