@@ -1,22 +1,15 @@
 //! char-gpt end to end through the `volt` binary: a few training steps, then
 //! `/v1/chat/completions` streamed and not and `/v1/completions`, checked with the official `openai` client.
 use serde_json::{json, Value};
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
+
+mod support;
+use support::llm::Served;
 
 fn repo() -> PathBuf {
     PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("run by cargo")).join("../..")
-}
-
-struct Served(Child);
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 /// Trains char-gpt for a few steps into `root`; returns its last checkpoint.
@@ -36,16 +29,13 @@ fn tiny_checkpoint(root: &Path) -> PathBuf {
 }
 
 fn serve(checkpoint: &Path) -> (Served, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_volt"))
-        .args(["serve", "--model", "char-gpt", "--port", "0", "--checkpoint"])
-        .arg(checkpoint)
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("run volt serve");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("read");
-    let url = line.trim().strip_prefix("listening on ").unwrap_or_else(|| panic!("{line:?}")).to_owned();
-    (Served(child), url)
+    let served = support::llm::spawn(
+        Command::new(env!("CARGO_BIN_EXE_volt"))
+            .args(["serve", "--model", "char-gpt", "--port", "0", "--checkpoint"])
+            .arg(checkpoint),
+    );
+    let url = served.url.clone();
+    (served, url)
 }
 
 const CLIENT_SCRIPT: &str = r#"

@@ -1,26 +1,16 @@
 //! `volt serve --model minilm`: all-MiniLM-L6-v2 at /v1/embeddings, checked against
 //! sentence-transformers' vectors (crates/zoo/tests/fixtures) through real clients.
 use serde_json::{json, Value};
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
+
+mod support;
+use support::llm::Served;
 
 #[path = "../../zoo/tests/support/minilm_fixture.rs"]
 mod minilm_fixture;
 
 use minilm_fixture::{cosine, model_dir, reference, repo};
-
-struct Served {
-    child: Child,
-    url: String,
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// Starts `volt serve --model minilm ARGS` on a free port and waits for /health.
 fn serve(args: &[&str], env: &[(&str, &Path)]) -> Served {
@@ -29,22 +19,9 @@ fn serve(args: &[&str], env: &[(&str, &Path)]) -> Served {
     for (k, v) in env {
         cmd.env(k, v);
     }
-    let mut child = cmd.stdout(Stdio::piped()).spawn().expect("run volt serve");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("read");
-    let url = line
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap_or_else(|| panic!("no address: {line:?}"))
-        .to_owned();
-    let served = Served { child, url };
-    for _ in 0..400 {
-        if http::get_ok(&format!("{}/health", served.url)) {
-            return served;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(25));
-    }
-    panic!("minilm server never became healthy");
+    let served = support::llm::spawn(&mut cmd);
+    support::llm::wait_healthy(&served);
+    served
 }
 
 /// Tiny blocking helpers over reqwest's async client.
@@ -53,10 +30,6 @@ mod http {
 
     fn runtime() -> tokio::runtime::Runtime {
         tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime")
-    }
-
-    pub fn get_ok(url: &str) -> bool {
-        runtime().block_on(async { Client::new().get(url).send().await.is_ok_and(|r| r.status() == 200) })
     }
 
     /// POSTs every body at once; returns (status, JSON) per body, in order.

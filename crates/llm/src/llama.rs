@@ -105,7 +105,8 @@ impl Proj {
 
 /// Refuses head counts that do not split `dim` (queries) and the query heads (keys and values).
 pub fn check_heads(dim: usize, n_heads: usize, n_kv_heads: usize) -> Result<()> {
-    if n_heads == 0 || n_kv_heads == 0 || !dim.is_multiple_of(n_heads) || !n_heads.is_multiple_of(n_kv_heads) {
+    if n_heads == 0 || n_kv_heads == 0 || !dim.is_multiple_of(n_heads) || !n_heads.is_multiple_of(n_kv_heads)
+    {
         return Err(LlmError::model(format!(
             "{n_heads} heads ({n_kv_heads} for keys and values) do not divide a width of {dim}"
         )));

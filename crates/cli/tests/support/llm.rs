@@ -1,4 +1,4 @@
-//! Serving LLMs from the CLI's tests: `volt serve` on a free port, and requests to it.
+//! Serving from the CLI's tests: `volt serve` on a free port, and requests to it.
 use serde_json::Value;
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -26,16 +26,10 @@ impl Served {
     }
 }
 
-/// Starts `volt serve ARGS` on a free port and waits for /health; it runs in the
-/// repository's root, where scripts/setup links the bundled models.
-pub fn serve(args: &[&str]) -> Served {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_volt"))
-        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
-        .args(["serve", "--port", "0", "--num-threads", "2"])
-        .args(args)
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("run volt serve");
+/// Spawns `cmd` (a `volt serve ... --port 0`) and reads the address it prints in its
+/// first line (`listening on URL`).
+pub fn spawn(cmd: &mut Command) -> Served {
+    let mut child = cmd.stdout(Stdio::piped()).spawn().expect("run volt serve");
     let mut line = String::new();
     BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("read");
     let url = line
@@ -43,7 +37,11 @@ pub fn serve(args: &[&str]) -> Served {
         .strip_prefix("listening on ")
         .unwrap_or_else(|| panic!("no address: {line:?}"))
         .to_owned();
-    let served = Served { child, url };
+    Served { child, url }
+}
+
+/// Waits (up to 2 minutes) until the server's /health answers 200.
+pub fn wait_healthy(served: &Served) {
     let health = format!("{}/health", served.url);
     let deadline = Instant::now() + Duration::from_secs(120);
     block_on(async {
@@ -54,8 +52,20 @@ pub fn serve(args: &[&str]) -> Served {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        panic!("the LLM server never became healthy");
+        panic!("the server at {} never became healthy", served.url);
     });
+}
+
+/// Starts `volt serve ARGS` on a free port and waits for /health; it runs in the
+/// repository's root, where scripts/setup links the bundled models.
+pub fn serve(args: &[&str]) -> Served {
+    let served = spawn(
+        Command::new(env!("CARGO_BIN_EXE_volt"))
+            .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
+            .args(["serve", "--port", "0", "--num-threads", "2"])
+            .args(args),
+    );
+    wait_healthy(&served);
     served
 }
 
