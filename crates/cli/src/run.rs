@@ -346,7 +346,9 @@ where
                 }
             }
             let rate = out.steps_this_run as f64 / out.train_time.as_secs_f64().max(1e-9);
-            println!("  {} steps at {rate:.1} steps/s; wall time {wall:.1} s", out.steps_this_run);
+            // Three decimals below 10 steps/s: an LLM's 0.364 is not "0.4".
+            let rate = if rate < 10.0 { format!("{rate:.3}") } else { format!("{rate:.1}") };
+            println!("  {} steps at {rate} steps/s; wall time {wall:.1} s", out.steps_this_run);
             if let (Some(at), Some(age)) = (out.first_step_at, process_age()) {
                 let launch_to_first = age.saturating_sub(at.elapsed()).as_secs_f64();
                 println!("  first optimizer step {launch_to_first:.2} s after launch");
