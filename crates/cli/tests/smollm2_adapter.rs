@@ -160,7 +160,10 @@ fn adapters_and_folders_that_do_not_fit_are_refused_by_name() {
         &["--model", "smollm2", "--adapter", &other_arg],
         &format!("trained on base Other.gguf (sha256 {sha})"),
     );
-    refused(&["--model", "digits-mlp", "--adapter", &other_arg], "--adapter");
+    refused(
+        &["--model", "digits-mlp", "--adapter", &other_arg],
+        "qualifies an LLM (--model smollm2 or --gguf PATH), not digits-mlp",
+    );
     refused(&["--model", "minilm", "--adapter", &other_arg], "qualifies an LLM");
 
     // An adapter on the head, which volt's Llama does not adapt.

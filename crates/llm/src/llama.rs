@@ -134,23 +134,33 @@ impl LlamaConfig {
     pub fn linear_layers(&self) -> Vec<Linear> {
         let (d, kv, ff) = (self.dim as i64, (self.n_kv_heads * self.head_dim) as i64, self.ffn_dim as i64);
         let parts = [
-            ("attn_q", d, d, self.n_heads),
-            ("attn_k", kv, d, self.n_kv_heads),
-            ("attn_v", kv, d, 0),
-            ("attn_output", d, d, 0),
-            ("ffn_gate", ff, d, 0),
-            ("ffn_up", ff, d, 0),
-            ("ffn_down", d, ff, 0),
+            ("attn_q", d, d),
+            ("attn_k", kv, d),
+            ("attn_v", kv, d),
+            ("attn_output", d, d),
+            ("ffn_gate", ff, d),
+            ("ffn_up", ff, d),
+            ("ffn_down", d, ff),
         ];
         (0..self.n_layers)
             .flat_map(|i| {
-                parts.iter().map(move |&(part, rows, cols, rotated_heads)| {
+                parts.iter().map(move |&(part, rows, cols)| {
                     let gguf = format!("blk.{i}.{part}");
                     let hf = crate::weights::hf_layer_name(&gguf).unwrap_or_default();
-                    Linear { gguf, hf, rows, cols, rotated_heads }
+                    Linear { gguf, hf, rows, cols, rotated_heads: self.rotated_heads(part) }
                 })
             })
             .collect()
+    }
+
+    /// Heads of a block part (`attn_q`, `attn_k`) whose rows RoPE rotates, which GGUF
+    /// stores interleaved; 0 for every other part.
+    pub fn rotated_heads(&self, part: &str) -> usize {
+        match part {
+            "attn_q" => self.n_heads,
+            "attn_k" => self.n_kv_heads,
+            _ => 0,
+        }
     }
 }
 

@@ -20,6 +20,10 @@ use volt_formats::gguf::{Gguf, Value};
 const CONTROL: i64 = 3;
 const USER_DEFINED: i64 = 4;
 
+/// Token texts that end a generation wherever a vocabulary has them (chat models' end
+/// of turn, which their eos id does not always name).
+const END_TOKENS: [&str; 4] = ["<|endoftext|>", "<|im_end|>", "<|eot_id|>", "<|end|>"];
+
 /// The pre-tokenizers volt implements, by `tokenizer.ggml.pre`.
 pub const SUPPORTED_PRE: [&str; 2] = ["smollm", "gpt2"];
 
@@ -137,7 +141,7 @@ impl GgufTokenizer {
         for key in ["tokenizer.ggml.eos_token_id", "tokenizer.ggml.eot_token_id"] {
             end_of_generation.extend(token_id(g, key, n)?);
         }
-        for text in ["<|endoftext|>", "<|im_end|>", "<|eot_id|>", "<|end|>"] {
+        for text in END_TOKENS {
             if let Some(id) = tokens.iter().position(|t| t == text) {
                 end_of_generation.push(id as u32);
             }
@@ -173,9 +177,16 @@ impl GgufTokenizer {
                 "volt reads byte-level BPE tokenizers (a BPE model, a ByteLevel decoder) only".into(),
             ));
         }
-        let read = |name: &str| crate::weights::read_json(dir, name).unwrap_or(serde_json::Value::Null);
+        // A missing file says nothing; a malformed one is an error naming it.
+        let read = |name: &str| -> Result<serde_json::Value> {
+            if dir.join(name).is_file() {
+                crate::weights::read_json(dir, name)
+            } else {
+                Ok(serde_json::Value::Null)
+            }
+        };
         let (tok_config, config, generation) =
-            (read("tokenizer_config.json"), read("config.json"), read("generation_config.json"));
+            (read("tokenizer_config.json")?, read("config.json")?, read("generation_config.json")?);
         let n = inner.get_vocab_size(true);
         let mut texts = vec![String::new(); n];
         for (text, id) in inner.get_vocab(true) {
@@ -218,11 +229,7 @@ impl GgufTokenizer {
             .into_iter()
             .chain(ids(&config["eos_token_id"]))
             .chain(ids(&generation["eos_token_id"]))
-            .chain(
-                ["<|endoftext|>", "<|im_end|>", "<|eot_id|>", "<|end|>"]
-                    .iter()
-                    .filter_map(|t| inner.token_to_id(t)),
-            )
+            .chain(END_TOKENS.iter().filter_map(|t| inner.token_to_id(t)))
             .filter(|&id| (id as usize) < n)
             .collect();
         end_of_generation.sort_unstable();

@@ -267,13 +267,9 @@ impl Weights for HfWeights {
             return Err(LlmError::model(format!("{}: tensor {hf} is missing", self.dir.display())));
         };
         let data = &self.files[e.file][e.start..e.end];
-        let heads = match layer.rsplit('.').next() {
-            Some("attn_q") => Some(self.config.n_heads),
-            Some("attn_k") => Some(self.config.n_kv_heads),
-            _ => None,
-        };
+        let heads = self.config.rotated_heads(layer.rsplit('.').next().unwrap_or_default());
         let data = match (heads, e.shape.as_slice()) {
-            (Some(heads), [rows, _]) if *rows as usize == heads * self.config.head_dim => {
+            (heads, [rows, _]) if heads > 0 && *rows as usize == heads * self.config.head_dim => {
                 let rows = *rows as usize;
                 Cow::Owned(interleave_rows(data, rows, heads, data.len() / rows))
             }
