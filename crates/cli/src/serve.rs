@@ -9,6 +9,7 @@ use clap::Args;
 use std::path::PathBuf;
 use std::time::Duration;
 use volt::CliError;
+use volt_exported::{ExportedModel, Format, OpenOptions};
 use volt_serve::{Device, EndpointConfig, Server, ServerConfig};
 use volt_zoo::char_gpt_api::char_gpt_chat;
 use volt_zoo::minilm::{find_model_dir, MiniLmApi};
@@ -23,6 +24,17 @@ pub struct ServeArgs {
     /// A GGUF file of a llama-architecture LLM to serve at /v1/chat/completions.
     #[arg(long)]
     gguf: Option<PathBuf>,
+    /// Your own PyTorch model as an AOTInductor package (`.pt2`, from volt_export or
+    /// `torch._inductor.aoti_compile_and_package`), at /predict and /v2/models/NAME/infer.
+    #[arg(long)]
+    aoti: Option<PathBuf>,
+    /// Your own PyTorch model as a TorchScript module (`torch.jit.save`), served as --aoti is.
+    #[arg(long)]
+    torchscript: Option<PathBuf>,
+    /// --aoti, --torchscript: the model's name in /v2/models/NAME (default: volt_export's
+    /// name, else the file's stem).
+    #[arg(long)]
+    served_model_name: Option<String>,
     /// LLMs: sequences generating at once.
     #[arg(long, default_value_t = 16)]
     max_num_seqs: usize,
@@ -114,16 +126,39 @@ pub fn run(args: ServeArgs) -> Result<(), CliError> {
     };
     let usage = |e: &dyn std::fmt::Display| CliError::Usage(e.to_string());
     let server = Server::new(server_config);
+    let sources: Vec<String> = [
+        args.model.as_ref().map(|m| format!("--model {m}")),
+        args.gguf.as_ref().map(|p| format!("--gguf {}", p.display())),
+        args.aoti.as_ref().map(|p| format!("--aoti {}", p.display())),
+        args.torchscript.as_ref().map(|p| format!("--torchscript {}", p.display())),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    if sources.len() > 1 {
+        return Err(CliError::Usage(format!(
+            "{} name {} models; serve one",
+            sources.join(" and "),
+            sources.len()
+        )));
+    }
+    if let Some((path, format)) = args
+        .aoti
+        .as_ref()
+        .map(|p| (p, Format::Aoti))
+        .or(args.torchscript.as_ref().map(|p| (p, Format::TorchScript)))
+    {
+        return serve_exported(server, endpoint("/predict", 5), path, format, &args);
+    }
+    if let Some(name) = &args.served_model_name {
+        return Err(CliError::Usage(format!("--served-model-name {name} qualifies --aoti or --torchscript")));
+    }
     let model = match (&args.model, &args.gguf) {
-        (Some(name), Some(path)) => {
-            return Err(CliError::Usage(format!(
-                "--model {name} and --gguf {} name two models; serve one",
-                path.display()
-            )))
-        }
         (None, None) => {
             return Err(CliError::Usage(
-                "give the model to serve: --model NAME (`volt models` lists them) or --gguf PATH".into(),
+                "give the model to serve: --model NAME (`volt models` lists them), --gguf PATH, \
+                 --aoti PATH or --torchscript PATH"
+                    .into(),
             ))
         }
         (None, Some(path)) => {
@@ -138,7 +173,7 @@ pub fn run(args: ServeArgs) -> Result<(), CliError> {
             }
             return serve_gguf(server, endpoint("/v1/chat/completions", 0), Base::Gguf(path), &args);
         }
-        (Some(name), None) => name.as_str(),
+        (Some(name), _) => name.as_str(),
     };
     if let (Some(dir), false) = (&args.adapter, model == "smollm2") {
         return Err(CliError::Usage(format!(
@@ -185,6 +220,40 @@ pub fn run(args: ServeArgs) -> Result<(), CliError> {
         other => return Err(volt::unknown_model(other)),
     }
     .map_err(|e| usage(&e))?;
+    listen(server)
+}
+
+/// A user's exported PyTorch model at `endpoint` (volt's tensor JSON) and at the Open
+/// Inference Protocol's /v2 routes.
+fn serve_exported(
+    server: Server,
+    endpoint: EndpointConfig,
+    path: &std::path::Path,
+    format: Format,
+    args: &ServeArgs,
+) -> Result<(), CliError> {
+    let flag = if format == Format::Aoti { "--aoti" } else { "--torchscript" };
+    if let Some(other) = [
+        ("--checkpoint", args.checkpoint.is_some()),
+        ("--model-dir", args.model_dir.is_some()),
+        ("--adapter", args.adapter.is_some()),
+    ]
+    .iter()
+    .find_map(|(f, set)| set.then_some(*f))
+    {
+        return Err(CliError::Usage(format!("{other} qualifies --model; {flag} names the whole model")));
+    }
+    let options = OpenOptions {
+        workers: args.workers_per_device,
+        cuda: args.cuda,
+        name: args.served_model_name.clone(),
+    };
+    let model = match format {
+        Format::Aoti => ExportedModel::open_aoti(path, &options),
+        Format::TorchScript => ExportedModel::open_torchscript(path, &options),
+    }
+    .map_err(|e| CliError::Usage(e.to_string()))?;
+    let server = server.tensor_model(endpoint, model).map_err(|e| CliError::Usage(e.to_string()))?;
     listen(server)
 }
 

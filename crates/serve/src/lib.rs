@@ -4,7 +4,8 @@
 //! [`Server`] gives dynamic batching on dedicated worker threads, streaming (SSE and
 //! NDJSON), deadlines, backpressure, payload limits, API keys, Prometheus metrics,
 //! health and info routes, graceful shutdown, and OpenAI-compatible specs.
-//! It knows nothing of tensors: the model is the user's.
+//! It knows nothing of libtorch: the model is the user's, and the tensor API ([`tensor`])
+//! carries tensors as host bytes.
 #![warn(missing_docs)]
 
 mod api;
@@ -19,6 +20,7 @@ mod metrics_layer;
 pub mod openai;
 mod server;
 mod stream;
+pub mod tensor;
 mod worker;
 
 pub use api::{Device, InferenceApi, StreamOutput, StreamSender};

@@ -47,6 +47,8 @@ pub struct Endpoint<A: InferenceApi> {
     pub(crate) queue: Queue<A::Input, A::Output>,
     pub(crate) config: EndpointConfig,
     pub(crate) shared: Arc<Shared>,
+    /// How many of its workers serve (readiness).
+    pub(crate) serving: Arc<AtomicUsize>,
 }
 
 impl<A: InferenceApi> Endpoint<A> {
@@ -238,10 +240,23 @@ impl Server {
 
     /// Adds an endpoint whose route handler is built by `route` (the OpenAI specs use this).
     pub(crate) fn add<A: InferenceApi>(
-        mut self,
+        self,
         config: EndpointConfig,
         api: A,
         route: impl FnOnce(Arc<Endpoint<A>>) -> MethodRouter,
+    ) -> Result<Self, ServeError> {
+        let path = config.path.clone();
+        self.add_routes(config, api, &[], move |ep| Router::new().route(&path, route(ep)))
+    }
+
+    /// Adds an endpoint answering at `config.path` and at the `extra` routes, all built by
+    /// `routes` (the tensor API's Open Inference Protocol routes use this).
+    pub(crate) fn add_routes<A: InferenceApi>(
+        mut self,
+        config: EndpointConfig,
+        api: A,
+        extra: &[&str],
+        routes: impl FnOnce(Arc<Endpoint<A>>) -> Router,
     ) -> Result<Self, ServeError> {
         config.validate()?;
         if BUILTIN_ROUTES.contains(&config.path.as_str()) || config.path.starts_with("/v1/models/") {
@@ -250,12 +265,17 @@ impl Server {
                 config.path
             )));
         }
-        if self.paths.contains(&config.path) {
-            return Err(ServeError::Config(format!("two endpoints share the path {}", config.path)));
+        for path in std::iter::once(config.path.as_str()).chain(extra.iter().copied()) {
+            if self.paths.iter().any(|p| p == path) {
+                return Err(ServeError::Config(format!("two endpoints share the path {path}")));
+            }
         }
         let api = Arc::new(api);
         let route_metrics = self.shared.metrics.for_route(&config.path);
         self.route_metrics.insert(config.path.clone(), route_metrics.clone());
+        for path in extra {
+            self.route_metrics.insert((*path).to_owned(), self.shared.metrics.for_route(path));
+        }
         let serving = Arc::new(AtomicUsize::new(0));
         let (queue, handles) = worker::start(
             Arc::clone(&api),
@@ -264,13 +284,13 @@ impl Server {
             Arc::clone(&serving),
             Arc::clone(&self.stopping),
         )?;
-        self.serving.push(serving);
+        self.serving.push(Arc::clone(&serving));
         self.workers.extend(handles);
         self.info.push(json!({"path": config.path, "config": config, "model": api.info()}));
         self.paths.push(config.path.clone());
-        let path = config.path.clone();
-        let ep = Arc::new(Endpoint { api, queue, config, shared: Arc::clone(&self.shared) });
-        self.endpoints = self.endpoints.route(&path, route(ep));
+        self.paths.extend(extra.iter().map(|p| (*p).to_owned()));
+        let ep = Arc::new(Endpoint { api, queue, config, shared: Arc::clone(&self.shared), serving });
+        self.endpoints = std::mem::take(&mut self.endpoints).merge(routes(ep));
         Ok(self)
     }
 
