@@ -16,7 +16,7 @@ use metadata::{release, VoltMetadata};
 use package::{AotiPackage, InputCheck};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use volt_serve::tensor::{BatchRange, Dim, HostTensor, Row, Signature, TensorModel, TensorSpec};
+use volt_serve::tensor::{BatchRange, Dim, HostTensor, Row, Signature, TensorModel, TensorSpec, ValueRange};
 use volt_serve::{ApiError, Device};
 
 /// Why an exported model cannot be served.
@@ -144,7 +144,7 @@ impl ExportedModel {
             Some(meta) => meta_signature(meta, None)
                 .map_err(|e| ExportError::Package(format!("{}: {e}", path.display())))?,
             None => Signature {
-                inputs: vec![TensorSpec { name: "input0".into(), dtype: None, dims: None }],
+                inputs: vec![TensorSpec { name: "input0".into(), ..TensorSpec::default() }],
                 outputs: Vec::new(),
                 batch: Some(BatchRange { min: 1, max: None }),
             },
@@ -223,6 +223,7 @@ impl ExportedModel {
                 let known = self.signature.outputs.get(j);
                 TensorSpec {
                     name,
+                    values: None,
                     dtype: Some(t.dtype),
                     dims: known
                         .and_then(|k| k.dims.clone())
@@ -267,6 +268,7 @@ fn meta_signature(meta: &VoltMetadata, checks: Option<&[InputCheck]>) -> Result<
         name: t.name.clone(),
         dtype: volt_serve::tensor::DType::parse(&t.dtype),
         dims: Some(if batch.is_some() { dims.get(1..).unwrap_or_default().to_vec() } else { dims }),
+        values: t.values.map(|[low, high]| ValueRange { low, high }),
     };
     let inputs = meta.inputs.iter().zip(full_dims).map(|(t, d)| spec(t, d)).collect();
     let outputs = meta.outputs.iter().map(|t| spec(t, meta.dims_of(t))).collect();
@@ -323,12 +325,13 @@ fn aoti_signature(path: &Path, package: &AotiPackage) -> Result<Signature, Expor
             name: format!("input{i}"),
             dtype: c.dtype,
             dims: Some(if batch.is_some() { c.dims[1..].to_vec() } else { c.dims.clone() }),
+            values: None,
         })
         .collect();
     let outputs = package
         .output_names
         .iter()
-        .map(|n| TensorSpec { name: n.clone(), dtype: None, dims: None })
+        .map(|n| TensorSpec { name: n.clone(), ..TensorSpec::default() })
         .collect();
     Ok(Signature { inputs, outputs, batch })
 }
@@ -369,7 +372,7 @@ impl TensorModel for ExportedModel {
             Worker::Aoti(loader) => loader.run(&inputs).map_err(fault),
             Worker::TorchScript(module) => {
                 let ivalues: Vec<tch::IValue> = inputs.into_iter().map(tch::IValue::Tensor).collect();
-                let out = module.forward_is(&ivalues).map_err(|e| fault(e.to_string()))?;
+                let out = module.forward_is(&ivalues).map_err(|e| fault(last_line(&e.to_string())))?;
                 tensors_of(out).map_err(fault)
             }
         })
@@ -381,6 +384,14 @@ impl TensorModel for ExportedModel {
             "libtorch": aoti::torch_version(),
         })
     }
+}
+
+/// The error itself, without the TorchScript interpreter's two tracebacks before it.
+fn last_line(message: &str) -> String {
+    if !message.contains("Traceback of TorchScript") {
+        return message.to_owned();
+    }
+    message.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or(message).trim().to_owned()
 }
 
 /// A TorchScript result as tensors: one tensor, or a tuple or list of them.

@@ -33,6 +33,9 @@ pub struct TensorMeta {
     pub dtype: String,
     /// Its shape, batch dimension included.
     pub shape: Vec<ShapeEntry>,
+    /// An integer input's allowed values, `[low, high)` (token ids below the vocabulary's size).
+    #[serde(default)]
+    pub values: Option<[i64; 2]>,
 }
 
 /// What volt_export records.
@@ -68,6 +71,11 @@ impl VoltMetadata {
         for t in meta.inputs.iter().chain(&meta.outputs) {
             if DType::parse(&t.dtype).is_none() {
                 return Err(format!("`{}` has dtype {:?}, which volt cannot serve", t.name, t.dtype));
+            }
+            if let Some([low, high]) = t.values {
+                if low >= high {
+                    return Err(format!("`{}` allows the values {low}..{high}, which is none", t.name));
+                }
             }
             for entry in &t.shape {
                 if let ShapeEntry::Named(d) = entry {
@@ -133,6 +141,10 @@ mod tests {
             (ok.replacen("[\"batch\", 4]", "[\"seq\", 4]", 1), "which `dims` lacks"),
             (ok.replace("\"batch_dim\": \"batch\"", "\"batch_dim\": \"b\""), "not in `dims`"),
             (ok.replace("\"torch_version\"", "\"torch\""), "torch"),
+            (
+                ok.replacen("\"shape\": [\"batch\", 4]", "\"shape\": [\"batch\", 4], \"values\": [5, 5]", 1),
+                "which is none",
+            ),
         ] {
             let e = VoltMetadata::parse(&bad).unwrap_err();
             assert!(e.contains(says), "{e}");

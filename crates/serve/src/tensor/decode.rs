@@ -173,6 +173,7 @@ pub fn infer_request(sig: &Signature, body: &Value) -> Result<InferRequest, ApiE
 
 /// Whole request tensors (in the model's input order) into rows, checked.
 fn rows(sig: &Signature, tensors: Vec<HostTensor>) -> Result<Vec<Row>, ApiError> {
+    sig.check_values(&tensors).map_err(ApiError::BadRequest)?;
     if sig.batch.is_none() {
         let row = tensors;
         sig.check_row(&row).map_err(ApiError::BadRequest)?;
@@ -407,7 +408,7 @@ mod tests {
     use serde_json::json;
 
     fn spec(name: &str, dtype: DType, dims: Vec<Dim>) -> TensorSpec {
-        TensorSpec { name: name.into(), dtype: Some(dtype), dims: Some(dims) }
+        TensorSpec { name: name.into(), dtype: Some(dtype), dims: Some(dims), values: None }
     }
 
     fn one_input() -> Signature {
@@ -532,7 +533,7 @@ mod tests {
     #[test]
     fn without_a_recorded_dtype_the_lists_say_it() {
         let sig = Signature {
-            inputs: vec![TensorSpec { name: "input0".into(), dtype: None, dims: None }],
+            inputs: vec![TensorSpec { name: "input0".into(), ..TensorSpec::default() }],
             outputs: vec![],
             batch: Some(BatchRange { min: 1, max: None }),
         };
@@ -545,7 +546,7 @@ mod tests {
     #[test]
     fn the_inference_protocol_names_inputs_and_outputs() {
         let mut sig = two_inputs();
-        sig.outputs = vec![TensorSpec { name: "emb".into(), dtype: None, dims: None }];
+        sig.outputs = vec![TensorSpec { name: "emb".into(), ..TensorSpec::default() }];
         let body = json!({"id": "7", "inputs": [
             {"name": "mask", "shape": [2, 2], "datatype": "INT64", "data": [1, 1, 1, 0]},
             {"name": "ids", "shape": [2, 2], "datatype": "INT64", "data": [[5, 6], [7, 0]]},

@@ -155,6 +155,15 @@ impl DType {
         }
     }
 
+    /// The integer element at the start of `bytes`; `None` for a float type.
+    pub fn int_value(self, bytes: &[u8]) -> Option<i64> {
+        match self.value(bytes) {
+            Value::Bool(b) => Some(i64::from(b)),
+            Value::Number(n) if !self.is_float() => n.as_i64(),
+            _ => None,
+        }
+    }
+
     /// The element at the start of `bytes` as JSON (a float that is not finite becomes
     /// null, as JSON has no NaN).
     pub fn value(self, bytes: &[u8]) -> Value {

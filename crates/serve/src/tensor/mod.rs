@@ -14,7 +14,7 @@ pub mod encode;
 pub mod signature;
 
 pub use dtype::DType;
-pub use signature::{BatchRange, Dim, HostTensor, Row, Signature, TensorSpec};
+pub use signature::{BatchRange, Dim, HostTensor, Row, Signature, TensorSpec, ValueRange};
 
 use crate::api::{Device, InferenceApi};
 use crate::config::EndpointConfig;

@@ -56,7 +56,7 @@ pub fn show_shape(shape: &[usize]) -> String {
 }
 
 /// One input or output of a model.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct TensorSpec {
     /// Its name in requests and responses.
     pub name: String,
@@ -65,6 +65,18 @@ pub struct TensorSpec {
     /// Its shape per row (without the batch dimension when the model batches), when the
     /// model records it.
     pub dims: Option<Vec<Dim>>,
+    /// The values an integer input may hold, when the model records them: a compiled
+    /// lookup past its table's end is not an error a server can catch.
+    pub values: Option<ValueRange>,
+}
+
+/// Integer values from `low` up to, not including, `high` (a vocabulary's ids).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ValueRange {
+    /// Smallest value allowed.
+    pub low: i64,
+    /// One past the largest value allowed.
+    pub high: i64,
 }
 
 /// How many rows a model takes in one call.
@@ -155,6 +167,34 @@ impl Signature {
         Ok(())
     }
 
+    /// Checks whole request tensors (in the model's input order) against the values
+    /// their inputs allow; the error names the input, the row and the value.
+    pub fn check_values(&self, tensors: &[HostTensor]) -> Result<(), String> {
+        for (spec, t) in self.inputs.iter().zip(tensors) {
+            let Some(range) = spec.values else { continue };
+            let size = t.dtype.size();
+            let per_row = match (self.batch, t.shape.first()) {
+                (Some(_), Some(&rows)) if rows > 0 => t.numel() / rows,
+                _ => t.numel().max(1),
+            };
+            for (i, bytes) in t.data.chunks_exact(size).enumerate() {
+                let Some(v) = t.dtype.int_value(bytes) else { break };
+                if !(range.low..range.high).contains(&v) {
+                    let row = if self.batch.is_some() {
+                        format!(" in row {}", i / per_row.max(1))
+                    } else {
+                        String::new()
+                    };
+                    return Err(format!(
+                        "input `{}`: value {v}{row} is outside {}..{}, the values the model takes",
+                        spec.name, range.low, range.high
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// The metadata the protocol's `GET /v2/models/{name}` answers, and `/info` shows.
     pub fn describe(&self, specs: &[TensorSpec]) -> Value {
         Value::Array(
@@ -186,8 +226,9 @@ mod tests {
                 name: "x".into(),
                 dtype: Some(DType::F32),
                 dims: Some(vec![Dim::Fixed(2), Dim::Dynamic { min: 1, max: Some(4) }]),
+                values: None,
             }],
-            outputs: vec![TensorSpec { name: "y".into(), dtype: None, dims: None }],
+            outputs: vec![TensorSpec { name: "y".into(), ..TensorSpec::default() }],
             batch: Some(BatchRange { min: 2, max: Some(8) }),
         }
     }
@@ -213,6 +254,33 @@ mod tests {
             s.check_row(&vec![t(DType::I64, vec![2, 3])]),
             Err("input `x`: expected dtype float32, got int64".into())
         );
+    }
+
+    #[test]
+    fn integer_values_outside_the_recorded_range_are_refused_naming_row_and_value() {
+        let ids = |values: &[i64]| HostTensor {
+            dtype: DType::I64,
+            shape: vec![2, values.len() / 2],
+            data: values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        };
+        let mut s = sig();
+        s.inputs[0] = TensorSpec {
+            name: "ids".into(),
+            dtype: Some(DType::I64),
+            values: Some(ValueRange { low: 0, high: 100 }),
+            ..TensorSpec::default()
+        };
+        assert_eq!(s.check_values(&[ids(&[0, 99, 5, 6])]), Ok(()));
+        assert_eq!(
+            s.check_values(&[ids(&[0, 99, 5, 100])]),
+            Err("input `ids`: value 100 in row 1 is outside 0..100, the values the model takes".into())
+        );
+        assert_eq!(
+            s.check_values(&[ids(&[-1, 0, 5, 6])]),
+            Err("input `ids`: value -1 in row 0 is outside 0..100, the values the model takes".into())
+        );
+        s.inputs[0].values = None;
+        assert_eq!(s.check_values(&[ids(&[-1, 1000, 5, 6])]), Ok(()));
     }
 
     #[test]
