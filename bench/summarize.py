@@ -50,9 +50,9 @@ def main():
         r.update(extra.get(r["server"], {}))
     by = {(r["server"], r["connections"]): r for r in rows}
     for r in rows:
-        for peer in ("litserve", "axum-bare"):
+        for peer in ("litserve", "litserve-compile", "axum-bare"):
             p = by.get((peer, r["connections"]))
-            if r["server"] == "volt" and p:
+            if r["server"].startswith("volt") and p:
                 r[f"rps_vs_{peer}"] = r["rps"] / p["rps"]
                 r[f"p99_vs_{peer}"] = r["p99_ms"] / p["p99_ms"]
     result = {

@@ -38,15 +38,20 @@ def model_dir() -> Path:
     return Path(os.environ.get("MINILM_DIR", Path(__file__).resolve().parents[2] / ".minilm"))
 
 
+def load() -> MiniLMEmbed:
+    """The model, from $MINILM_DIR, in eval mode."""
+    from transformers import AutoModel
+
+    return MiniLMEmbed(AutoModel.from_pretrained(model_dir(), attn_implementation="eager")).eval()
+
+
 def make_model() -> tuple[nn.Module, list, dict]:
     """volt_export's factory: the model, its two inputs (one sequence dimension, `seq`,
     from 2 tokens, [CLS] and [SEP], to 256), and that dimension's range."""
-    from transformers import AutoModel
     from volt_export import DimRange, Input
 
-    bert = AutoModel.from_pretrained(model_dir(), attn_implementation="eager")
     inputs = [
         Input("input_ids", "int64", ("seq",), low=0, high=VOCAB),
         Input("attention_mask", "int64", ("seq",), low=0, high=2),
     ]
-    return MiniLMEmbed(bert).eval(), inputs, {"seq": DimRange(2, MAX_TOKENS)}
+    return load(), inputs, {"seq": DimRange(2, MAX_TOKENS)}

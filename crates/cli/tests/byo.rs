@@ -1,7 +1,7 @@
 //! `volt serve --aoti | --torchscript`: users' own PyTorch models, exported by volt_export
 //! (python/volt_export) from the examples in examples/byo, served by a real `volt serve`
 //! and checked against eager PyTorch's answers. The files are built on this machine by
-//! support/byo_fixture.py (AOTInductor compiles for the CPU it runs on), once per CPU and
+//! scripts/byo-models (AOTInductor compiles for the CPU it runs on), once per CPU and
 //! torch version, into a cache outside the clone.
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
@@ -23,10 +23,11 @@ fn files() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
         let out = Command::new(repo().join(".python"))
-            .arg(repo().join("crates/cli/tests/support/byo_fixture.py"))
+            .arg(repo().join("scripts/byo-models"))
+            .args(["--max-batch", "16"])
             .output()
             .expect("run python (scripts/setup makes .python)");
-        assert!(out.status.success(), "byo_fixture.py failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success(), "scripts/byo-models failed: {}", String::from_utf8_lossy(&out.stderr));
         PathBuf::from(String::from_utf8_lossy(&out.stdout).trim().to_owned())
     })
 }
