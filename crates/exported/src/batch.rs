@@ -4,6 +4,7 @@
 //! padding's outputs are dropped), and each output is cut back into rows.
 use std::collections::BTreeMap;
 use tch::{Device, Kind, Tensor};
+use volt_serve::tensor::encode::output_name;
 use volt_serve::tensor::{BatchRange, DType, HostTensor, Row, Signature};
 use volt_serve::ApiError;
 
@@ -66,13 +67,14 @@ pub fn to_host(t: &Tensor, name: &str) -> Result<HostTensor, ApiError> {
 }
 
 /// Runs `rows` through `call` (inputs in, outputs out), in as few calls as the model's
-/// batch range allows; answers one row per input row, in order.
+/// batch range allows; answers one result per input row, in order. A call that fails
+/// fails its own rows only: rows of other shapes (other requests) still get answers.
 pub fn run_rows(
     sig: &Signature,
     rows: Vec<Row>,
     device: Device,
     mut call: impl FnMut(Vec<Tensor>) -> Result<Vec<Tensor>, ApiError>,
-) -> Result<Vec<Row>, ApiError> {
+) -> Vec<Result<Row, ApiError>> {
     let Some(range) = sig.batch else {
         return rows
             .into_iter()
@@ -89,20 +91,23 @@ pub fn run_rows(
         let key = row.iter().map(|t| (t.dtype as u8, t.shape.clone())).collect();
         groups.entry(key).or_default().push(i);
     }
-    let mut answers: Vec<Option<Row>> = vec![None; rows.len()];
+    let mut answers: Vec<Option<Result<Row, ApiError>>> = vec![None; rows.len()];
     for members in groups.values() {
         for chunk in members.chunks(range.max.unwrap_or(usize::MAX).max(1)) {
-            let outputs = run_chunk(sig, &rows, chunk, range, device, &mut call)?;
-            for (&i, out) in chunk.iter().zip(outputs) {
-                answers[i] = Some(out);
+            match run_chunk(sig, &rows, chunk, range, device, &mut call) {
+                Ok(outputs) => {
+                    for (&i, out) in chunk.iter().zip(outputs) {
+                        answers[i] = Some(Ok(out));
+                    }
+                }
+                Err(e) => chunk.iter().for_each(|&i| answers[i] = Some(Err(e.clone()))),
             }
         }
     }
-    answers.into_iter().map(|a| a.ok_or_else(|| ApiError::Internal("a row got no answer".into()))).collect()
-}
-
-fn output_name(sig: &Signature, j: usize) -> String {
-    volt_serve::tensor::encode::output_name(sig, j)
+    answers
+        .into_iter()
+        .map(|a| a.unwrap_or_else(|| Err(ApiError::Internal("a row got no answer".into()))))
+        .collect()
 }
 
 /// One call over the rows `chunk` (equal shapes), padded up to the batch minimum.

@@ -10,13 +10,14 @@ pub mod aoti;
 pub mod batch;
 pub mod metadata;
 pub mod package;
+mod probe;
 
 use aoti::AotiLoader;
 use metadata::{release, VoltMetadata};
 use package::{AotiPackage, InputCheck};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use volt_serve::tensor::{BatchRange, Dim, HostTensor, Row, Signature, TensorModel, TensorSpec, ValueRange};
+use volt_serve::tensor::{BatchRange, Dim, Row, Signature, TensorModel, TensorSpec, ValueRange};
 use volt_serve::{ApiError, Device};
 
 /// Why an exported model cannot be served.
@@ -172,84 +173,6 @@ impl ExportedModel {
         Ok(model)
     }
 
-    /// Runs the model once on zeros of the smallest shapes it takes, and fills in the
-    /// outputs' dtypes and per-row shapes where the file did not record them. A model
-    /// that cannot run on its own smallest input is refused here, at start-up. `worker`
-    /// runs it when given (a module already loaded), else a new one.
-    fn learn_outputs(&mut self, worker: Option<Worker>) -> Result<(), ExportError> {
-        let zeros: Option<Row> = self
-            .signature
-            .inputs
-            .iter()
-            .map(|s| {
-                let dtype = s.dtype?;
-                let shape: Vec<usize> = s
-                    .dims
-                    .as_ref()?
-                    .iter()
-                    .map(|d| match *d {
-                        Dim::Fixed(n) => n,
-                        Dim::Dynamic { min, .. } => min.max(1),
-                    })
-                    .collect();
-                let data = vec![0u8; shape.iter().product::<usize>() * dtype.size()];
-                Some(HostTensor { dtype, shape, data })
-            })
-            .collect();
-        let Some(row) = zeros else { return Ok(()) };
-        // On a thread of its own that ends with the probe: OpenMP keeps a team for every
-        // thread that ran a parallel region, and once its teams hold more threads than
-        // there are cores, libgomp stops spinning and every region pays a futex wake-up
-        // (the main thread's team made MiniLM's package 1.6x slower in the workers).
-        let this = &*self;
-        let out = std::thread::scope(|scope| {
-            scope
-                .spawn(move || {
-                    let mut worker = match worker {
-                        Some(w) => w,
-                        None => this.setup(Device::Cpu)?,
-                    };
-                    this.predict(&mut worker, vec![row])
-                })
-                .join()
-                .unwrap_or_else(|_| Err(ApiError::Internal("the model panicked".into())))
-        })
-        .map_err(|e| {
-            ExportError::Package(format!(
-                "{}: the model fails on zeros of its smallest input: {e}",
-                self.path.display()
-            ))
-        })?;
-        let out = out.into_iter().next().unwrap_or_default();
-        let names: Vec<String> =
-            (0..out.len()).map(|j| volt_serve::tensor::encode::output_name(&self.signature, j)).collect();
-        if !self.signature.outputs.is_empty() && self.signature.outputs.len() != out.len() {
-            return Err(ExportError::Package(format!(
-                "{}: the model gives {} outputs, its metadata names {}",
-                self.path.display(),
-                out.len(),
-                self.signature.outputs.len()
-            )));
-        }
-        self.signature.outputs = out
-            .iter()
-            .zip(names)
-            .enumerate()
-            .map(|(j, (t, name))| {
-                let known = self.signature.outputs.get(j);
-                TensorSpec {
-                    name,
-                    values: None,
-                    dtype: Some(t.dtype),
-                    dims: known
-                        .and_then(|k| k.dims.clone())
-                        .or_else(|| Some(t.shape.iter().map(|&n| Dim::Fixed(n)).collect())),
-                }
-            })
-            .collect();
-        Ok(())
-    }
-
     /// The model's format.
     pub fn format(&self) -> Format {
         self.format
@@ -283,12 +206,20 @@ fn meta_signature(meta: &VoltMetadata, checks: Option<&[InputCheck]>) -> Result<
     let spec = |t: &metadata::TensorMeta, dims: Vec<Dim>| TensorSpec {
         name: t.name.clone(),
         dtype: volt_serve::tensor::DType::parse(&t.dtype),
-        dims: Some(if batch.is_some() { dims.get(1..).unwrap_or_default().to_vec() } else { dims }),
+        dims: Some(per_row(dims, batch.is_some())),
         values: t.values.map(|[low, high]| ValueRange { low, high }),
     };
     let inputs = meta.inputs.iter().zip(full_dims).map(|(t, d)| spec(t, d)).collect();
     let outputs = meta.outputs.iter().map(|t| spec(t, meta.dims_of(t))).collect();
     Ok(Signature { inputs, outputs, batch })
+}
+
+/// A tensor's dimensions per row: without the first when the model batches.
+fn per_row(mut dims: Vec<Dim>, batched: bool) -> Vec<Dim> {
+    if batched && !dims.is_empty() {
+        dims.remove(0);
+    }
+    dims
 }
 
 /// The batch range when every input's first dimension is dynamic: the tightest bounds
@@ -340,7 +271,7 @@ fn aoti_signature(path: &Path, package: &AotiPackage) -> Result<Signature, Expor
         .map(|(i, c)| TensorSpec {
             name: format!("input{i}"),
             dtype: c.dtype,
-            dims: Some(if batch.is_some() { c.dims[1..].to_vec() } else { c.dims.clone() }),
+            dims: Some(per_row(c.dims.clone(), batch.is_some())),
             values: None,
         })
         .collect();
@@ -375,7 +306,7 @@ impl TensorModel for ExportedModel {
                 .map_err(|e| ApiError::Internal(format!("{}: {e}", self.path.display()))),
         }
     }
-    fn predict(&self, worker: &mut Worker, rows: Vec<Row>) -> Result<Vec<Row>, ApiError> {
+    fn predict(&self, worker: &mut Worker, rows: Vec<Row>) -> Vec<Result<Row, ApiError>> {
         let fault = |e: String| {
             if self.fully_checked {
                 ApiError::Internal(format!("the model failed: {e}"))

@@ -85,6 +85,12 @@ impl VoltMetadata {
                 }
             }
         }
+        for (what, list) in [("inputs", &meta.inputs), ("outputs", &meta.outputs)] {
+            let mut seen = std::collections::BTreeSet::new();
+            if let Some(t) = list.iter().find(|t| !seen.insert(t.name.as_str())) {
+                return Err(format!("two {what} are named `{}`", t.name));
+            }
+        }
         if let Some(b) = &meta.batch_dim {
             if !meta.dims.contains_key(b) {
                 return Err(format!("batch_dim {b:?} is not in `dims`"));
@@ -144,6 +150,13 @@ mod tests {
             (
                 ok.replacen("\"shape\": [\"batch\", 4]", "\"shape\": [\"batch\", 4], \"values\": [5, 5]", 1),
                 "which is none",
+            ),
+            (
+                ok.replace(
+                    "\"outputs\": [",
+                    "\"outputs\": [{\"name\": \"y\", \"dtype\": \"float32\", \"shape\": [\"batch\"]}, ",
+                ),
+                "two outputs are named `y`",
             ),
         ] {
             let e = VoltMetadata::parse(&bad).unwrap_err();

@@ -58,10 +58,7 @@ pub fn predict_request(sig: &Signature, body: &Value) -> Result<PredictRequest, 
     let tensors = match inputs {
         Value::Object(map) if !is_buffer(map) => {
             if let Some(extra) = map.keys().find(|k| !names.contains(&k.as_str())) {
-                return Err(ApiError::field(
-                    &format!("inputs.{extra}"),
-                    format!("the model has no such input (its inputs: {})", names.join(", ")),
-                ));
+                return Err(no_such_input(sig, extra));
             }
             sig.inputs
                 .iter()
@@ -103,10 +100,7 @@ pub fn infer_request(sig: &Signature, body: &Value) -> Result<InferRequest, ApiE
         let name =
             item.get("name").and_then(Value::as_str).ok_or_else(|| ApiError::field(&at, "has no `name`"))?;
         let field = format!("inputs.{name}");
-        let index = sig.inputs.iter().position(|s| s.name == name).ok_or_else(|| {
-            let names: Vec<&str> = sig.inputs.iter().map(|s| s.name.as_str()).collect();
-            ApiError::field(&field, format!("the model has no such input (its inputs: {})", names.join(", ")))
-        })?;
+        let index = sig.inputs.iter().position(|s| s.name == name).ok_or_else(|| no_such_input(sig, name))?;
         if given[index].is_some() {
             return Err(ApiError::field(&field, "is given twice"));
         }
@@ -156,7 +150,10 @@ pub fn infer_request(sig: &Signature, body: &Value) -> Result<InferRequest, ApiE
                         .get("name")
                         .and_then(Value::as_str)
                         .ok_or_else(|| ApiError::field(&format!("outputs[{i}]"), "has no `name`"))?;
-                    sig.outputs.iter().position(|s| s.name == name).ok_or_else(|| {
+                    // A model that does not record its outputs names them output0, ...
+                    let unrecorded =
+                        || name.strip_prefix("output")?.parse().ok().filter(|_| sig.outputs.is_empty());
+                    sig.outputs.iter().position(|s| s.name == name).or_else(unrecorded).ok_or_else(|| {
                         let names: Vec<&str> = sig.outputs.iter().map(|s| s.name.as_str()).collect();
                         ApiError::field(
                             &format!("outputs.{name}"),
@@ -170,6 +167,19 @@ pub fn infer_request(sig: &Signature, body: &Value) -> Result<InferRequest, ApiE
     };
     Ok(InferRequest { id: obj.get("id").cloned(), rows: rows(sig, tensors)?, outputs })
 }
+
+/// The error for an input the model does not have, listing those it has.
+fn no_such_input(sig: &Signature, name: &str) -> ApiError {
+    let names: Vec<&str> = sig.inputs.iter().map(|s| s.name.as_str()).collect();
+    ApiError::field(
+        &format!("inputs.{name}"),
+        format!("the model has no such input (its inputs: {})", names.join(", ")),
+    )
+}
+
+/// The most rows one request may carry: a row may hold no elements at all (a dynamic
+/// dimension of size 0), so the payload's size alone does not bound their count.
+pub const MAX_ROWS: usize = 65_536;
 
 /// Whole request tensors (in the model's input order) into rows, checked.
 fn rows(sig: &Signature, tensors: Vec<HostTensor>) -> Result<Vec<Row>, ApiError> {
@@ -199,6 +209,19 @@ fn rows(sig: &Signature, tensors: Vec<HostTensor>) -> Result<Vec<Row>, ApiError>
         }
     }
     let k = count.map_or(0, |(k, _)| k);
+    if k > MAX_ROWS {
+        return Err(ApiError::field(
+            "inputs",
+            format!("has {k} rows; a request takes at most {MAX_ROWS} (send more requests)"),
+        ));
+    }
+    // Every row of a request has the same shapes: checking one, before splitting, checks
+    // them all.
+    let shapes: Row = tensors
+        .iter()
+        .map(|t| HostTensor { dtype: t.dtype, shape: t.shape[1..].to_vec(), data: Vec::new() })
+        .collect();
+    sig.check_row(&shapes).map_err(ApiError::BadRequest)?;
     let mut rows: Vec<Row> = (0..k).map(|_| Vec::with_capacity(tensors.len())).collect();
     for t in tensors {
         let step = t.data.len() / k;
@@ -206,10 +229,6 @@ fn rows(sig: &Signature, tensors: Vec<HostTensor>) -> Result<Vec<Row>, ApiError>
             let data = t.data[i * step..(i + 1) * step].to_vec();
             row.push(HostTensor { dtype: t.dtype, shape: t.shape[1..].to_vec(), data });
         }
-    }
-    if let Some(row) = rows.first() {
-        // Every row of a request has the same shapes: checking one checks them all.
-        sig.check_row(row).map_err(ApiError::BadRequest)?;
     }
     Ok(rows)
 }
@@ -445,6 +464,26 @@ mod tests {
         let many = json!({"inputs": vec![[0, 0, 0]; 9], "output_format": "b64"});
         let r = predict_request(&one_input(), &many).expect("valid");
         assert_eq!((r.rows.len(), r.format), (9, OutputFormat::Base64));
+    }
+
+    #[test]
+    fn rows_without_elements_cannot_flood_the_queue() {
+        // Zero bytes of base64 for 10^11 rows of nothing: refused before any row is made.
+        let untyped = Signature {
+            inputs: vec![TensorSpec { name: "input0".into(), ..TensorSpec::default() }],
+            outputs: vec![],
+            batch: Some(BatchRange { min: 1, max: None }),
+        };
+        for shape in [json!([100_000_000_000u64, 0]), json!([65_537, 0])] {
+            let body = json!({"inputs": {"b64": "", "dtype": "float32", "shape": shape}});
+            let e = refused(&untyped, body);
+            assert!(e.contains("rows; a request takes at most 65536"), "{e}");
+        }
+        // A model that records its shapes refuses the empty rows by their shape first.
+        let e = refused(&one_input(), json!({"inputs": {"b64": "", "dtype": "float32", "shape": [10, 0]}}));
+        assert!(e.contains("expected shape [3] per row, got [0]"), "{e}");
+        let ok = json!({"inputs": {"b64": "", "dtype": "float32", "shape": [65_536, 0]}});
+        assert_eq!(predict_request(&untyped, &ok).expect("at the limit").rows.len(), 65_536);
     }
 
     #[test]

@@ -42,9 +42,10 @@ pub trait TensorModel: Send + Sync + 'static {
     fn platform(&self) -> &str;
     /// Loads one worker's model on `device` (on the worker's thread).
     fn setup(&self, device: Device) -> Result<Self::Worker, ApiError>;
-    /// Runs rows (already checked against the signature): one output row per input row,
-    /// in order. Rows may come from many requests.
-    fn predict(&self, worker: &mut Self::Worker, rows: Vec<Row>) -> Result<Vec<Row>, ApiError>;
+    /// Runs rows (already checked against the signature): one result per input row, in
+    /// order. Rows may come from many requests, so a failure that concerns some rows (a
+    /// group of shapes the model refuses) fails those rows only.
+    fn predict(&self, worker: &mut Self::Worker, rows: Vec<Row>) -> Vec<Result<Row, ApiError>>;
     /// More for `/info`.
     fn info(&self) -> Value {
         Value::Null
@@ -57,7 +58,7 @@ struct Rows<M>(M);
 impl<M: TensorModel> InferenceApi for Rows<M> {
     type Model = M::Worker;
     type Input = Row;
-    type Output = Row;
+    type Output = Result<Row, ApiError>;
 
     fn setup(&self, device: Device) -> Result<M::Worker, ApiError> {
         self.0.setup(device)
@@ -65,15 +66,15 @@ impl<M: TensorModel> InferenceApi for Rows<M> {
     fn decode_request(&self, _body: &Value) -> Result<Row, ApiError> {
         Err(ApiError::Internal("tensor requests are decoded by their routes".into()))
     }
-    fn predict(&self, worker: &mut M::Worker, rows: Vec<Row>) -> Result<Vec<Row>, ApiError> {
+    fn predict(&self, worker: &mut M::Worker, rows: Vec<Row>) -> Result<Vec<Self::Output>, ApiError> {
         let n = rows.len();
-        let out = self.0.predict(worker, rows)?;
+        let out = self.0.predict(worker, rows);
         if out.len() != n {
             return Err(ApiError::Internal(format!("the model answered {} rows for {n}", out.len())));
         }
         Ok(out)
     }
-    fn encode_response(&self, _output: Row) -> Result<Value, ApiError> {
+    fn encode_response(&self, _output: Self::Output) -> Result<Value, ApiError> {
         Err(ApiError::Internal("tensor responses are encoded by their routes".into()))
     }
     fn info(&self) -> Value {
@@ -242,13 +243,18 @@ fn model_ready<M: TensorModel>(ep: &Ep<M>, name: &str) -> Response {
     unknown_model(ep, name).unwrap_or_else(|| ready(ep))
 }
 
+/// A request's rows, or the first of its rows' errors.
+fn answered(rows: Vec<Result<Row, ApiError>>) -> Result<Vec<Row>, HttpError> {
+    rows.into_iter().collect::<Result<Vec<_>, _>>().map_err(HttpError::from)
+}
+
 /// `POST {path}`: volt's tensor JSON.
 async fn predict_route<M: TensorModel>(ep: Ep<M>, headers: HeaderMap, body: Body) -> Response {
     let deadline = ep.deadline();
     let work = async {
         let value = ep.read_json(&headers, body).await?;
         let request = decode::predict_request(ep.api.0.signature(), &value)?;
-        let outputs = ep.call_all(request.rows, deadline).await?;
+        let outputs = answered(ep.call_all(request.rows, deadline).await?)?;
         let body = encode::predict_response(ep.api.0.signature(), &outputs, request.format)
             .map_err(HttpError::internal)?;
         Ok(Json(body).into_response())
@@ -265,7 +271,7 @@ async fn infer_route<M: TensorModel>(ep: Ep<M>, name: String, headers: HeaderMap
     let work = async {
         let value = ep.read_json(&headers, body).await?;
         let request = decode::infer_request(ep.api.0.signature(), &value)?;
-        let outputs = ep.call_all(request.rows, deadline).await?;
+        let outputs = answered(ep.call_all(request.rows, deadline).await?)?;
         encode::infer_response(ep.api.0.signature(), &name, request.id, &outputs, request.outputs.as_deref())
             .map_err(HttpError::internal)
     };
