@@ -420,6 +420,9 @@ def baked():
 
 def total():
     return Total(), [Input("x", "float32", (4,))]
+
+def fine():
+    return torch.nn.Linear(4, 2), [Input("x", "float32", (4,))]
 "#;
 
 #[test]
@@ -433,7 +436,10 @@ fn volt_export_refuses_what_volt_could_not_serve_and_writes_nothing() {
             .args(args)
             .output()
             .expect("run python -m volt_export (scripts/setup installs it)");
-        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+        // Progress goes to stdout, errors to stderr.
+        let text =
+            format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        (out.status.code(), text)
     };
     let cases: [(&[&str], &[&str]); 6] = [
         // The parity check runs the file at other batch sizes than the traced one.
@@ -463,4 +469,102 @@ fn volt_export_refuses_what_volt_could_not_serve_and_writes_nothing() {
         .filter(|n| n != "bad_models.py" && n != "__pycache__")
         .collect();
     assert!(left.is_empty(), "a refused export left files: {left:?}");
+    // A batch minimum above 3 is checked at its own sizes (4, 8, 64), and recorded.
+    let (code, stderr) = export(&["bad_models:fine", "--out", "fine.pt", "--min-batch", "4"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stderr.contains("batch 4 matches") && !stderr.contains("batch 3 "), "{stderr}");
+    let fine = dir.path().join("fine.pt").display().to_string();
+    let served = serve(&["--torchscript", &fine]);
+    let info: Value = block_on(async {
+        reqwest::get(format!("{}/info", served.url)).await.expect("send").json().await.expect("json")
+    });
+    assert_eq!(info.pointer("/endpoints/0/model/batch"), Some(&json!({"min": 4, "max": 64})), "{info}");
+}
+
+/// `Mixed` of scripts/byo-models: int64 ids over a dynamic sequence, a float16 scalar per
+/// row, and three outputs (float32, an int64 scalar per row, bool).
+fn check_mixed(served: &Served, platform: &str) {
+    let case = &refs()["mixed"];
+    block_on(async {
+        let client = reqwest::Client::new();
+        let url = format!("{}/predict", served.url);
+        let (status, body) = post(&client, &url, &json!({"inputs": case["inputs"]})).await;
+        assert_eq!(status, 200, "{body}");
+        let out = &body["outputs"];
+        let diff = max_diff(&out["pooled"], &case["outputs"]["pooled"], "pooled");
+        assert!(diff <= TOLERANCE, "pooled differs from eager PyTorch by {diff}");
+        assert_eq!(out["best"], case["outputs"]["best"]);
+        assert_eq!(out["positive"], case["outputs"]["positive"]);
+
+        // The same answer as little-endian buffers.
+        let body = json!({"inputs": case["inputs"], "output_format": "b64"});
+        let (status, b64) = post(&client, &url, &body).await;
+        assert_eq!(status, 200, "{b64}");
+        let best = &b64["outputs"]["best"];
+        assert_eq!((&best["dtype"], &best["shape"]), (&json!("int64"), &json!([3])));
+        let bytes = base64_decode(best["b64"].as_str().expect("b64"));
+        let values: Vec<i64> =
+            bytes.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes"))).collect();
+        assert_eq!(json!(values), case["outputs"]["best"]);
+        assert_eq!(b64["outputs"]["positive"]["dtype"], "bool");
+
+        // The protocol: the signature, and one output asked for by name.
+        let meta: Value = client
+            .get(format!("{}/v2/models/mixed", served.url))
+            .send()
+            .await
+            .expect("send")
+            .json()
+            .await
+            .expect("json");
+        assert_eq!(meta["platform"], platform);
+        assert_eq!(
+            meta["inputs"],
+            json!([{"name": "ids", "datatype": "INT64", "shape": [-1, -1]}, {"name": "scale", "datatype": "FP16", "shape": [-1]}])
+        );
+        assert_eq!(
+            meta["outputs"],
+            json!([
+                {"name": "pooled", "datatype": "FP32", "shape": [-1, 4]},
+                {"name": "best", "datatype": "INT64", "shape": [-1]},
+                {"name": "positive", "datatype": "BOOL", "shape": [-1, -1]}
+            ])
+        );
+        let inputs = json!([
+            {"name": "ids", "datatype": "INT64", "shape": [3, 5], "data": leaves(&case["inputs"]["ids"])},
+            {"name": "scale", "datatype": "FP16", "shape": [3], "data": case["inputs"]["scale"]}
+        ]);
+        let infer = format!("{}/v2/models/mixed/infer", served.url);
+        let (status, body) =
+            post(&client, &infer, &json!({"inputs": inputs, "outputs": [{"name": "best"}]})).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["outputs"].as_array().map(Vec::len), Some(1), "{body}");
+        assert_eq!(body["outputs"][0]["name"], "best");
+        assert_eq!(body["outputs"][0]["data"], case["outputs"]["best"]);
+    });
+}
+
+fn base64_decode(text: &str) -> Vec<u8> {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.decode(text).expect("base64")
+}
+
+#[test]
+fn several_outputs_of_several_dtypes_answer_as_eager_pytorch_in_both_formats() {
+    let aoti = serve_file("--aoti", "mixed.pt2", &[]);
+    check_mixed(&aoti, "pytorch_aoti");
+    // volt_export found the ids' range from the embedding's 50 rows.
+    let past = json!({"inputs": {"ids": [[1, 50]], "scale": [1.0]}});
+    let (status, message) = refused(&aoti, "/predict", past.clone());
+    assert_eq!(status, 400, "{message}");
+    assert!(message.contains("value 50 in row 0 is outside 0..50"), "{message}");
+
+    let ts = serve_file("--torchscript", "mixed.pt", &[]);
+    check_mixed(&ts, "pytorch_torchscript");
+    // TorchScript records no range (nothing to find it from): the module itself refuses
+    // the id, a 500 for that request alone, and the server goes on.
+    let (status, message) = refused(&ts, "/predict", past);
+    assert_eq!(status, 500, "{message}");
+    assert!(message.contains("index out of range"), "{message}");
+    check_mixed(&ts, "pytorch_torchscript");
 }

@@ -188,7 +188,10 @@ def _flat_outputs(result, names: Optional[Sequence[str]]) -> tuple[list[str], li
         if len(names) != len(tensors):
             raise ExportError(f"{len(names)} output names given, but the model gives {len(tensors)} outputs")
         keys = list(names)
-    return [str(k) for k in keys], tensors
+    keys = [str(k) for k in keys]
+    if len(set(keys)) != len(keys):
+        raise ExportError(f"two outputs share a name ({', '.join(keys)}); responses name each output")
+    return keys, tensors
 
 
 def _output_shapes(model, inputs, dims, sizes, batch, names, eager, outputs, gen, device) -> list[list]:
@@ -247,7 +250,8 @@ def _value_ranges(inputs: Sequence[Input], program) -> dict[int, list[int]]:
             k = placeholders.index(ids.name)
             rows = int(weight.meta["val"].shape[0])
             if k not in given:
-                found[k] = [0, min(rows, found.get(k, [0, rows])[1])]
+                low = int(inputs[k].low or 0)
+                found[k] = [low, min(rows, found.get(k, [low, rows])[1])]
     return found
 
 
@@ -259,9 +263,24 @@ def _compile_aoti(program, meta, path: Path) -> None:
     )
 
 
+class _Flat(torch.nn.Module):
+    """The model with its outputs as a flat tuple of tensors (a dict's values in key
+    order, nested tuples flattened), as AOTInductor gives them and volt reads them."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, *inputs):
+        result = self.model(*inputs)
+        if isinstance(result, Mapping):
+            return tuple(result.values())
+        return tuple(pytree.tree_flatten(result)[0])
+
+
 def _trace_torchscript(model, example, meta, path: Path) -> None:
     try:
-        traced = torch.jit.trace(model, example, strict=False, check_trace=False)
+        traced = torch.jit.trace(_Flat(model), example, strict=False, check_trace=False)
     except Exception as e:
         raise ExportError(f"torch.jit.trace failed: {e}") from e
     torch.jit.save(traced, str(path), _extra_files={"volt.json": json.dumps(meta)})
@@ -270,7 +289,7 @@ def _trace_torchscript(model, example, meta, path: Path) -> None:
 def _batches_to_check(lo: int, example: int, hi: int) -> list[int]:
     # AOTInductor raises a batch minimum of 1 to 2 (volt pads a single row to 2), so the
     # smallest batch checked is 2.
-    return sorted({max(lo, 2), min(3, hi), example, hi})
+    return sorted({max(lo, 2), min(max(3, lo), hi), example, hi})
 
 
 def _check_parity(fmt, path, model, inputs, dims, lo, example, hi, outputs, rtol, atol, gen, device, log) -> None:
@@ -296,10 +315,13 @@ def _check_parity(fmt, path, model, inputs, dims, lo, example, hi, outputs, rtol
                     f"batch {batch}: output {n!r} is {g.dtype}{list(g.shape)} exported, {w.dtype}{list(w.shape)} eager"
                 )
             if w.is_floating_point():
-                diff = (g.double() - w.double()).abs()
-                bad = diff > atol + rtol * w.double().abs()
+                close = torch.isclose(g.double(), w.double(), rtol=rtol, atol=atol, equal_nan=True)
+                # NaN against NaN (or the same infinity) agrees; NaN against a number is
+                # infinitely far.
+                raw = (g.double() - w.double()).abs()
+                diff = torch.where(close, raw.nan_to_num(nan=0.0), raw.nan_to_num(nan=float("inf")))
                 worst = max(worst, float(diff.max()) if diff.numel() else 0.0)
-                if bool(bad.any()):
+                if not bool(close.all()):
                     raise ExportError(
                         f"batch {batch}: output {n!r} differs from eager PyTorch by up to {float(diff.max()):.3g} "
                         f"(rtol {rtol}, atol {atol}); the exported model is not written"
