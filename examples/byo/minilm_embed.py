@@ -3,7 +3,7 @@ tensor model for volt: token ids and attention mask in, the sentence embedding o
 pooling over the mask, then L2 normalisation, as sentence-transformers' pipeline for this
 model does). Clients tokenize; volt runs the network.
 
-    MINILM_DIR=.minilm PYTHONPATH=examples/byo .python -m volt_export \
+    MINILM_DIR=.minilm PYTHONPATH=examples/byo ./.python -m volt_export \
       minilm_embed:make_model --out minilm.pt2
     volt serve --aoti minilm.pt2"""
 
