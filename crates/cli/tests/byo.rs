@@ -52,6 +52,11 @@ fn serve_file(flag: &str, name: &str, args: &[&str]) -> Served {
     serve(&all)
 }
 
+/// GETs `url`'s JSON.
+async fn get_json(url: &str) -> Value {
+    reqwest::get(url).await.expect("send").json().await.expect("json")
+}
+
 /// Every number of a nested JSON list, flattened.
 fn numbers(v: &Value) -> Vec<f64> {
     match v {
@@ -129,14 +134,7 @@ fn aoti_packages_answer_as_eager_pytorch_for_1_3_8_and_more_rows_than_they_take(
 fn a_package_made_without_volt_export_is_served_from_what_aotinductor_records() {
     let served = serve_file("--aoti", "plain.pt2", &[]);
     check_cases_as(&served, "cnn", "logits", true);
-    let info: Value = block_on(async {
-        reqwest::get(format!("{}/v2/models/plain", served.url))
-            .await
-            .expect("send")
-            .json()
-            .await
-            .expect("json")
-    });
+    let info = block_on(get_json(&format!("{}/v2/models/plain", served.url)));
     assert_eq!(
         info["inputs"],
         json!([{"name": "input0", "datatype": "FP32", "shape": [-1, 1, 28, 28]}]),
@@ -171,14 +169,7 @@ fn the_open_inference_protocol_reads_the_packages_signature_and_infers() {
     let case = &refs()["minilm"]["cases"][2];
     block_on(async {
         let client = reqwest::Client::new();
-        let meta: Value = client
-            .get(format!("{}/v2/models/minilm", served.url))
-            .send()
-            .await
-            .expect("send")
-            .json()
-            .await
-            .expect("json");
+        let meta = get_json(&format!("{}/v2/models/minilm", served.url)).await;
         assert_eq!(meta["platform"], "pytorch_aoti");
         assert_eq!(
             meta["inputs"],
@@ -475,9 +466,7 @@ fn volt_export_refuses_what_volt_could_not_serve_and_writes_nothing() {
     assert!(stderr.contains("batch 4 matches") && !stderr.contains("batch 3 "), "{stderr}");
     let fine = dir.path().join("fine.pt").display().to_string();
     let served = serve(&["--torchscript", &fine]);
-    let info: Value = block_on(async {
-        reqwest::get(format!("{}/info", served.url)).await.expect("send").json().await.expect("json")
-    });
+    let info = block_on(get_json(&format!("{}/info", served.url)));
     assert_eq!(info.pointer("/endpoints/0/model/batch"), Some(&json!({"min": 4, "max": 64})), "{info}");
 }
 
@@ -509,14 +498,7 @@ fn check_mixed(served: &Served, platform: &str) {
         assert_eq!(b64["outputs"]["positive"]["dtype"], "bool");
 
         // The protocol: the signature, and one output asked for by name.
-        let meta: Value = client
-            .get(format!("{}/v2/models/mixed", served.url))
-            .send()
-            .await
-            .expect("send")
-            .json()
-            .await
-            .expect("json");
+        let meta = get_json(&format!("{}/v2/models/mixed", served.url)).await;
         assert_eq!(meta["platform"], platform);
         assert_eq!(
             meta["inputs"],
