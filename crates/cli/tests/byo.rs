@@ -76,10 +76,14 @@ fn leaves(v: &Value) -> Vec<Value> {
 
 /// The largest difference between two nested lists of the same shape.
 fn max_diff(got: &Value, want: &Value, what: &str) -> f64 {
-    let (g, w) = (numbers(got), numbers(want));
-    assert_eq!(g.len(), w.len(), "{what}: {} numbers, want {}", g.len(), w.len());
     assert_eq!(shape(got), shape(want), "{what}: shape");
-    g.iter().zip(&w).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max)
+    largest_gap(&numbers(got), &numbers(want))
+}
+
+/// The largest difference between two lists of numbers of one length.
+fn largest_gap(got: &[f64], want: &[f64]) -> f64 {
+    assert_eq!(got.len(), want.len(), "{} numbers, want {}", got.len(), want.len());
+    got.iter().zip(want).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max)
 }
 
 fn shape(v: &Value) -> Vec<usize> {
@@ -194,8 +198,7 @@ fn the_open_inference_protocol_reads_the_packages_signature_and_infers() {
         let out = &body["outputs"][0];
         assert_eq!(out["name"], "embedding");
         assert_eq!(out["shape"], json!([8, 384]));
-        let want = numbers(&case["outputs"]["embedding"]);
-        let diff = numbers(&out["data"]).iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+        let diff = largest_gap(&numbers(&out["data"]), &numbers(&case["outputs"]["embedding"]));
         assert!(diff <= TOLERANCE, "differs from eager PyTorch by {diff}");
     });
 }
@@ -243,7 +246,7 @@ fn five_hundred_concurrent_requests_are_batched_and_each_gets_its_own_answer() {
         let best = (0..scores.len()).max_by(|&a, &b| scores[a].total_cmp(&scores[b])).expect("10 scores");
         correct += usize::from(best as u64 == labels[i]);
     }
-    // The briefly trained CNN's accuracy on these images, as eager PyTorch scores it.
+    // The briefly trained CNN (600 steps) does classify: well above chance's 10%.
     let accuracy = correct as f64 / 500.0;
     assert!(accuracy > 0.7, "accuracy {accuracy}");
     let metrics = block_on(async {
@@ -328,7 +331,7 @@ fn bad_requests_get_400_naming_the_input_and_the_server_keeps_serving() {
             "value -5 in row 0",
         ),
         // No rows.
-        (json!({"inputs": {"input_ids": [], "attention_mask": []}}), "input_ids", ""),
+        (json!({"inputs": {"input_ids": [], "attention_mask": []}}), "input_ids", "has no rows"),
     ];
     for (body, field, says) in cases {
         let (status, message) = refused(&served, "/predict", body.clone());

@@ -3,7 +3,8 @@
 //! Every tensor is checked against the model's signature here, before it is queued; an
 //! error names the input and says what was expected and what came.
 use super::dtype::{self, DType};
-use super::signature::{show_shape, HostTensor, Row, Signature};
+use super::encode::output_index;
+use super::signature::{show_shape, HostTensor, Row, Signature, TensorSpec};
 use crate::error::ApiError;
 use base64::Engine;
 use serde_json::{Map, Value};
@@ -58,7 +59,7 @@ pub fn predict_request(sig: &Signature, body: &Value) -> Result<PredictRequest, 
     let tensors = match inputs {
         Value::Object(map) if !is_buffer(map) => {
             if let Some(extra) = map.keys().find(|k| !names.contains(&k.as_str())) {
-                return Err(no_such_input(sig, extra));
+                return Err(no_such("inputs", &sig.inputs, extra));
             }
             sig.inputs
                 .iter()
@@ -100,7 +101,11 @@ pub fn infer_request(sig: &Signature, body: &Value) -> Result<InferRequest, ApiE
         let name =
             item.get("name").and_then(Value::as_str).ok_or_else(|| ApiError::field(&at, "has no `name`"))?;
         let field = format!("inputs.{name}");
-        let index = sig.inputs.iter().position(|s| s.name == name).ok_or_else(|| no_such_input(sig, name))?;
+        let index = sig
+            .inputs
+            .iter()
+            .position(|s| s.name == name)
+            .ok_or_else(|| no_such("inputs", &sig.inputs, name))?;
         if given[index].is_some() {
             return Err(ApiError::field(&field, "is given twice"));
         }
@@ -150,16 +155,7 @@ pub fn infer_request(sig: &Signature, body: &Value) -> Result<InferRequest, ApiE
                         .get("name")
                         .and_then(Value::as_str)
                         .ok_or_else(|| ApiError::field(&format!("outputs[{i}]"), "has no `name`"))?;
-                    // A model that does not record its outputs names them output0, ...
-                    let unrecorded =
-                        || name.strip_prefix("output")?.parse().ok().filter(|_| sig.outputs.is_empty());
-                    sig.outputs.iter().position(|s| s.name == name).or_else(unrecorded).ok_or_else(|| {
-                        let names: Vec<&str> = sig.outputs.iter().map(|s| s.name.as_str()).collect();
-                        ApiError::field(
-                            &format!("outputs.{name}"),
-                            format!("the model has no such output (its outputs: {})", names.join(", ")),
-                        )
-                    })
+                    output_index(sig, name).ok_or_else(|| no_such("outputs", &sig.outputs, name))
                 })
                 .collect::<Result<Vec<_>, _>>()?,
         ),
@@ -168,12 +164,14 @@ pub fn infer_request(sig: &Signature, body: &Value) -> Result<InferRequest, ApiE
     Ok(InferRequest { id: obj.get("id").cloned(), rows: rows(sig, tensors)?, outputs })
 }
 
-/// The error for an input the model does not have, listing those it has.
-fn no_such_input(sig: &Signature, name: &str) -> ApiError {
-    let names: Vec<&str> = sig.inputs.iter().map(|s| s.name.as_str()).collect();
+/// The error for an input (`what` = "inputs") or output the model does not have, listing
+/// those it has.
+fn no_such(what: &str, specs: &[TensorSpec], name: &str) -> ApiError {
+    let names: Vec<&str> = specs.iter().map(|s| s.name.as_str()).collect();
+    let one = what.trim_end_matches('s');
     ApiError::field(
-        &format!("inputs.{name}"),
-        format!("the model has no such input (its inputs: {})", names.join(", ")),
+        &format!("{what}.{name}"),
+        format!("the model has no such {one} (its {what}: {})", names.join(", ")),
     )
 }
 
@@ -423,7 +421,7 @@ fn flatten(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tensor::signature::{BatchRange, Dim, TensorSpec};
+    use crate::tensor::signature::{BatchRange, Dim};
     use serde_json::json;
 
     fn spec(name: &str, dtype: DType, dims: Vec<Dim>) -> TensorSpec {
@@ -442,6 +440,16 @@ mod tests {
         let seq = Dim::Dynamic { min: 1, max: Some(8) };
         Signature {
             inputs: vec![spec("ids", DType::I64, vec![seq]), spec("mask", DType::I64, vec![seq])],
+            outputs: vec![],
+            batch: Some(BatchRange { min: 1, max: None }),
+        }
+    }
+
+    /// One input that records neither dtype nor shape (a TorchScript module without
+    /// volt's metadata), batched.
+    fn untyped() -> Signature {
+        Signature {
+            inputs: vec![TensorSpec { name: "input0".into(), ..TensorSpec::default() }],
             outputs: vec![],
             batch: Some(BatchRange { min: 1, max: None }),
         }
@@ -469,11 +477,7 @@ mod tests {
     #[test]
     fn rows_without_elements_cannot_flood_the_queue() {
         // Zero bytes of base64 for 10^11 rows of nothing: refused before any row is made.
-        let untyped = Signature {
-            inputs: vec![TensorSpec { name: "input0".into(), ..TensorSpec::default() }],
-            outputs: vec![],
-            batch: Some(BatchRange { min: 1, max: None }),
-        };
+        let untyped = untyped();
         for shape in [json!([100_000_000_000u64, 0]), json!([65_537, 0])] {
             let body = json!({"inputs": {"b64": "", "dtype": "float32", "shape": shape}});
             let e = refused(&untyped, body);
@@ -571,11 +575,7 @@ mod tests {
 
     #[test]
     fn without_a_recorded_dtype_the_lists_say_it() {
-        let sig = Signature {
-            inputs: vec![TensorSpec { name: "input0".into(), ..TensorSpec::default() }],
-            outputs: vec![],
-            batch: Some(BatchRange { min: 1, max: None }),
-        };
+        let sig = untyped();
         let dtype = |v: Value| predict_request(&sig, &json!({"inputs": v})).expect("valid").rows[0][0].dtype;
         assert_eq!(dtype(json!([[1, 2]])), DType::I64);
         assert_eq!(dtype(json!([[1, 2.5]])), DType::F32);

@@ -33,6 +33,14 @@ pub fn output_name(sig: &Signature, j: usize) -> String {
     sig.outputs.get(j).map_or_else(|| format!("output{j}"), |s| s.name.clone())
 }
 
+/// The output [`output_name`] calls `name`, by its index.
+pub fn output_index(sig: &Signature, name: &str) -> Option<usize> {
+    if sig.outputs.is_empty() {
+        return name.strip_prefix("output")?.parse().ok();
+    }
+    sig.outputs.iter().position(|s| s.name == name)
+}
+
 /// How many outputs the rows carry.
 fn output_count(rows: &[Row]) -> usize {
     rows.first().map_or(0, Vec::len)

@@ -172,18 +172,17 @@ impl Signature {
     pub fn check_values(&self, tensors: &[HostTensor]) -> Result<(), String> {
         for (spec, t) in self.inputs.iter().zip(tensors) {
             let Some(range) = spec.values else { continue };
-            let size = t.dtype.size();
+            // Elements per row (a request without rows has no elements to look at).
             let per_row = match (self.batch, t.shape.first()) {
-                (Some(_), Some(&rows)) if rows > 0 => t.numel() / rows,
-                _ => t.numel().max(1),
+                (Some(_), Some(&rows)) => t.numel() / rows.max(1),
+                _ => t.numel(),
             };
-            for (i, bytes) in t.data.chunks_exact(size).enumerate() {
+            for (i, bytes) in t.data.chunks_exact(t.dtype.size()).enumerate() {
                 let Some(v) = t.dtype.int_value(bytes) else { break };
                 if !(range.low..range.high).contains(&v) {
-                    let row = if self.batch.is_some() {
-                        format!(" in row {}", i / per_row.max(1))
-                    } else {
-                        String::new()
+                    let row = match self.batch {
+                        Some(_) => format!(" in row {}", i / per_row),
+                        None => String::new(),
                     };
                     return Err(format!(
                         "input `{}`: value {v}{row} is outside {}..{}, the values the model takes",

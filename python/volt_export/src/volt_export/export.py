@@ -173,14 +173,19 @@ def _make(inputs: Sequence[Input], batch: int, sizes: Mapping[str, int], gen: to
     return tuple(out)
 
 
+def _flatten(result) -> tuple[list, list]:
+    """A model's result as (names, values): a dict's keys and values, else every leaf of
+    the tensors, tuples and lists it is, named `output0`, `output1`, ..."""
+    if isinstance(result, Mapping):
+        return list(result.keys()), list(result.values())
+    leaves, _ = pytree.tree_flatten(result)
+    return [f"output{i}" for i in range(len(leaves))], leaves
+
+
 def _flat_outputs(result, names: Optional[Sequence[str]]) -> tuple[list[str], list[torch.Tensor]]:
     """The model's outputs as a flat list of tensors, with their names: given ones, a
     dict's keys, else `output0`, `output1`, ..."""
-    if isinstance(result, Mapping):
-        keys, tensors = list(result.keys()), list(result.values())
-    else:
-        tensors, _ = pytree.tree_flatten(result)
-        keys = [f"output{i}" for i in range(len(tensors))]
+    keys, tensors = _flatten(result)
     for k, t in zip(keys, tensors):
         if not isinstance(t, torch.Tensor):
             raise ExportError(f"output {k!r} is a {type(t).__name__}, not a tensor")
@@ -238,20 +243,23 @@ def _value_ranges(inputs: Sequence[Input], program) -> dict[int, list[int]]:
         if inp.torch_dtype.is_floating_point or inp.high is None:
             continue
         found[k] = [int(inp.low or 0), int(inp.high)]
-    given = set(found)
     if program is None:
         return found
+    given = set(found)
     placeholders = list(program.graph_signature.user_inputs)
     for node in program.graph.nodes:
         if node.op != "call_function" or node.target != torch.ops.aten.embedding.default:
             continue
         weight, ids = node.args[0], node.args[1]
-        if getattr(ids, "op", None) == "placeholder" and ids.name in placeholders:
-            k = placeholders.index(ids.name)
-            rows = int(weight.meta["val"].shape[0])
-            if k not in given:
-                low = int(inputs[k].low or 0)
-                found[k] = [low, min(rows, found.get(k, [low, rows])[1])]
+        if getattr(ids, "op", None) != "placeholder" or ids.name not in placeholders:
+            continue
+        k = placeholders.index(ids.name)
+        if k in given:
+            continue
+        # An input that indexes several tables takes the smallest.
+        rows = int(weight.meta["val"].shape[0])
+        high = min(rows, found[k][1]) if k in found else rows
+        found[k] = [int(inputs[k].low or 0), high]
     return found
 
 
@@ -272,10 +280,7 @@ class _Flat(torch.nn.Module):
         self.model = model
 
     def forward(self, *inputs):
-        result = self.model(*inputs)
-        if isinstance(result, Mapping):
-            return tuple(result.values())
-        return tuple(pytree.tree_flatten(result)[0])
+        return tuple(_flatten(self.model(*inputs))[1])
 
 
 def _trace_torchscript(model, example, meta, path: Path) -> None:
